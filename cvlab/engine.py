@@ -1,0 +1,359 @@
+"""Train one epoch, evaluate, and fit: the loop that turns a Config into a run directory.
+
+Metrics are accumulated on the device and read once per epoch (plus one read every
+`log_every` steps for the progress bar), so the step itself never waits for the host.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from . import device as devices
+from .augment import build_augment
+from .config import Config, from_dict, save_config
+from .data import TensorLoader, load_for_config
+from .errors import RunDirError
+from .models import build_model, count_parameters
+from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
+                   write_json)
+
+# Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
+RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile"}
+
+
+# ---------------------------------------------------------------------------- optimizer and schedule
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    betas = (cfg.momentum, 0.999)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class LRShape:
+    """LR multiplier per step: linear warmup 0 -> 1, then constant, cosine to 0, or linear
+    decay to 0 ("onecycle": the triangular one-cycle policy, Smith 2018)."""
+
+    kind: str
+    total_steps: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0 - t  # onecycle
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    shape = LRShape(cfg.schedule, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+
+
+# ---------------------------------------------------------------------------- one epoch
+
+@dataclass
+class EpochContext:
+    """What a step needs besides the model and data: device, precision, loss settings."""
+
+    device: torch.device
+    precision: str = "fp32"
+    label_smoothing: float = 0.0
+    scaler: torch.amp.GradScaler | None = None
+    progress: bool = True
+    log_every: int = 10
+
+
+def _top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (topk == labels[:, None]).any(dim=1).sum()
+
+
+def _progress(loader, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(loader, desc=desc, total=len(loader), leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def train_one_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, ctx: EpochContext, desc: str = "train") -> dict:
+    """One pass over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds."""
+    model.train()
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+    correct5 = torch.zeros((), device=ctx.device, dtype=torch.long)
+    seen = 0
+    devices.synchronize(ctx.device)
+    start = time.perf_counter()
+    bar = _progress(loader, desc, ctx.progress)
+    for step, (x, y) in enumerate(bar):
+        with devices.autocast(ctx.device, ctx.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.step(optimizer)
+            ctx.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        labels = y if y.ndim == 1 else y.argmax(dim=1)  # soft targets (mixing) count by their main class
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        correct5 += _top_k_correct(logits.detach(), labels, 5)
+        seen += labels.shape[0]
+        if ctx.progress and step % ctx.log_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    devices.synchronize(ctx.device)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen,
+            "images": seen, "seconds": seconds}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: TensorLoader, ctx: EpochContext, desc: str = "test") -> dict:
+    """Mean loss (no label smoothing), top-1 and top-5 accuracy over `loader`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+    correct5 = torch.zeros((), device=ctx.device, dtype=torch.long)
+    seen = 0
+    for x, y in _progress(loader, desc, ctx.progress):
+        with devices.autocast(ctx.device, ctx.precision):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        correct5 += _top_k_correct(logits, y, 5)
+        seen += y.shape[0]
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen}
+
+
+# ---------------------------------------------------------------------------- fit
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_commit() -> str | None:
+    """The commit of the cvlab checkout, with '-dirty' when it has local changes; None outside git."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+HEADER = f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'top5':>6} " \
+         f"{'lr':>9} {'seconds':>8} {'img/s':>8}"
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['epoch']:>5d} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['test_loss']:>9.4f} "
+            f"{row['test_acc']:>8.4f} {row['test_top5']:>6.3f} {row['lr']:>9.2e} {row['epoch_seconds']:>8.1f} "
+            f"{row['images_per_second']:>8.0f}")
+
+
+@dataclass
+class Trainer:
+    """Everything `fit` builds from a config; exposed so notebooks and benchmarks can reuse it."""
+
+    cfg: Config
+    device: torch.device
+    precision: str
+    model: nn.Module
+    train_model: nn.Module  # the compiled model when cfg.compile, else `model`
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: TensorLoader
+    test_loader: TensorLoader
+    ctx: EpochContext
+    dataset: dict = field(default_factory=dict)
+
+
+def build_trainer(cfg: Config) -> Trainer:
+    """Data on the device, model, optimizer, schedule: ready for `run_epochs`."""
+    device = devices.resolve_device(cfg.device)
+    precision = devices.resolve_precision(cfg.precision, device)
+    data = load_for_config(cfg)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, cfg.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if cfg.compile else model
+    train_loader = TensorLoader(data.train, cfg.batch_size, device, cfg.normalization, shuffle=cfg.shuffle,
+                                augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last)
+    test_loader = TensorLoader(data.test, cfg.eval_batch_size, device, cfg.normalization,
+                               channels_last=cfg.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(precision) else None
+    ctx = EpochContext(device, precision, cfg.label_smoothing, scaler, cfg.progress, cfg.log_every)
+    dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
+               "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
+               "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
+               "source": data.source}
+    return Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
+                   test_loader, ctx, dataset)
+
+
+def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
+    return {
+        "epoch": epoch,
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else None,
+        "config": t.cfg.to_dict(),
+        "history": history,
+        "rng": rng_state(),
+        "loader": t.train_loader.state_dict(),
+        "cvlab_version": __version__,
+    }
+
+
+def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.ctx.scaler is not None and state.get("scaler"):
+        t.ctx.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    t.train_loader.load_state_dict(state["loader"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> dict:
+    last = history[-1] if history else {}
+    best = max(history, key=lambda r: r["test_acc"]) if history else {}
+    return {
+        "status": status,
+        "epochs_done": len(history),
+        "epochs_planned": t.cfg.epochs,
+        "final": {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")},
+        # For reference only: picking the epoch by test accuracy would overfit the test set.
+        "best_test_acc": best.get("test_acc"),
+        "best_test_acc_epoch": best.get("epoch"),
+        "total_seconds": round(seconds, 2),
+        "mean_images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
+        "device": devices.device_name(t.device),
+        "device_type": t.device.type,
+        "precision": t.precision,
+        "parameters": count_parameters(t.model),
+        "seed": t.cfg.seed,
+        "dataset": t.dataset,
+        "versions": {"cvlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "git_commit": git_commit()},
+    }
+
+
+def resolve_resume_config(run_dir: Path, requested: Config | None) -> Config:
+    """The saved config of `run_dir`, with only RESUMABLE_FIELDS taken from `requested`."""
+    import json
+    saved = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    if requested is None:
+        return from_dict(saved)
+    changed = {k: v for k, v in requested.to_dict().items()
+               if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v and k != "preset"}
+    if changed:
+        names = ", ".join(f"{k} ({saved[k]!r} -> {v!r})" for k, v in changed.items())
+        raise RunDirError(f"cannot change {names} when resuming {run_dir}; resume with the run's own settings "
+                          "or start a new run")
+    saved.update({k: getattr(requested, k) for k in RESUMABLE_FIELDS})
+    return from_dict(saved)
+
+
+def fit(cfg: Config, out: str | Path, resume: bool = False,
+        on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Train `cfg` for its epochs, writing the run directory `out` after every epoch.
+
+    With `resume`, continue from `out/last.pt` (its config wins, see RESUMABLE_FIELDS).
+    Ctrl-C (KeyboardInterrupt) leaves the run directory valid up to the last finished epoch.
+    """
+    run_dir = prepare_run_dir(out, resume)
+    if resume:
+        cfg = resolve_resume_config(run_dir, cfg)
+    t = build_trainer(cfg)
+    start_epoch, history = 0, []
+    if resume:
+        start_epoch, history = restore(t, torch.load(run_dir / CHECKPOINT, map_location=t.device,
+                                                     weights_only=False))
+        log(f"resuming {run_dir} after epoch {start_epoch}")
+    else:
+        save_config(cfg, run_dir / CONFIG)
+    log(f"{cfg.preset}: {cfg.model} ({count_parameters(t.model):,} parameters) on {devices.device_name(t.device)}, "
+        f"{t.precision}; {t.dataset['n_train']:,} train / {t.dataset['n_test']:,} test images"
+        f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run_dir}")
+    log(HEADER)
+    elapsed = sum(r["epoch_seconds"] for r in history)
+    status = "running"
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            lr = t.optimizer.param_groups[0]["lr"]
+            epoch_start = time.perf_counter()
+            train = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx,
+                                    desc=f"epoch {epoch}/{cfg.epochs}")
+            test = evaluate(t.train_model, t.test_loader, t.ctx)
+            row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                   "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"], "lr": lr,
+                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+                   "images_per_second": round(train["images"] / train["seconds"], 1)}
+            history.append(row)
+            elapsed += row["epoch_seconds"]
+            save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(t, epoch, history))
+            write_history(run_dir / HISTORY, history)
+            status = "complete" if epoch == cfg.epochs else "running"
+            write_json(run_dir / METRICS, summarize(t, history, status, elapsed))
+            log(format_row(row))
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+    except KeyboardInterrupt:
+        write_json(run_dir / METRICS, summarize(t, history, "interrupted", elapsed))
+        log(f"interrupted after epoch {len(history)}; continue with: python -m cvlab train --resume --out {run_dir}")
+        raise
+    if status != "complete":  # nothing left to train (resumed a finished run)
+        write_json(run_dir / METRICS, summarize(t, history, "complete", elapsed))
+    return run_dir

@@ -1,0 +1,17 @@
+"""Exceptions that map to exit codes: UsageError (and its subclasses) -> 2."""
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: the CLI prints the message on one line and exits with code 2."""
+
+
+class ConfigError(UsageError):
+    """A config field is unknown, of the wrong type, or out of range."""
+
+
+class DataError(UsageError):
+    """The data set is missing, incomplete or malformed."""
+
+
+class RunDirError(UsageError):
+    """A run directory cannot be created, resumed or read."""
