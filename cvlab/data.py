@@ -54,16 +54,18 @@ MANUAL_HINT = (
 
 # ---------------------------------------------------------------------------- safe unpickling
 
-def _numpy_reconstruct():
+def _numpy_reconstructors():
     try:
         from numpy._core.multiarray import _reconstruct, scalar
+        from numpy._core.numeric import _frombuffer
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct, scalar
-    return _reconstruct, scalar
+        from numpy.core.numeric import _frombuffer
+    return _reconstruct, scalar, _frombuffer
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
-    reconstruct, scalar = _numpy_reconstruct()
+    reconstruct, scalar, frombuffer = _numpy_reconstructors()
     allowed: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -73,8 +75,12 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(module, "_frombuffer")] = getattr(np, "frombuffer")
+        allowed[(module, "_frombuffer")] = frombuffer  # protocol 5 arrays
     return allowed
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a callable outside the allow-list."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -89,16 +95,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return _RestrictedUnpickler._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+            raise UnsafePickleError(f"refusing to load {module}.{name}") from None
 
 
 def safe_unpickle(data: bytes, source: str) -> object:
     """Unpickle CIFAR-format bytes; `source` names the file in error messages."""
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{source}: not a CIFAR-100 pickle ({exc}); the file may be corrupt or unsafe") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except UnsafePickleError as exc:
+        raise DataError(f"{source}: not a CIFAR-100 pickle ({exc}); the file is unsafe or not this data set") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise DataError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
                         "delete it and download the data set again") from None
 

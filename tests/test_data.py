@@ -1,0 +1,183 @@
+import hashlib
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cvlab import data as D
+from cvlab.augment import random_crop, random_hflip
+from cvlab.errors import DataError
+
+
+def load(root, **kw):
+    kw.setdefault("expected_sizes", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return D.load_cifar100(root, **kw)
+
+
+def test_loads_folder_and_archive_identically(cifar_folder, cifar_archive):
+    a, b = load(cifar_folder), load(cifar_archive)
+    assert a.train.images.shape == (200, 3, 32, 32) and a.train.images.dtype == torch.uint8
+    assert a.test.images.shape == (100, 3, 32, 32)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.fine, b.test.fine)
+    assert len(a.fine_names) == 100 and len(a.coarse_names) == 20
+    assert b.source.endswith(D.ARCHIVE) and a.source.endswith(D.FOLDER)
+
+
+def test_md5_mismatch_warns_but_loads(cifar_folder):
+    with pytest.warns(UserWarning, match="MD5 differs"):
+        data = D.load_cifar100(cifar_folder, expected_sizes=None)
+    assert data.md5["train"] == "differs"
+
+
+def test_expected_sizes_are_enforced(cifar_folder):
+    with pytest.raises(DataError, match="expected 50000 train images, found 200"):
+        load(cifar_folder, expected_sizes=D.SPLIT_SIZES, check_md5=False)
+
+
+def corrupt_copy(src, tmp_path, name, transform):
+    """A copy of the data root whose file `name` is replaced by transform(original entry or bytes)."""
+    dst = tmp_path / D.FOLDER
+    dst.mkdir()
+    for f in ("meta", "train", "test"):
+        (dst / f).write_bytes((src / D.FOLDER / f).read_bytes())
+    blob = (dst / name).read_bytes()
+    (dst / name).write_bytes(transform(blob))
+    return tmp_path
+
+
+def edit_entry(edit):
+    def transform(blob):
+        entry = pickle.loads(blob, encoding="latin1")
+        edit(entry)
+        return pickle.dumps(entry, protocol=2)
+    return transform
+
+
+def test_truncated_file_is_refused(cifar_folder, tmp_path):
+    root = corrupt_copy(cifar_folder, tmp_path, "train", lambda b: b[: len(b) // 2])
+    with pytest.raises(DataError, match=r"train: truncated or corrupt"):
+        load(root, check_md5=False)
+
+
+def test_wrong_shape_is_refused(cifar_folder, tmp_path):
+    root = corrupt_copy(cifar_folder, tmp_path, "test", edit_entry(lambda e: e.update(data=e["data"][:, :3000])))
+    with pytest.raises(DataError, match=r"test: 'data' must be a uint8 array of shape \(N, 3072\), found uint8 \(100, 3000\)"):
+        load(root, check_md5=False)
+
+
+def test_out_of_range_label_is_refused(cifar_folder, tmp_path):
+    def edit(entry):
+        entry["fine_labels"][7] = 100
+    root = corrupt_copy(cifar_folder, tmp_path, "train", edit_entry(edit))
+    with pytest.raises(DataError, match=r"train: 'fine_labels' holds 100, outside 0..99"):
+        load(root, check_md5=False)
+
+
+def test_missing_key_is_refused(cifar_folder, tmp_path):
+    root = corrupt_copy(cifar_folder, tmp_path, "train", edit_entry(lambda e: e.pop("coarse_labels")))
+    with pytest.raises(DataError, match="missing key"):
+        load(root, check_md5=False)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this-must-not-run > /dev/null",))
+
+
+def test_pickle_that_runs_code_is_refused(cifar_folder, tmp_path):
+    root = corrupt_copy(cifar_folder, tmp_path, "meta",
+                        lambda b: pickle.dumps({"fine_label_names": RunsCode()}, protocol=2))
+    with pytest.raises(DataError, match=r"meta: not a CIFAR-100 pickle \(refusing to load (posix|os|nt)\.system\)"):
+        load(root, check_md5=False)
+
+
+def test_protocol_4_and_5_numpy_pickles_load():
+    entry = {"data": np.arange(6, dtype=np.uint8)}
+    for protocol in (2, 4, 5):
+        out = D.safe_unpickle(pickle.dumps(entry, protocol=protocol), "x")
+        assert np.array_equal(out["data"], entry["data"])
+
+
+def test_missing_data_names_the_path_and_the_manual_fix(tmp_path):
+    with pytest.raises(DataError) as err:
+        D.load_cifar100(tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path) in message and D.ARCHIVE in message and "OBS" in message and "\n" not in message
+
+
+def test_download_verifies_md5_before_renaming(cifar_archive, tmp_path):
+    src = cifar_archive / D.ARCHIVE
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match="wrong MD5"):
+        D.download_archive(tmp_path / "bad", url=src.as_uri(), expected_md5="0" * 32)
+    assert not (tmp_path / "bad" / D.ARCHIVE).exists()
+    target = D.download_archive(tmp_path / "good", url=src.as_uri(), expected_md5=md5)
+    assert target.read_bytes() == src.read_bytes()
+    assert load(tmp_path / "good").train.images.shape[0] == 200
+
+
+def test_failed_download_says_where_to_put_the_archive(tmp_path):
+    missing = (tmp_path / "nowhere.tar.gz").as_uri()
+    with pytest.raises(DataError, match="download of .* failed .* put cifar-100-python.tar.gz"):
+        D.download_archive(tmp_path, url=missing)
+
+
+def test_balanced_subset_keeps_original_order(cifar_folder):
+    train = load(cifar_folder).train
+    sub = D.subset(train, 100, balanced=True)
+    assert len(sub) == 100
+    assert torch.equal(torch.bincount(sub.fine, minlength=100), torch.ones(100, dtype=torch.long))
+    index = D.balanced_indices(train.fine, 100)
+    assert torch.all(index[1:] > index[:-1])
+    assert torch.equal(D.subset(train, 50, balanced=False).fine, train.fine[:50])
+
+
+def test_loader_without_shuffle_keeps_order_and_normalizes(cifar_folder):
+    train = load(cifar_folder).train
+    loader = D.TensorLoader(train, 64, torch.device("cpu"), "handout", shuffle=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4 and batches[-1][0].shape[0] == 200 - 3 * 64
+    x, y = batches[0]
+    assert torch.equal(y, train.fine[:64])
+    expected = (train.images[:64].float() / 255 - 0.1307) / 0.3081
+    assert torch.allclose(x, expected)
+
+
+def test_loader_shuffle_is_seeded_and_resumable(cifar_folder):
+    train = load(cifar_folder).train
+    a = D.TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
+    b = D.TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
+    first = [y for _, y in a]
+    assert all(torch.equal(p, q) for p, q in zip(first, (y for _, y in b)))
+    assert not torch.equal(torch.cat(first), train.fine)
+    state = a.state_dict()
+    second = [y for _, y in a]
+    b.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(second, (y for _, y in b)))
+
+
+def test_random_crop_and_flip_are_seeded_and_shape_preserving():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    crop = random_crop(x, 4, g())
+    assert crop.shape == x.shape and crop.dtype == torch.uint8
+    assert torch.equal(crop, random_crop(x, 4, g()))
+    # Each crop is a window of the zero-padded image.
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(8):
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 9, 9, 32, 32)
+        assert any(torch.equal(windows[:, r, c], crop[i]) for r in range(9) for c in range(9))
+    flip = random_hflip(x, g())
+    for i in range(8):
+        assert torch.equal(flip[i], x[i]) or torch.equal(flip[i], x[i].flip(2))
+    assert not torch.equal(flip, x) and not torch.equal(flip, x.flip(3))
+
+
+def test_synthetic_refuses_to_overwrite_existing_data(cifar_folder):
+    with pytest.raises(DataError, match="already holds CIFAR-100"):
+        D.write_synthetic(cifar_folder)
