@@ -112,10 +112,16 @@ def cifar_resnet18(num_classes: int = 100) -> CifarResNet18:
     return CifarResNet18(num_classes)
 
 
+def tiny_resnet18(num_classes: int = 100) -> CifarResNet18:
+    """The CIFAR ResNet-18 topology at 1/4 width (16..128 channels): for tests and smoke runs only."""
+    return CifarResNet18(num_classes, widths=(16, 32, 64, 128))
+
+
 # name -> (builder, one-line description)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "handout_resnet18": (handout_resnet18, "the handout's ResNet-18: unpadded 3x3 stem + 2x2 max-pool, 1x1 shortcut without BN"),
     "cifar_resnet18": (cifar_resnet18, "standard CIFAR ResNet-18: padded 3x3 stem, no max-pool, BN in the shortcut"),
+    "tiny_resnet18": (tiny_resnet18, "cifar_resnet18 at 1/4 width: for tests and smoke runs, not a ResNet-18 result"),
 }
 
 

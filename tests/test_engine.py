@@ -13,8 +13,8 @@ from conftest import tiny_config
 TIMING = ["epoch_seconds", "images_per_second"]
 
 
-def test_training_on_learnable_data_lowers_loss_and_beats_chance(tmp_path):
-    run = load_run(fit(tiny_config(epochs=3), tmp_path / "run", log=lambda s: None))
+def test_handout_model_on_learnable_data_lowers_loss_and_beats_chance(tmp_path):
+    run = load_run(fit(tiny_config(model="handout_resnet18", epochs=3), tmp_path / "run", log=lambda s: None))
     h = run.history
     assert list(h.columns[: len(HISTORY_COLUMNS)]) == HISTORY_COLUMNS
     assert len(h) == 3
