@@ -287,6 +287,10 @@ def download_archive(root: str | Path, url: str = URL, expected_md5: str | None 
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
                     bar.update(len(block))
+    except urllib.error.HTTPError as exc:
+        if not (exc.code == 416 and have):  # 416: the .part file is already complete; verify it below
+            raise DataError(f"download of {url} failed (HTTP {exc.code}); partial file kept at {part}; "
+                            + MANUAL_HINT.format(url=URL, archive=ARCHIVE, folder=FOLDER, root=root.resolve())) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"download of {url} failed ({reason}); partial file kept at {part} and resumed next time; "
