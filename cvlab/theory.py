@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import compose, random_crop, random_hflip
-from .data import Split, TensorLoader, load_for_config
+from .data import Split, TensorLoader, load_for_config, subset
 from .engine import EpochContext, evaluate, train_one_epoch
 from .errors import RunDirError
 from .runs import load_run
@@ -84,6 +84,20 @@ class DemoData:
     test: Split
     synthetic: bool
     description: str  # e.g. "CIFAR-100, 2,000 train / 1,000 test (class-balanced subset)"
+
+
+def find_data_root(data_root: str | Path = "") -> Path | None:
+    """The folder holding CIFAR-100 for a notebook run from notebooks/: `data_root` when given,
+    else $CVLAB_DATA, else ../data (the repository's data/), else ./data; None when none has it."""
+    import os
+
+    from .data import locate
+
+    candidates = [data_root] if data_root else [os.environ.get("CVLAB_DATA", ""), "../data", "./data"]
+    for c in candidates:
+        if c and locate(c) is not None:
+            return Path(c)
+    return None
 
 
 def load_demo_data(data_root: str | Path, synthetic: bool, n_train: int = 2000, n_test: int = 1000) -> DemoData:
@@ -200,6 +214,7 @@ def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> d
                  ylabel="weight-gradient norm")
     ax[0, 0].legend(fontsize=8, loc="upper left")
     ax[0, 1].legend(fontsize=7, loc="upper left", ncol=1)
+    ax[0, 2].legend(fontsize=7, loc="lower right", ncol=2)
     for a in ax[0]:
         a.grid(alpha=0.3)
     ratio = pd.Series({k: v[0] / v[-1] for k, v in grads.items()}, name="first/last layer gradient")
@@ -422,10 +437,10 @@ def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed:
                   steps: int | None = None) -> dict:
     """(a) dL/dW per conv layer at init, plain vs residual, 32 layers, with and without BN;
     (b) a short Adam run of a shallow plain, a deep plain and a deep residual net (all with BN).
-    `steps` overrides the training steps (quick: 150, thorough: 600)."""
+    `steps` overrides the training steps (quick: 120, thorough: 600)."""
     import pandas as pd
 
-    steps = steps or (150 if quick else 600)
+    steps = steps or (120 if quick else 600)
     tail = max(1, steps // 5)
     x, y = _normalized(data.train), data.train.fine
     gen = torch.Generator().manual_seed(seed)
@@ -621,7 +636,7 @@ def epoch_demo(fig_dir: str | Path, n_images: int = CIFAR_TRAIN_IMAGES, batch_si
 # ============================================================================ (3) overfitting
 
 MISSING_BASELINE = ("no baseline run at {path}: this part reads the handout run's history. Train it with "
-                    "'python -m cvlab train --preset handout --out {path}' (or run notebooks/01_baseline.ipynb)")
+                    "'python -m cvlab train --preset handout --out {absolute}' (or run notebooks/01_baseline.ipynb)")
 
 
 def run_gap(run_dir: str | Path) -> dict:
@@ -644,24 +659,24 @@ def run_gap(run_dir: str | Path) -> dict:
 def overfitting_from_run(run_dir: str | Path, fig_dir: str | Path) -> dict:
     """The baseline's train/test loss and accuracy per epoch with the minimum of test loss
     marked; when the run is missing: {"missing": message naming the run and the command}."""
+    from matplotlib.ticker import MaxNLocator
     try:
         gap = run_gap(run_dir)
     except RunDirError:
-        return {"missing": MISSING_BASELINE.format(path=run_dir)}
+        return {"missing": MISSING_BASELINE.format(path=run_dir, absolute=Path(run_dir).resolve())}
     h = gap["history"]
     fig, ax = _figure(2, panel=(4.8, 3.7))
     ax[0, 0].plot(h.epoch, h.train_loss, label="train loss")
     ax[0, 0].plot(h.epoch, h.test_loss, label="test loss")
     ax[0, 0].axvline(gap["min_test_loss_epoch"], color="0.5", ls=":", label="min test loss")
-    ax[0, 0].set(title="loss per epoch", xlabel="epoch", ylabel="cross-entropy")
+    ax[0, 0].set(title=f"{Path(gap['run']).name}: loss per epoch", xlabel="epoch", ylabel="cross-entropy")
     ax[0, 1].plot(h.epoch, h.train_acc, label="train acc")
     ax[0, 1].plot(h.epoch, h.test_acc, label="test acc")
-    ax[0, 1].set(title="accuracy per epoch", xlabel="epoch", ylabel="top-1 accuracy")
+    ax[0, 1].set(title=f"{Path(gap['run']).name}: accuracy per epoch", xlabel="epoch", ylabel="top-1 accuracy")
     for a in ax[0]:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.get_layout_engine().set(rect=(0, 0, 1, 0.93))
-    fig.text(0.5, 0.97, f"run: {Path(gap['run']).name}", ha="center", fontsize=9)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     gap["figure"] = _save(fig, fig_dir, "overfitting_baseline.png", synthetic=gap["synthetic"])
     return gap
 
@@ -687,12 +702,12 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
                         epochs: int | None = None, n_train: int | None = None) -> dict:
     """The same small CNN trained on few images with no regularization, with augmentation and
     with weight decay (AdamW, lr 1e-3); train loss measured on the clean training images.
-    Overrides: `epochs` (quick 15, thorough 40), `n_train` (quick 500, thorough all of data.train)."""
+    Overrides: `epochs` (quick 12, thorough 40), `n_train` (quick 500, thorough all of data.train)."""
     import pandas as pd
 
-    epochs = epochs or (15 if quick else 40)
+    epochs = epochs or (12 if quick else 40)
     n = n_train or (500 if quick else len(data.train))
-    train = data.train if n >= len(data.train) else data.train.take(torch.arange(n))
+    train = subset(data.train, n, balanced=n >= 100)  # n/100 images per class, original order
     ctx = EpochContext(CPU, progress=False)
     histories = {}
     with single_thread():
@@ -723,6 +738,8 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
 
 
 def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int, epochs: int) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure(2, panel=(5.0, 3.8))
     for i, (name, h) in enumerate(histories.items()):
         ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}", label=f"{name}: train")
@@ -733,6 +750,7 @@ def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int,
     ax[0, 1].set(title="generalization gap: test loss - train loss", xlabel="epoch", ylabel="loss gap")
     for a in ax[0]:
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax[0, 0].legend(fontsize=7)
     ax[0, 1].legend(fontsize=8)
     return _save(fig, fig_dir, "regularization.png", synthetic=data.synthetic)

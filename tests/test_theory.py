@@ -140,3 +140,39 @@ def test_regularization_demo_runs_each_setting(tmp_path, data):
     assert table[["final_train_loss", "final_test_loss"]].map(math.isfinite).all().all()
     assert all(len(h) == 2 for h in out["histories"].values())
     assert out["n_train"] == 200 and out["n_test"] == 200
+
+
+def test_handout_stem_bn_cancels_a_constant_input_offset():
+    """answers/q5: the MNIST constants shift each input channel by a constant; through the
+    handout's unpadded stem conv that is a per-channel constant, which BatchNorm subtracts."""
+    from cvlab.models import handout_resnet18
+
+    torch.manual_seed(0)
+    stem = handout_resnet18()[:2].train().double()              # Conv2d(3, 64, 3, padding=0), BatchNorm2d
+    x = torch.rand(8, 3, 32, 32, dtype=torch.float64)
+    offset = torch.tensor([1.22, 1.15, 1.01], dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.allclose(stem(x), stem(x + offset), atol=1e-9)
+
+
+def test_notebook_02_follows_the_contract():
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "notebooks" / "02_theory.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)   # committed without outputs
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and params[0] is code[0]
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params[0].source).body
+              for t in node.targets}
+    assert values == {"QUICK": True, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
+                      "DEVICE": "auto", "SYNTHETIC": False, "SEED": 0}
+    rendered = [c.source.split('"')[1] for c in code if c.source.startswith("answer(")]
+    assert rendered == ["q1_batch_size", "q2_epoch", "q3_overfitting", "q4_resnet", "q5_activations",
+                        "q6_optimizers"]
+    for name in rendered:
+        text = (repo / "answers" / f"{name}.md").read_text(encoding="utf-8")
+        assert "**参考文献**" in text
