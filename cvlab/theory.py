@@ -1,5 +1,5 @@
 """Demonstrations behind the six theory answers in answers/: each one computes its evidence
-on the CPU in seconds (``quick=True``) or a minute or two (``quick=False``), writes one
+on the CPU in seconds (``quick=True``) or up to a few minutes (``quick=False``), writes one
 figure to ``fig_dir`` and returns the numbers it measured, so the answers and notebook
 02_theory quote measurements, never typed-in values.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import compose, random_crop, random_hflip
-from .data import Split, TensorLoader, load_for_config, subset
+from .data import Split, TensorLoader, load_for_config, locate, subset
 from .engine import EpochContext, evaluate, train_one_epoch
 from .errors import RunDirError
 from .runs import load_run
@@ -34,7 +36,6 @@ from .runs import load_run
 CIFAR_TRAIN_IMAGES = 50_000     # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size
 HANDOUT_EPOCHS = 100            # the handout's iteration_num (it counts epochs)
-HANDOUT_LR = 1e-4               # the handout's Adam learning rate
 CPU = torch.device("cpu")
 
 
@@ -89,10 +90,6 @@ class DemoData:
 def find_data_root(data_root: str | Path = "") -> Path | None:
     """The folder holding CIFAR-100 for a notebook run from notebooks/: `data_root` when given,
     else $CVLAB_DATA, else ../data (the repository's data/), else ./data; None when none has it."""
-    import os
-
-    from .data import locate
-
     candidates = [data_root] if data_root else [os.environ.get("CVLAB_DATA", ""), "../data", "./data"]
     for c in candidates:
         if c and locate(c) is not None:
@@ -109,7 +106,6 @@ def load_demo_data(data_root: str | Path, synthetic: bool, n_train: int = 2000, 
         cfg = make_config(synthetic=True, synthetic_train=n_train, synthetic_test=n_test)
     else:
         cfg = make_config(data_root=str(data_root), download=False, subset=n_train, test_subset=n_test)
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # md5 of re-packed copies; structure is still checked
         data = load_for_config(cfg)
@@ -185,7 +181,7 @@ def depth_gradients(depth: int = 20, width: int = 256, batch: int = 512, seed: i
 
 def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> dict:
     """Activation functions and their derivatives (saturating regions shaded), plus how the
-    gradient reaching each layer of a 20-layer MLP depends on the activation."""
+    gradient reaching each layer of an MLP (20 layers; 50 when not quick) depends on the activation."""
     import pandas as pd
 
     with single_thread():
@@ -372,9 +368,9 @@ class DepthBlock(nn.Module):
 
 
 class DepthNet(nn.Module):
-    """2 * blocks + 2 weight layers on 8x8 feature maps: 2x2 average pool of the 32x32 image,
-    a stride-2 3x3 stem, `blocks` DepthBlocks, global average pool, linear classifier.
-    PyTorch's default initialisation, as a student's nn.Conv2d gets."""
+    """2 * blocks + 2 weight layers: a `pool` x `pool` average pool of the 32x32 image, a stride-2
+    3x3 stem (feature maps 8x8 for pool=2, 4x4 for pool=4), `blocks` DepthBlocks, global
+    average pool, linear classifier. PyTorch's default initialisation, as a student's nn.Conv2d gets."""
 
     def __init__(self, blocks: int, residual: bool, bn: bool = True, width: int = 8, num_classes: int = 100,
                  pool: int = 2) -> None:
@@ -383,10 +379,6 @@ class DepthNet(nn.Module):
                                   nn.BatchNorm2d(width) if bn else nn.Identity(), nn.ReLU())
         self.blocks = nn.Sequential(*[DepthBlock(width, residual, bn) for _ in range(blocks)])
         self.fc = nn.Linear(width, num_classes)
-
-    @property
-    def depth(self) -> int:
-        return 2 * len(self.blocks) + 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
@@ -463,6 +455,7 @@ def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed:
 
 def _smooth(values: list[float], window: int = 10) -> np.ndarray:
     v = np.asarray(values)
+    window = max(1, min(window, len(v)))
     kernel = np.ones(window) / window
     return np.convolve(v, kernel, mode="valid")
 
@@ -480,7 +473,7 @@ def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: in
         ax[0, col].legend(fontsize=8)
     for i, (name, c) in enumerate(curves.items()):
         s = _smooth(c)
-        ax[0, 2].plot(np.arange(len(s)) + 10, s, color=["C2", "C3", "C0"][i], label=name)
+        ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i], label=name)
     ax[0, 2].set(title=f"training loss, Adam 1e-3, batch 64 (BN)", xlabel="step",
                  ylabel="cross-entropy (10-step mean)")
     ax[0, 2].grid(alpha=0.3)
