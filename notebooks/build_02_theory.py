@@ -152,6 +152,8 @@ def build() -> nbformat.NotebookNode:
         cells += [new_markdown_cell(title), new_code_cell(f'answer("{name}")'), new_markdown_cell(demo_text)]
         cells += [new_code_cell(code) for code in codes]
     cells.append(new_markdown_cell(CLOSING))
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding without changes gives the same file
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
