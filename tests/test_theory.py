@@ -1,0 +1,178 @@
+"""The theory demonstrations: each runs on the CPU in seconds, writes its figure, and
+measures what the answers in answers/ claim."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cvlab import theory
+from cvlab.config import make_config, save_config
+from cvlab.runs import write_history, write_json
+
+
+@pytest.fixture(scope="module")
+def data():
+    return theory.load_demo_data("", synthetic=True, n_train=400, n_test=200)
+
+
+def test_steps_per_epoch_for_the_handout():
+    assert theory.steps_per_epoch(50_000, 1024) == 49          # 48 full batches + one of 848
+    assert theory.steps_per_epoch(50_000, 1024, drop_last=True) == 48
+    assert theory.steps_per_epoch(50_000, 128) == 391
+    assert theory.steps_per_epoch(1024, 1024) == 1
+
+
+def test_activation_demo(tmp_path):
+    out = theory.activation_demo(tmp_path)
+    assert out["figure"].is_file() and out["figure"].stat().st_size > 10_000
+    t = out["table"].set_index("activation")
+    assert t.loc["sigmoid", "max f'"] == pytest.approx(0.25, abs=1e-6)
+    assert t.loc["tanh", "f'(0)"] == pytest.approx(1.0)
+    # tanh' = 1 - tanh^2 < 0.01  <=>  |x| > atanh(sqrt(0.99))
+    assert t.loc["tanh", "|f'| < 0.01 for x >"] == pytest.approx(math.atanh(math.sqrt(0.99)), abs=2e-3)
+    assert t.loc["ReLU", "|f'| < 0.01 for x <"] == pytest.approx(0.0, abs=1e-9)
+    assert math.isinf(t.loc["LeakyReLU", "|f'| < 0.01 for x <"])
+    assert t.loc["ReLU", "E[f(z)], z~N(0,1)"] == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-4)
+    ratio = out["gradient_ratio"]
+    assert ratio["sigmoid"] < 1e-6                              # vanishes through 20 sigmoid layers
+    assert 0.1 < ratio["ReLU"] < 10                             # He init keeps ReLU's gradient scale
+
+
+def test_optimizer_demo_orders_the_ill_conditioned_quadratic(tmp_path):
+    out = theory.optimizer_demo(tmp_path, quick=True)
+    assert out["figure"].is_file()
+    quad = out["table"][out["table"].surface == "quadratic, kappa=100"].set_index("optimizer")
+    assert set(quad.index) == set(theory.OPTIMIZERS)
+    assert quad.final_loss.map(math.isfinite).all()
+    assert (quad.steps == quad.steps.iloc[0]).all()             # same step count for everyone
+    assert quad.final_loss["Adam"] < quad.final_loss["SGD"]
+    assert quad.final_loss["Momentum"] < quad.final_loss["SGD"]
+    assert quad.final_loss["Nesterov"] < quad.final_loss["SGD"]
+
+
+def test_optimize_runs_every_learning_rate_independently():
+    lrs = [1e-3, 1e-2]
+    losses, path = theory.optimize(theory.rosenbrock, (-1.5, 2.0), "SGD", lrs, steps=5)
+    assert losses.shape == (6, 2) and path.shape == (6, 2, 2)
+    for i, lr in enumerate(lrs):  # same as a hand-written gradient step
+        w = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+        theory.rosenbrock(w).backward()
+        assert torch.allclose(path[1, i], w.detach() - lr * w.grad)
+
+
+def test_residual_demo_plain_gradients_vanish_without_bn(tmp_path, data):
+    out = theory.residual_demo(tmp_path, data, steps=8)
+    assert out["figure"].is_file()
+    g = out["gradient_norms"]
+    assert g["plain", False][0] < g["residual", False][0]      # early layer, no BatchNorm
+    assert g["plain", False][0] < 1e-3 * g["plain", False][-1]  # ... vanishing towards the input
+    assert len(g["plain", True]) == 31                          # stem + 15 blocks x 2 convs
+    curves = out["curves"]
+    assert set(curves) == set(theory.DEGRADATION_MODELS)
+    assert all(len(c) == 8 and all(math.isfinite(v) for v in c) for c in curves.values())
+
+
+def test_batch_size_demo_matches_sampling_theory(tmp_path, data):
+    out = theory.batch_size_demo(tmp_path, data, n_examples=256)
+    assert out["figure"].is_file()
+    noise = out["noise"]
+    ratio = noise.measured_sq_error / noise.theory_sq_error
+    assert ((ratio > 0.7) & (ratio < 1.3)).all(), ratio
+    assert noise.measured_sq_error.is_monotonic_decreasing
+    steps = out["steps"].set_index("batch_size")
+    assert steps.loc[1024, "steps_per_epoch"] == 49 and steps.loc[1024, "steps_in_100_epochs"] == 4900
+
+
+def test_minibatch_noise_of_the_full_batch_is_zero():
+    grads = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    table, trace, _ = theory.minibatch_noise(grads, [16], draws=3)
+    assert table.measured_sq_error[0] == pytest.approx(0.0, abs=1e-10)
+    assert table.theory_sq_error[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_epoch_demo_counts_the_handout_schedule(tmp_path):
+    out = theory.epoch_demo(tmp_path)
+    assert out["figure"].is_file()
+    assert out["no_shuffle"]["steps_per_epoch"] == 49 and out["no_shuffle"]["last_batch"] == 848
+    assert out["no_shuffle"]["images_per_epoch"] == 50_000 and out["total_steps"] == 4900
+    assert out["no_shuffle"]["batchmates_kept"] == 1.0          # the handout sees identical batches
+    expected = (1024 - 1) / (50_000 - 1)                        # chance a batchmate stays one
+    assert out["shuffle"]["batchmates_kept"] == pytest.approx(expected, abs=0.002)
+
+
+def _fake_run(path, synthetic: bool):
+    path.mkdir()
+    save_config(make_config("handout", synthetic=synthetic, epochs=4), path / "config.json")
+    rows = [{"epoch": e, "train_loss": tr, "train_acc": ta, "test_loss": te, "test_acc": ea, "test_top5": 0.5,
+             "lr": 1e-4, "epoch_seconds": 1.0, "images_per_second": 100.0}
+            for e, tr, ta, te, ea in [(1, 4.0, 0.1, 3.9, 0.1), (2, 3.0, 0.3, 3.5, 0.2),
+                                      (3, 2.0, 0.5, 3.4, 0.25), (4, 1.0, 0.8, 3.8, 0.24)]]
+    write_history(path / "history.csv", rows)
+    write_json(path / "metrics.json", {"dataset": {"synthetic": synthetic, "n_train": 500}})
+
+
+def test_overfitting_from_run_reads_the_gap(tmp_path):
+    _fake_run(tmp_path / "run", synthetic=True)
+    out = theory.overfitting_from_run(tmp_path / "run", tmp_path / "fig")
+    assert out["figure"].is_file()
+    assert out["min_test_loss_epoch"] == 3 and out["min_test_loss"] == pytest.approx(3.4)
+    assert out["final_loss_gap"] == pytest.approx(2.8)
+    assert out["test_loss_rise_after_min"] == pytest.approx(0.4)
+    assert out["final_acc_gap"] == pytest.approx(0.56)
+    assert out["synthetic"] is True and out["n_train"] == 500
+
+
+def test_overfitting_from_run_names_the_missing_run(tmp_path):
+    out = theory.overfitting_from_run(tmp_path / "nothing", tmp_path / "fig")
+    assert "figure" not in out
+    assert str(tmp_path / "nothing") in out["missing"]
+    assert "python -m cvlab train --preset handout" in out["missing"]
+    assert not (tmp_path / "fig").exists()
+
+
+def test_regularization_demo_runs_each_setting(tmp_path, data):
+    out = theory.regularization_demo(tmp_path, data, epochs=2, n_train=200)
+    assert out["figure"].is_file()
+    table = out["table"]
+    assert list(table.setting) == list(theory.REGULARIZERS)
+    assert table[["final_train_loss", "final_test_loss"]].map(math.isfinite).all().all()
+    assert all(len(h) == 2 for h in out["histories"].values())
+    assert out["n_train"] == 200 and out["n_test"] == 200
+
+
+def test_handout_stem_bn_cancels_a_constant_input_offset():
+    """answers/q5: the MNIST constants shift each input channel by a constant; through the
+    handout's unpadded stem conv that is a per-channel constant, which BatchNorm subtracts."""
+    from cvlab.models import handout_resnet18
+
+    torch.manual_seed(0)
+    stem = handout_resnet18()[:2].train().double()              # Conv2d(3, 64, 3, padding=0), BatchNorm2d
+    x = torch.rand(8, 3, 32, 32, dtype=torch.float64)
+    offset = torch.tensor([1.22, 1.15, 1.01], dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.allclose(stem(x), stem(x + offset), atol=1e-9)
+
+
+def test_notebook_02_follows_the_contract():
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "notebooks" / "02_theory.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)   # committed without outputs
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and params[0] is code[0]
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params[0].source).body
+              for t in node.targets}
+    assert values == {"QUICK": True, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
+                      "DEVICE": "auto", "SYNTHETIC": False, "SEED": 0}
+    rendered = [c.source.split('"')[1] for c in code if c.source.startswith("answer(")]
+    assert rendered == ["q1_batch_size", "q2_epoch", "q3_overfitting", "q4_resnet", "q5_activations",
+                        "q6_optimizers"]
+    for name in rendered:
+        text = (repo / "answers" / f"{name}.md").read_text(encoding="utf-8")
+        assert "**参考文献**" in text
