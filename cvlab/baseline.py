@@ -6,8 +6,10 @@ Each function measures something and returns a table or a dict; the notebook nar
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,6 +173,38 @@ def spatial_sizes(model: nn.Sequential, input_size: int = 32) -> list[int]:
     return sizes
 
 
+# ---------------------------------------------------------------------------- BN statistics
+
+def bn_mode_check(run_dir, split: Split, n: int = 1000, batch_size: int = 500) -> dict:
+    """The run's final model on its first `n` training images, BatchNorm in train mode (batch
+    statistics, as during training) and in eval mode (running averages, as at test time).
+
+    A model that fits these images in train mode but not in eval mode has running statistics that
+    have not caught up (few steps, BN momentum 0.1): its test numbers then understate what it learned.
+    """
+    import json
+    import torch.nn.functional as F
+    from .runs import CHECKPOINT, CONFIG
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    model = build_model(config["model"], config["num_classes"])
+    model.load_state_dict(torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"])
+    part = split.take(torch.arange(min(n, len(split))))
+    loader = TensorLoader(part, batch_size, torch.device("cpu"), config["normalization"])
+    out = {"images": len(part)}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")  # train mode also updates the running stats: this is a throwaway copy
+        loss, correct = 0.0, 0
+        with torch.no_grad():
+            for x, y in loader:
+                logits = model(x)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == y).sum())
+        out[f"{mode}_mode_acc"], out[f"{mode}_mode_loss"] = correct / len(part), loss / len(part)
+    return out
+
+
 # ---------------------------------------------------------------------------- discussion
 
 TURN_UP_TOLERANCE = 0.01  # a rise of the test loss under 1% of its minimum counts as flat
@@ -215,8 +249,9 @@ def describe_run_zh(run: Run) -> str:
             f"用时 {m.get('total_seconds', 0):,.0f} 秒{speed}。")
 
 
-def discussion_zh(run: Run) -> str:
-    """A short Chinese Markdown discussion of the run's curves; every number comes from its history."""
+def discussion_zh(run: Run, bn: dict | None = None) -> str:
+    """A short Chinese Markdown discussion of the run's curves; every number comes from its history
+    (and from `bn_mode_check` when given)."""
     s = curve_summary(run.history)
     lines = []
     if run.synthetic:
@@ -241,6 +276,19 @@ def discussion_zh(run: Run) -> str:
     size = "已经明显" if gap_pp >= 10 else "还不大"
     lines.append(f"- 最后一个 epoch：训练准确率 {s['final_train_acc']:.1%}，测试准确率 {s['final_test_acc']:.1%}，"
                  f"差距 {gap_pp:.1f} 个百分点（{size}）；测试损失比训练损失高 {s['loss_gap']:.3f}。")
+    chance = math.log(run.config.get("num_classes", 100))
+    if abs(s["final_test_loss"] - chance) < 0.02 * chance:
+        lines.append(f"- 最后的测试损失 {s['final_test_loss']:.3f} 与 ln({run.config.get('num_classes', 100)}) = {chance:.3f} "
+                     "相差不到 2%，也就是对所有类别均匀猜测时的损失：评估模式下的模型在测试集上几乎等于瞎猜。")
+    if bn is not None:
+        steps = s["epochs"] * -(-int(run.metrics.get("dataset", {}).get("n_train", 0)) // int(run.config.get("batch_size", 1)))
+        lines.append(f"- 用最终模型在前 {bn['images']:,} 张训练图像上检查 BN：训练模式（batch 统计量）准确率 "
+                     f"{bn['train_mode_acc']:.1%}，评估模式（滑动平均的 running 统计量，测试时用的就是它）{bn['eval_mode_acc']:.1%}。")
+        if bn["train_mode_acc"] - bn["eval_mode_acc"] >= 0.10:
+            lines.append(f"  评估模式下连训练图像都分不好，说明本次训练/测试的差距主要来自 BN 的 running 统计量还没跟上"
+                         f"（一共只训练了 {steps} 步，BN 的动量为 0.1），而不只是过拟合（步数更多时这部分差距应当缩小，本次运行没有测量）。")
+        else:
+            lines.append("  两种模式相差不到 10 个百分点，训练/测试的差距主要反映的是泛化差距（过拟合）。")
     lines.append(f"- 测试准确率最高 {s['best_test_acc']:.1%}（第 {s['best_test_acc_epoch']} 个 epoch）。"
                  "按测试集挑选 epoch 会高估泛化能力，此数只作参考，报告以最后一个 epoch 为准。")
     lines.append("- 读图提示：训练损失是 epoch 内各 batch 的平均（模型边训练边变化、BN 处于训练模式），"

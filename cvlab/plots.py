@@ -57,9 +57,8 @@ def loss_curves(run: Run | str | Path) -> Figure:
     ax.plot(h["epoch"], h["train_loss"], "o-", color=COLORS["train"], ms=4, label="train loss (epoch mean)")
     ax.plot(h["epoch"], h["test_loss"], "s-", color=COLORS["test"], ms=4, label="test loss (end of epoch)")
     best = h.loc[h["test_loss"].idxmin()]
-    ax.axvline(best["epoch"], color="0.5", ls="--", lw=1)
-    ax.annotate(f"lowest test loss {best['test_loss']:.3f}\nepoch {int(best['epoch'])}",
-                xy=(best["epoch"], best["test_loss"]), xytext=(8, 12), textcoords="offset points", fontsize=8)
+    ax.axvline(best["epoch"], color="0.5", ls="--", lw=1,
+               label=f"lowest test loss {best['test_loss']:.3f} (epoch {int(best['epoch'])})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy loss")
     ax.grid(alpha=0.3)

@@ -257,6 +257,7 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: st
 
     try:
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
+                                   language="python",  # also for notebooks without kernelspec metadata
                                    cwd=str(notebook.parent), log_output=log_output,
                                    progress_bar=sys.stderr.isatty() and not log_output,
                                    request_save_on_cell_execute=True, execution_timeout=timeout,
@@ -443,6 +444,13 @@ class NotebookResult:
     error: str | None = None
 
 
+def require_report_packages() -> None:
+    import importlib.util
+    missing = [m for m in ("papermill", "nbconvert", "nbformat", "ipykernel") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not installed for {sys.executable}; pip install 'cvlab[report]'")
+
+
 def default_notebooks_dir() -> Path:
     here = Path.cwd() / "notebooks"
     return here if here.is_dir() else PACKAGE_ROOT / "notebooks"
@@ -454,6 +462,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                timeout: float | None = None, log: Callable[[str], None] = print) -> list[NotebookResult]:
     """Execute the notebooks in order and export each; raise NotebookFailed at the first failing one."""
     warn = lambda text: log(f"warning: {text}")  # noqa: E731
+    require_report_packages()
     profile = load_profile(profile_name)
     folder = (notebooks_dir or default_notebooks_dir()).resolve()
     notebooks = find_notebooks(folder, only)
@@ -461,9 +470,13 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     out = (out or folder.parent / "reports" / profile.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     kernel = kernel or ensure_kernel(log)
-    if log_output:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        logging.getLogger("papermill").setLevel(logging.INFO)
+    if log_output:  # papermill logs cell output to its logger; show that logger only
+        logger = logging.getLogger("papermill")
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     results: list[NotebookResult] = []

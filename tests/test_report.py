@@ -178,6 +178,9 @@ def test_discussion_and_figures_are_labelled_synthetic(tmp_path):
     assert any(t.get_text() == "SYNTHETIC" for t in fig.texts)
     out = plots.save_figure(fig, tmp_path / "figs" / "loss.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bn = {"images": 300, "train_mode_acc": 0.8, "eval_mode_acc": 0.02}
+    assert "BN 的 running 统计量还没跟上" in baseline.discussion_zh(syn, bn)
+    assert "泛化差距" in baseline.discussion_zh(syn, {**bn, "eval_mode_acc": 0.75})
     real = load_run(_run_dir(tmp_path, False, [4.0, 3.0]))
     assert "SYNTHETIC" not in baseline.discussion_zh(real)
     assert not any("SYNTHETIC" in t.get_text() for t in plots.accuracy_curves(real).texts)
@@ -258,16 +261,24 @@ def test_pdf_export_with_chromium(smoke, tmp_path):
     assert path.read_bytes()[:5] == b"%PDF-"
 
 
-def test_failing_notebook_exits_nonzero_naming_cell_and_error(smoke):
-    done = _report(smoke, "--profile", "smoke", "--only", "01", "--out", str(smoke / "failed"),
-                   "-p", "PRESET", "no_such_preset")
+def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    path = _notebook(folder / "01_fails.ipynb", "EPOCHS = 2")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell("print('setup')"),
+                 nbformat.v4.new_code_cell("if EPOCHS <= 0:\n    raise ValueError(f'EPOCHS must be positive, got {EPOCHS}')"),
+                 nbformat.v4.new_code_cell("print('never reached')")]
+    nbformat.write(nb, str(path))
+    done = _report(tmp_path, "--profile", "smoke", "-p", "EPOCHS", "-1")
     assert done.returncode == 1
     err = done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr and err.startswith("cvlab: error: "), done.stderr
-    assert "01_baseline.ipynb failed in cell In [" in err
-    assert "ConfigError: unknown preset 'no_such_preset'" in err
-    assert (smoke / "failed" / "01_baseline.ipynb").is_file()  # the partial notebook is kept
-    manifest = json.loads((smoke / "failed" / "report.json").read_text(encoding="utf-8"))
+    assert "01_fails.ipynb failed in cell In [4]" in err  # parameters, injected parameters, setup, then this
+    assert "ValueError: EPOCHS must be positive, got -1" in err
+    partial = nbformat.read(str(tmp_path / "reports" / "smoke" / "01_fails.ipynb"), as_version=4)
+    assert [c.execution_count for c in partial.cells if c.cell_type == "code"][-1] is None  # kept, stopped there
+    manifest = json.loads((tmp_path / "reports" / "smoke" / "report.json").read_text(encoding="utf-8"))
     assert manifest["notebooks"][0]["status"] == "failed"
 
 
