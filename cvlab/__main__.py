@@ -197,6 +197,7 @@ def register_data(sub) -> None:
 # ---------------------------------------------------------------------------- main
 
 REGISTER = [register_train, register_presets, register_data]
+from .report import register as register_report; REGISTER.append(register_report)  # noqa: E402,E702
 
 
 def build_parser() -> Parser:

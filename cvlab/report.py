@@ -1,0 +1,556 @@
+"""The report: run notebooks/0*.ipynb in order with papermill, then export each to HTML (and PDF).
+
+    python -m cvlab report --profile smoke                      # synthetic data, CPU: checks every notebook
+    python -m cvlab report                                      # profile "full": real data, the handout's settings
+    python -m cvlab report -p DATA_ROOT /data -p SUBSET 5000 -p EPOCHS 3 -p DEVICE cpu
+    python -m cvlab report --only 01 --no-input --log-output    # one notebook, code hidden, live output
+
+Parameters come from a YAML profile (cvlab/profiles/*.yaml, or a file): `common` values go to every
+notebook that declares them in its `parameters` cell, `notebooks.<name>` values to that notebook only;
+`-p KEY VALUE` overrides both (`-p 01_baseline.KEY VALUE` for one notebook). Executed notebooks and
+exports land in reports/<profile>/; a failing notebook is kept there as executed so far.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import UsageError
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout that holds this cvlab
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class NotebookFailed(Exception):
+    """A notebook raised in a cell (or its kernel died); the message names the cell and the error."""
+
+
+# ---------------------------------------------------------------------------- profiles and parameters
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    common: dict[str, Any]
+    notebooks: dict[str, dict[str, Any]]
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile shipped with cvlab (by name) or a YAML file (by path)."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UsageError(f"unknown profile {name_or_path!r}; choose from {', '.join(available_profiles())} "
+                             "or give a .yaml file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict) or not set(values) <= {"description", "common", "notebooks"}:
+        raise UsageError(f"profile {path} must be a mapping with description, common and notebooks")
+    common, notebooks = values.get("common") or {}, values.get("notebooks") or {}
+    if not isinstance(common, dict) or not isinstance(notebooks, dict) \
+            or not all(isinstance(v, dict) for v in notebooks.values()):
+        raise UsageError(f"profile {path}: common must map names to values, notebooks names to such mappings")
+    return Profile(path.stem, str(values.get("description", "")), common, notebooks)
+
+
+def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
+    """notebooks/0*.ipynb in name order; `only` keeps those whose name starts with one of its entries."""
+    if not folder.is_dir():
+        raise UsageError(f"no notebooks folder at {folder}; run from the repository root or pass --notebooks DIR")
+    found = sorted(folder.glob("0*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.stem.startswith(o) for o in only)]
+    if not found:
+        raise UsageError(f"no notebooks matching 0*.ipynb{' and --only ' + ', '.join(only) if only else ''} in {folder}")
+    return found
+
+
+def read_parameters(path: Path) -> dict[str, Any]:
+    """Names and values of the notebook's one `parameters` cell, which must hold only `NAME = literal`
+    lines (papermill's own inspection silently skips lines whose comment holds '=')."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise UsageError(f"{path.name}: expected one cell tagged 'parameters', found {len(cells)}")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as exc:
+        raise UsageError(f"{path.name}: parameters cell line {exc.lineno}: {exc.msg}") from None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        try:
+            if not isinstance(target, ast.Name) or node.value is None:
+                raise ValueError
+            values[target.id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise UsageError(f"{path.name}: parameters cell line {node.lineno} is not NAME = literal") from None
+    return values
+
+
+def coerce(key: str, text: str, default: Any) -> Any:
+    """Convert a `-p` value to the type of the parameter's default (str stays as typed)."""
+    import yaml
+
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise UsageError(f"-p {key}: expected true or false, got {text!r}")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"-p {key}: expected an integer, got {text!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"-p {key}: expected a number, got {text!r}") from None
+    if isinstance(default, str):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def resolve_parameters(notebooks: list[Path], profile: Profile, overrides: list[tuple[str, str]],
+                       warn: Callable[[str], None]) -> dict[Path, dict[str, Any]]:
+    """The parameters each notebook gets: profile common + per-notebook, then `-p` overrides."""
+    declared = {nb: read_parameters(nb) for nb in notebooks}
+    result: dict[Path, dict[str, Any]] = {}
+    for nb in notebooks:
+        params = {k: v for k, v in profile.common.items() if k in declared[nb]}
+        own = profile.notebooks.get(nb.stem, {})
+        unknown = sorted(set(own) - set(declared[nb]))
+        if unknown:
+            warn(f"profile {profile.name} sets {', '.join(unknown)} for {nb.name}, which does not declare them; "
+                 "ignored")
+        params.update({k: v for k, v in own.items() if k in declared[nb]})
+        result[nb] = params
+    for key, text in overrides:
+        scope, _, name = key.rpartition(".")
+        targets = [nb for nb in notebooks if name in declared[nb] and (not scope or nb.stem.startswith(scope))]
+        if not targets:
+            known = sorted({k for nb in notebooks for k in declared[nb]})
+            raise UsageError(f"-p {key}: no notebook{' ' + scope + '*' if scope else ''} declares {name}; "
+                             f"parameters: {', '.join(known)}")
+        for nb in targets:
+            result[nb][name] = coerce(name, text, declared[nb][name])
+    return result
+
+
+# ---------------------------------------------------------------------------- kernel
+
+def _runs_this_interpreter(argv0: str) -> bool:
+    # jupyter_client starts a spec whose argv[0] is "python", "python3" or "python3.X" with the
+    # launching interpreter (sys.executable), so those count as this interpreter too.
+    names = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    if argv0 in names:
+        return True
+    try:
+        return Path(argv0).resolve() == Path(sys.executable).resolve()
+    except OSError:
+        return False
+
+
+def kernel_name_for_this_python() -> str:
+    """A kernelspec name derived from this interpreter's prefix: stable for one venv/conda env."""
+    import hashlib
+    digest = hashlib.sha1(str(Path(sys.prefix).resolve()).encode()).hexdigest()[:8]
+    return f"cvlab-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
+
+
+def ensure_kernel(log: Callable[[str], None] = print) -> str:
+    """The name of a kernelspec that runs this interpreter, registering one (--user) when none does."""
+    try:
+        import ipykernel  # noqa: F401
+        from jupyter_client.kernelspec import KernelSpecManager
+    except ImportError:
+        raise UsageError(f"ipykernel is not installed for {sys.executable}; "
+                         "pip install 'cvlab[report]' (or pip install ipykernel papermill nbconvert)") from None
+    specs = KernelSpecManager().get_all_specs()
+    matching = [name for name, s in specs.items()
+                if s.get("spec", {}).get("language", "").lower() == "python"
+                and s.get("spec", {}).get("argv") and _runs_this_interpreter(s["spec"]["argv"][0])]
+    for preferred in (kernel_name_for_this_python(), "python3"):
+        if preferred in matching:
+            return preferred
+    if matching:
+        return sorted(matching)[0]
+    name = kernel_name_for_this_python()
+    log(f"registering a Jupyter kernel {name!r} for {sys.executable}")
+    cmd = [sys.executable, "-m", "ipykernel", "install", "--user", "--name", name,
+           "--display-name", f"Python {sys.version_info[0]}.{sys.version_info[1]} ({Path(sys.prefix).name}, cvlab)"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UsageError(f"could not register a Jupyter kernel: {(done.stderr or done.stdout).strip().splitlines()[-1]}")
+    return name
+
+
+@contextlib.contextmanager
+def kernel_environment(repo_root: Path) -> Iterator[None]:
+    """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    paths = [str(repo_root)] + [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences the debugger's frozen-modules warning
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---------------------------------------------------------------------------- execution
+
+def short_error(exc: Exception, notebook: Path, output: Path) -> str:
+    """papermill's error shortened to the cell and the exception line."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        first = next((ln.strip() for ln in (exc.source or "").splitlines() if ln.strip()), "")
+        evalue = ANSI.sub("", str(exc.evalue or "")).strip().splitlines()
+        where = f"cell In [{exc.exec_count}]" if exc.exec_count else f"cell {exc.cell_index + 1}"
+        return (f"{notebook.name} failed in {where} (cell {exc.cell_index + 1} of the executed notebook, "
+                f"starting {first[:60]!r}): {exc.ename}: {evalue[0] if evalue else ''}; "
+                f"partial notebook kept at {output}")
+    text = ANSI.sub("", str(exc)).strip().splitlines()
+    return f"{notebook.name} failed: {type(exc).__name__}: {text[0] if text else ''}; partial notebook kept at {output}"
+
+
+def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: str, log_output: bool,
+            timeout: float | None = None) -> None:
+    """Run `notebook` with papermill (cwd = its folder), writing `output` after every cell."""
+    import papermill
+
+    try:
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
+                                   language="python",  # also for notebooks without kernelspec metadata
+                                   cwd=str(notebook.parent), log_output=log_output,
+                                   progress_bar=sys.stderr.isatty() and not log_output,
+                                   request_save_on_cell_execute=True, execution_timeout=timeout,
+                                   # the kernel's own log (e.g. ipykernel 7's note that a loopback kernel
+                                   # runs unencrypted over TCP) is noise on the report's stderr
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # papermill, nbclient and kernel errors all end the report here
+        raise NotebookFailed(short_error(exc, notebook, output)) from None
+
+
+# ---------------------------------------------------------------------------- export
+
+def _mathml_renderer_class():
+    """nbconvert's Markdown renderer with LaTeX turned into MathML (browsers render it offline).
+
+    None when latex2mathml is missing: math then stays as TeX source in the HTML.
+    """
+    try:
+        from latex2mathml.converter import convert
+    except ImportError:
+        return None
+    from html import escape
+    from nbconvert.filters.markdown_mistune import IPythonRenderer
+
+    def mathml(tex: str, display: str) -> str:
+        try:
+            return convert(tex, display=display)
+        except Exception:  # an unsupported command: show the source rather than fail the export
+            return f"<code>{escape(tex)}</code>"
+
+    class MathMLRenderer(IPythonRenderer):
+        def block_math(self, body: str) -> str:
+            return mathml(body, "block")
+
+        def inline_math(self, body: str) -> str:
+            return mathml(body, "inline")
+
+        def latex_environment(self, name: str, body: str) -> str:
+            return mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", "block")
+
+    return MathMLRenderer
+
+
+# A lab page without the scripts it would fetch from a CDN (require.js, MathJax, mermaid).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style type="text/css">
+  body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", "Microsoft YaHei",
+         "PingFang SC", "WenQuanYi Micro Hei", sans-serif; }
+  math[display="block"] { margin: 0.6em 0; }
+  @media print {  /* the PDF: wrap long code lines, shrink wide tables instead of cutting them */
+    pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+    .jp-RenderedHTMLCommon table { font-size: 0.75em; }
+    .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
+  }
+</style>
+{%- endblock extra_css -%}
+"""
+
+
+def offline_html_exporter(no_input: bool):
+    """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML."""
+    from jinja2 import DictLoader, pass_context
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import MarkdownWithMath
+
+    renderer_class = _mathml_renderer_class()
+
+    class OfflineHTMLExporter(HTMLExporter):
+        @pass_context
+        def markdown2html(self, context, source):
+            if renderer_class is None:
+                return super().markdown2html(context, source)
+            cell = context.get("cell", {})
+            renderer = renderer_class(
+                escape=False, attachments=cell.get("attachments", {}), embed_images=self.embed_images,
+                path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                anchor_link_text=self.anchor_link_text, exclude_anchor_links=self.exclude_anchor_links,
+                **self.lexer_options)
+            return MarkdownWithMath(renderer=renderer).render(source)
+
+    return OfflineHTMLExporter(
+        template_name="lab", extra_loaders=[DictLoader({"cvlab_offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="cvlab_offline.html.j2", embed_images=True, exclude_input=no_input,
+        exclude_input_prompt=no_input, exclude_output_prompt=no_input)
+
+
+def count_math(nb) -> int:
+    pattern = re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]", re.S)
+    return sum(len(pattern.findall(c.source)) for c in nb.cells if c.cell_type == "markdown")
+
+
+def export_html(executed: Path, html: Path, source_dir: Path, no_input: bool = False,
+                warn: Callable[[str], None] = print) -> Path:
+    """Write `executed` as one self-contained HTML file (Markdown images resolved from `source_dir`)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    if _mathml_renderer_class() is None and count_math(nb):
+        warn(f"{executed.stem}: {count_math(nb)} formula(s) left as TeX in the HTML; "
+             "pip install latex2mathml to render them offline")
+    exporter = offline_html_exporter(no_input)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir),
+                                                                      "name": executed.stem}})
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "msedge")
+
+
+def find_browser() -> str | None:
+    """A Chromium-family browser: $CVLAB_CHROMIUM, else the first of BROWSERS on PATH."""
+    if os.environ.get("CVLAB_CHROMIUM"):
+        return os.environ["CVLAB_CHROMIUM"]
+    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
+
+
+def headless_browser_args(user_data_dir: str) -> list[str]:
+    args = ["--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars",
+            f"--user-data-dir={user_data_dir}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    return args
+
+
+def cjk_font_present() -> bool | None:
+    """Whether fontconfig knows a Chinese font (None where fc-list is missing, e.g. Windows/macOS)."""
+    if not shutil.which("fc-list"):
+        return None
+    done = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True)
+    return bool(done.stdout.strip())
+
+
+def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) -> tuple[Path | None, str]:
+    """PDF from the exported HTML with headless Chromium (same page as the HTML); else nbconvert's
+    webpdf (playwright); returns (path or None, one line saying what happened or what is missing)."""
+    browser = find_browser()
+    if browser:
+        with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
+            cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
+                   f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
+            try:
+                subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return None, f"PDF not made: {browser} failed ({type(exc).__name__})"
+        if not pdf.is_file() or pdf.stat().st_size == 0:
+            return None, f"PDF not made: {browser} wrote no PDF"
+        note = "" if cjk_font_present() is not False else \
+            " (no Chinese font found: Chinese shows as boxes; apt-get install fonts-noto-cjk)"
+        return pdf, f"PDF via {Path(browser).name}{note}"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return None, ("PDF not made: needs Chromium (apt-get install chromium, or set CVLAB_CHROMIUM to a "
+                      "Chrome/Edge binary) or playwright (pip install 'nbconvert[webpdf]' && playwright install chromium)")
+    try:
+        from nbconvert import WebPDFExporter
+        exporter = WebPDFExporter(disable_sandbox=True, embed_images=True, exclude_input=no_input,
+                                  exclude_input_prompt=no_input, exclude_output_prompt=no_input)
+        data, _ = exporter.from_filename(str(executed))
+        pdf.write_bytes(data)
+        return pdf, "PDF via nbconvert webpdf (playwright)"
+    except Exception as exc:
+        return None, f"PDF not made: nbconvert webpdf failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+# ---------------------------------------------------------------------------- the report
+
+@dataclass
+class NotebookResult:
+    notebook: str
+    executed: str
+    parameters: dict[str, Any]
+    status: str = "not run"
+    seconds: float = 0.0
+    exports: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def require_report_packages() -> None:
+    import importlib.util
+    missing = [m for m in ("papermill", "nbconvert", "nbformat", "ipykernel") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not installed for {sys.executable}; pip install 'cvlab[report]'")
+
+
+def default_notebooks_dir() -> Path:
+    here = Path.cwd() / "notebooks"
+    return here if here.is_dir() else PACKAGE_ROOT / "notebooks"
+
+
+def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | None = None,
+               notebooks_dir: Path | None = None, out: Path | None = None, only: list[str] | None = None,
+               log_output: bool = False, no_input: bool = False, pdf: bool = True, kernel: str | None = None,
+               timeout: float | None = None, log: Callable[[str], None] = print) -> list[NotebookResult]:
+    """Execute the notebooks in order and export each; raise NotebookFailed at the first failing one."""
+    warn = lambda text: log(f"warning: {text}")  # noqa: E731
+    require_report_packages()
+    profile = load_profile(profile_name)
+    folder = (notebooks_dir or default_notebooks_dir()).resolve()
+    notebooks = find_notebooks(folder, only)
+    params = resolve_parameters(notebooks, profile, overrides or [], warn)
+    out = (out or folder.parent / "reports" / profile.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = kernel or ensure_kernel(log)
+    if log_output:  # papermill logs cell output to its logger; show that logger only
+        logger = logging.getLogger("papermill")
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
+        f"kernel {kernel}; output {out}")
+    results: list[NotebookResult] = []
+    try:
+        with kernel_environment(PACKAGE_ROOT):
+            for nb in notebooks:
+                executed = out / nb.name
+                result = NotebookResult(nb.name, str(executed), params[nb])
+                results.append(result)
+                log(f"{nb.stem}: running with {json.dumps(params[nb], ensure_ascii=False)}")
+                start = time.perf_counter()
+                try:
+                    execute(nb, executed, params[nb], kernel, log_output, timeout)
+                except NotebookFailed as exc:
+                    result.status, result.error = "failed", str(exc)
+                    raise
+                finally:
+                    result.seconds = round(time.perf_counter() - start, 1)
+                result.status = "ok"
+                result.exports = export(executed, nb.parent, no_input, pdf, log)
+                log(f"{nb.stem}: ok in {result.seconds:.0f} s -> {', '.join(Path(p).name for p in [executed, *result.exports])}")
+    finally:
+        write_manifest(out / "report.json", profile, results, no_input)
+    return results
+
+
+def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Callable[[str], None]) -> list[str]:
+    html = export_html(executed, executed.with_suffix(".html"), source_dir, no_input,
+                       warn=lambda t: log(f"warning: {t}"))
+    made = [str(html)]
+    if pdf:
+        path, note = export_pdf(html, executed.with_suffix(".pdf"), executed, no_input)
+        log(f"{executed.stem}: {note}")
+        if path:
+            made.append(str(path))
+    return made
+
+
+def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool) -> None:
+    from . import __version__
+    from .runs import write_json
+
+    write_json(path, {"profile": profile.name, "cvlab": __version__, "python": sys.executable,
+                      "no_input": no_input, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "notebooks": [r.__dict__ for r in results]})
+
+
+# ---------------------------------------------------------------------------- command line
+
+def cmd_report(args) -> int:
+    try:
+        run_report(args.profile, [tuple(p) for p in args.parameter], Path(args.notebooks) if args.notebooks else None,
+                   Path(args.out) if args.out else None, args.only, args.log_output, args.no_input, args.pdf,
+                   args.kernel, args.cell_timeout)
+    except NotebookFailed as exc:
+        sys.stderr.write(f"cvlab: error: {exc}\n")
+        return 1
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="run the notebooks with papermill and export them to HTML/PDF",
+                       description=__doc__.split("\n\n")[0] + " Profiles: " + ", ".join(available_profiles()) + ".")
+    p.add_argument("--profile", default="full",
+                   help="parameter profile: a name (smoke: synthetic data, CPU; full: real data, the handout's "
+                        "settings) or a .yaml file (default: full)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override a parameter in every notebook that declares it (NOTEBOOK.KEY for one); repeatable")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only notebooks whose name starts with NAME")
+    p.add_argument("--notebooks", metavar="DIR", help="folder holding 0*.ipynb (default: ./notebooks)")
+    p.add_argument("--out", metavar="DIR", help="executed notebooks and exports (default: reports/<profile>)")
+    p.add_argument("--log-output", action="store_true", help="stream cell output live while notebooks run")
+    p.add_argument("--no-input", action="store_true", help="hide code cells in the HTML/PDF (submission copy)")
+    p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")
+    p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
+    p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,297 @@
+"""The report: notebooks committed clean, profiles, parameters, kernel, HTML/PDF export, and the smoke
+profile end to end (every notebooks/0*.ipynb present, synthetic data, CPU) through the command line."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from cvlab import baseline, plots, report
+from cvlab.errors import UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+CONTRACT = {  # notebook -> parameters its cell must declare (HELPERS.md notebook contract)
+    "01_baseline": {"PRESET", "EPOCHS", "BATCH_SIZE", "SUBSET", "RUN_DIR"},
+    "02_theory": {"QUICK", "BASELINE_RUN_DIR"},
+    "03_improvements": {"BUDGET", "SEEDS", "RUNS_DIR"},
+}
+COMMON = {"DATA_ROOT", "DEVICE", "SYNTHETIC", "SEED"}
+
+
+# ---------------------------------------------------------------------------- notebooks as committed
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_committed_without_outputs(path):
+    nb = nbformat.read(str(path), as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    assert "papermill" not in nb.metadata, f"{path.name} is an executed copy (papermill metadata)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_parameters_follow_the_contract(path):
+    declared = report.read_parameters(path)  # raises unless one cell of NAME = literal lines
+    assert COMMON | CONTRACT.get(path.stem, set()) <= set(declared)
+
+
+def test_baseline_notebook_is_present():
+    assert (REPO / "notebooks" / "01_baseline.ipynb") in NOTEBOOKS
+
+
+def test_profiles_give_every_contract_notebook_its_parameters():
+    for name in ("smoke", "full"):
+        profile = report.load_profile(name)
+        assert COMMON <= set(profile.common)
+        for stem, keys in CONTRACT.items():
+            assert keys <= set(profile.notebooks[stem]), (name, stem)
+    smoke = report.load_profile("smoke")
+    assert smoke.common["SYNTHETIC"] is True and smoke.common["DEVICE"] == "cpu"
+    assert report.load_profile("full").common["SYNTHETIC"] is False
+
+
+def test_present_notebooks_declare_what_the_profiles_set():
+    for name in ("smoke", "full"):
+        warnings = []
+        report.resolve_parameters(NOTEBOOKS, report.load_profile(name), [], warnings.append)
+        assert not warnings
+
+
+# ---------------------------------------------------------------------------- parameters
+
+def _notebook(path: Path, params: str, markdown: str = "# 标题") -> Path:
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(markdown), cell])
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_parameters_merge_profile_then_overrides(tmp_path):
+    a = _notebook(tmp_path / "01_a.ipynb", 'DEVICE = "auto"  # a = b\nEPOCHS = 100\nSYNTHETIC = False\nLR = 0.1')
+    b = _notebook(tmp_path / "02_b.ipynb", 'DEVICE = "auto"\nQUICK = True')
+    profile = report.Profile("t", "", {"DEVICE": "cpu", "SEED": 0}, {"01_a": {"EPOCHS": 2}, "02_b": {"QUICK": False}})
+    got = report.resolve_parameters([a, b], profile, [("SYNTHETIC", "true"), ("LR", "0.5"), ("02.DEVICE", "cuda")],
+                                    lambda t: None)
+    assert got[a] == {"DEVICE": "cpu", "EPOCHS": 2, "SYNTHETIC": True, "LR": 0.5}
+    assert got[b] == {"DEVICE": "cuda", "QUICK": False}
+    with pytest.raises(UsageError, match="no notebook declares NOPE"):
+        report.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
+    with pytest.raises(UsageError, match="expected an integer"):
+        report.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
+
+
+def test_parameters_cell_must_hold_literals(tmp_path):
+    bad = _notebook(tmp_path / "01_bad.ipynb", "import os\nX = os.getcwd()")
+    with pytest.raises(UsageError, match="line 1 is not NAME = literal"):
+        report.read_parameters(bad)
+
+
+def test_unknown_profile_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown profile"):
+        report.load_profile("nope")
+
+
+# ---------------------------------------------------------------------------- kernel
+
+def test_kernel_spec_detection():
+    assert report._runs_this_interpreter("python")
+    assert report._runs_this_interpreter(sys.executable)
+    assert not report._runs_this_interpreter("/nonexistent/bin/python9")
+
+
+def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(KernelSpecManager, "get_all_specs", lambda self: {})
+    name = report.ensure_kernel(log=lambda t: None)
+    spec = json.loads((tmp_path / "kernels" / name / "kernel.json").read_text())
+    assert Path(spec["argv"][0]).resolve() == Path(sys.executable).resolve()
+
+
+# ---------------------------------------------------------------------------- export
+
+def test_html_export_is_offline_with_math_and_chinese(tmp_path):
+    path = _notebook(tmp_path / "01_m.ipynb", "X = 1", "# 训练损失\n\n标准化 $x' = (x - \\mu) / \\sigma$\n\n$$\\frac{a}{b}$$")
+    html = report.export_html(path, tmp_path / "01_m.html", tmp_path, no_input=True).read_text(encoding="utf-8")
+    assert "训练损失" in html and html.count("<math") == 2 and "\\frac" not in html
+    assert "<script" not in html  # no require.js / MathJax / mermaid from a CDN
+    assert "X = 1" not in html  # --no-input hides code
+
+
+def test_pdf_missing_tools_are_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "find_browser", lambda: None)
+    monkeypatch.setitem(sys.modules, "playwright", None)  # import fails
+    path, note = report.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
+    assert path is None and note.startswith("PDF not made: needs Chromium") and "\n" not in note
+
+
+# ---------------------------------------------------------------------------- baseline helpers and plots
+
+def _history(test_losses):
+    n = len(test_losses)
+    return pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [4.0 - 0.3 * i for i in range(n)],
+                         "train_acc": [0.1 * (i + 1) for i in range(n)], "test_loss": test_losses,
+                         "test_acc": [0.05 * (i + 1) for i in range(n)], "test_top5": [0.2] * n, "lr": [1e-4] * n,
+                         "epoch_seconds": [1.0] * n, "images_per_second": [100.0] * n})
+
+
+def test_curve_summary_finds_where_test_loss_turns_up():
+    up = baseline.curve_summary(_history([4.0, 3.0, 2.5, 2.9]))
+    assert up["turned_up"] and up["min_test_loss_epoch"] == 3 and up["test_loss_rise"] == pytest.approx(0.4)
+    down = baseline.curve_summary(_history([4.0, 3.0, 2.5]))
+    assert not down["turned_up"] and down["min_test_loss_epoch"] == 3
+    flat = baseline.curve_summary(_history([4.0, 3.0, 3.001]))
+    assert not flat["turned_up"]
+
+
+def _run_dir(tmp_path, synthetic: bool, test_losses) -> Path:
+    from cvlab.config import make_config, save_config
+    from cvlab.runs import write_history, write_json
+
+    path = tmp_path / ("syn" if synthetic else "real")
+    path.mkdir()
+    save_config(make_config("handout", synthetic=synthetic, epochs=len(test_losses)), path / "config.json")
+    write_history(path / "history.csv", _history(test_losses).to_dict("records"))
+    write_json(path / "metrics.json", {"dataset": {"synthetic": synthetic, "n_train": 300, "n_test": 200,
+                                                   "subset": 300}, "device": "cpu", "epochs_done": len(test_losses)})
+    return path
+
+
+def test_discussion_and_figures_are_labelled_synthetic(tmp_path):
+    from cvlab.runs import load_run
+
+    syn = load_run(_run_dir(tmp_path, True, [4.0, 3.0, 2.5, 2.9]))
+    text = baseline.discussion_zh(syn)
+    assert "SYNTHETIC" in text and "第 3 个 epoch 最低（2.500）" in text and "过拟合" in text
+    fig = plots.loss_curves(syn)
+    assert any(t.get_text() == "SYNTHETIC" for t in fig.texts)
+    out = plots.save_figure(fig, tmp_path / "figs" / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bn = {"images": 300, "train_mode_acc": 0.8, "eval_mode_acc": 0.02}
+    assert "BN 的 running 统计量还没跟上" in baseline.discussion_zh(syn, bn)
+    assert "泛化差距" in baseline.discussion_zh(syn, {**bn, "eval_mode_acc": 0.75})
+    real = load_run(_run_dir(tmp_path, False, [4.0, 3.0]))
+    assert "SYNTHETIC" not in baseline.discussion_zh(real)
+    assert not any("SYNTHETIC" in t.get_text() for t in plots.accuracy_curves(real).texts)
+
+
+def test_handout_lambda_block_does_not_pickle_but_cvlab_does():
+    table = baseline.pickle_table()
+    assert table.iloc[0]["pickle.dumps"].startswith(("AttributeError", "PicklingError", "TypeError"))
+    assert all(v.startswith("ok") for v in table.iloc[1:]["pickle.dumps"])
+    assert all(v.startswith("ok") for v in table.iloc[1:]["torch.save"])
+
+
+def test_normalization_table_and_stem_sensitivity():
+    images = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    images[:, :, :16] = 0
+    table = baseline.normalization_table(images)
+    mean = table.loc["R", "data_mean"]
+    assert table.loc["R", "after_handout_mean"] == pytest.approx((mean - 0.1307) / 0.3081, abs=1e-3)
+    from cvlab.models import build_model
+    torch.manual_seed(0)
+    noise = torch.randint(0, 256, (32, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    change = baseline.stem_sensitivity(build_model("handout_resnet18"), noise).iloc[:, 0]
+    assert change.iloc[0] < 0.005  # a shift/scale shared by all channels is absorbed by the first BN
+    assert change.iloc[1] > change.iloc[0]  # per-channel constants are not one affine map: a small change
+
+
+# ---------------------------------------------------------------------------- the report end to end
+
+def _report(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cvlab", "report", "--notebooks", str(tmp_path / "notebooks"),
+                           "--no-pdf", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+GENERATED = {"notebooks", "runs", "reports", "figures", "data", ".git"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`cvlab report --profile smoke` on a copy of notebooks/ in a mirror of the repository (the
+    other top-level entries, e.g. answers/, linked), so runs, figures and reports land in tmp."""
+    root = tmp_path_factory.mktemp("report")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    for entry in REPO.iterdir():
+        if entry.name not in GENERATED:
+            (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    done = _report(root, "--profile", "smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root
+
+
+def test_smoke_report_runs_every_notebook_without_errors(smoke):
+    out = smoke / "reports" / "smoke"
+    manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in NOTEBOOKS]
+    assert all(n["status"] == "ok" for n in manifest["notebooks"])
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(out / path.name), as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+        assert (out / path.name).with_suffix(".html").is_file()
+
+
+def test_smoke_baseline_run_dir_and_figures(smoke):
+    run = smoke / "runs" / "smoke" / "01_baseline"
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == report.load_profile("smoke").notebooks["01_baseline"]["EPOCHS"]
+    assert json.loads((run / "metrics.json").read_text())["dataset"]["synthetic"] is True
+    for name in ("01_samples.png", "01_baseline_loss.png", "01_baseline_accuracy.png"):
+        assert (smoke / "figures" / name).stat().st_size > 10_000
+
+
+def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
+    html = (smoke / "reports" / "smoke" / "01_baseline.html").read_text(encoding="utf-8")
+    for heading in ("任务与数据", "逐层输出形状", "手册代码的问题", "训练损失与测试损失曲线", "讨论"):
+        assert heading in html
+    loss_png = base64.b64encode((smoke / "figures" / "01_baseline_loss.png").read_bytes()).decode()
+    assert f"data:image/png;base64,{loss_png}" in html
+    assert "<script" not in html and "<math" in html
+    assert "合成数据（SYNTHETIC" in html  # the discussion says the numbers are synthetic
+
+
+def test_pdf_export_with_chromium(smoke, tmp_path):
+    if report.find_browser() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    html = smoke / "reports" / "smoke" / "01_baseline.html"
+    path, note = report.export_pdf(html, tmp_path / "01.pdf", html.with_suffix(".ipynb"))
+    assert path is not None, note
+    assert path.read_bytes()[:5] == b"%PDF-"
+
+
+def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    path = _notebook(folder / "01_fails.ipynb", "EPOCHS = 2")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell("print('setup')"),
+                 nbformat.v4.new_code_cell("if EPOCHS <= 0:\n    raise ValueError(f'EPOCHS must be positive, got {EPOCHS}')"),
+                 nbformat.v4.new_code_cell("print('never reached')")]
+    nbformat.write(nb, str(path))
+    done = _report(tmp_path, "--profile", "smoke", "-p", "EPOCHS", "-1")
+    assert done.returncode == 1
+    err = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and err.startswith("cvlab: error: "), done.stderr
+    assert "01_fails.ipynb failed in cell In [4]" in err  # parameters, injected parameters, setup, then this
+    assert "ValueError: EPOCHS must be positive, got -1" in err
+    partial = nbformat.read(str(tmp_path / "reports" / "smoke" / "01_fails.ipynb"), as_version=4)
+    assert [c.execution_count for c in partial.cells if c.cell_type == "code"][-1] is None  # kept, stopped there
+    manifest = json.loads((tmp_path / "reports" / "smoke" / "report.json").read_text(encoding="utf-8"))
+    assert manifest["notebooks"][0]["status"] == "failed"
+
+
+def test_bad_parameter_type_is_a_usage_error(smoke):
+    done = _report(smoke, "--profile", "smoke", "-p", "EPOCHS", "three")
+    assert done.returncode == 2 and "expected an integer" in done.stderr
