@@ -197,6 +197,7 @@ def register_data(sub) -> None:
 # ---------------------------------------------------------------------------- main
 
 REGISTER = [register_train, register_presets, register_data]
+REGISTER.append(__import__("cvlab.bench", fromlist=["register"]).register)  # python -m cvlab bench
 
 
 def build_parser() -> Parser:
