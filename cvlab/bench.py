@@ -59,7 +59,7 @@ CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # images per epoch used for the projec
 
 # The JSON report's fields (documented in docs/performance.md; tests check both against a real run).
 REPORT_FIELDS = ("schema", "created", "command", "environment", "settings", "flops", "results", "ratios",
-                 "bench_seconds", "load_average_1m_end")
+                 "complete", "bench_seconds", "load_average_1m_end")
 RESULT_FIELDS = ("model", "path", "precision", "channels_last", "compile", "optimizer_impl", "batch_size",
                  "eval_batch_size", "compile_warmup_seconds", "train_images_per_second", "train_windows",
                  "last_train_loss", "eval_images_per_second", "eval_windows", "data_images_per_second",
@@ -414,25 +414,15 @@ def canonical_command(s: Settings) -> str:
     return shlex.join(args + (["--augment"] if s.augment else []) + [f"--threads={torch.get_num_threads()}"])
 
 
-def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
+def run_bench(s: Settings, log: Callable[[str], None] = print,
+              on_row: Callable[[dict], None] | None = None) -> dict:
+    """Measure every (model, path, variant); `on_row(report)` sees the partial report after each row."""
     data = in_memory_data(s.n_train, s.n_test, s.seed)
     env = environment(s.device)
     log(f"cvlab bench on {env['device']} ({env['cpu']}), torch {torch.__version__}, {env['torch_threads']} threads; "
         f"batch {s.batch_size} (eval {s.eval_batch_size}), {s.windows} windows x {s.steps} steps after "
         f"{s.warmup} warm-up steps; synthetic uint8 data in memory")
-    flops = {m: count_flops(m) for m in s.models}
-    rows = []
-    variants = list(itertools.product(s.precisions, s.channels_last, s.compile, s.optimizer_impl))
     started = time.perf_counter()
-    for model_name in s.models:
-        if "handout" in s.paths:
-            log(f"  {model_name} handout loop ...")
-            rows.append(derive(bench_handout(s, model_name, data), flops[model_name]))
-        if "cvlab" in s.paths:
-            for precision, cl, comp, impl in variants:
-                log(f"  {model_name} cvlab {precision} channels_last={yes_no(cl)} compile={yes_no(comp)} "
-                    f"optimizer={impl} ...")
-                rows.append(derive(bench_cvlab(s, model_name, data, precision, cl, comp, impl), flops[model_name]))
     report = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -444,12 +434,35 @@ def run_bench(s: Settings, log: Callable[[str], None] = print) -> dict:
                      "compile": s.compile, "optimizer_impl": s.optimizer_impl, "augment": s.augment, "seed": s.seed,
                      "train_images": s.n_train, "eval_images": s.n_test, "optimizer": f"adam lr={HANDOUT_LR}",
                      "normalization": "handout", "data": "synthetic random uint8 in memory"},
-        "flops": flops,
-        "results": rows,
-        "ratios": ratios(rows),
-        "bench_seconds": round(time.perf_counter() - started, 1),
-        "load_average_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "flops": {m: count_flops(m) for m in s.models},
+        "results": [],
+        "ratios": [],
+        "complete": False,
+        "bench_seconds": 0.0,
+        "load_average_1m_end": None,
     }
+
+    def add(row: dict) -> None:
+        report["results"].append(derive(row, report["flops"][row["model"]]))
+        report["ratios"] = ratios(report["results"])
+        report["bench_seconds"] = round(time.perf_counter() - started, 1)
+        report["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        if on_row is not None:
+            on_row(report)
+
+    variants = list(itertools.product(s.precisions, s.channels_last, s.compile, s.optimizer_impl))
+    for model_name in s.models:
+        if "handout" in s.paths:
+            log(f"  {model_name} handout loop ...")
+            add(bench_handout(s, model_name, data))
+        if "cvlab" in s.paths:
+            for precision, cl, comp, impl in variants:
+                log(f"  {model_name} cvlab {precision} channels_last={yes_no(cl)} compile={yes_no(comp)} "
+                    f"optimizer={impl} ...")
+                add(bench_cvlab(s, model_name, data, precision, cl, comp, impl))
+    report["complete"] = True
+    if on_row is not None:
+        on_row(report)
     return report
 
 
@@ -497,12 +510,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = settings_from_args(args)
-    report = run_bench(s)
+
+    def save(report: dict) -> None:  # after every row, so a run stopped early keeps the rows it measured
+        from .runs import write_json
+        write_json(Path(args.json), report)
+
+    report = run_bench(s, on_row=save if args.json else None)
     print(format_table(report))
     print(f"command: {report['command']}")
     if args.json:
-        from .runs import write_json
-        write_json(Path(args.json), report)
         print(f"wrote {args.json}")
     return 0
 
