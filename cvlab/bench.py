@@ -16,10 +16,13 @@ images (no data set needed) with the handout's optimizer (Adam, lr 1e-4) and its
   precision, channels_last, torch.compile (its warm-up reported apart, not timed), optimizer kernels.
 
 A timed window is one pass of the path's own epoch function over `--steps` batches; throughput is the
-median over `--windows` windows after `--warmup` untimed steps. Windows are timed with CUDA events on
-GPUs and with perf_counter plus a device synchronize elsewhere. "data" times the loader alone (batches
-produced and on the device, no model), so `data share` = the part of a training step spent producing
-its batch when the two run one after the other, as they do in both paths.
+median over `--windows` windows after `--warmup` untimed steps. The windows of all contenders of a
+model are interleaved (window k of each before window k+1 of any), so load from other processes on a
+shared machine hits them alike. Windows are timed with CUDA events on GPUs and with perf_counter plus
+a device synchronize elsewhere; on the CPU the process's CPU time is recorded too (images per CPU
+second), which waiting for a core on a busy machine does not inflate. "data" times the loader alone
+(batches produced and on the device, no model), so `data share` = the part of a training step spent
+producing its batch when the two run one after the other, as they do in both paths.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix products,
 2 FLOPs per multiply-add): forward per image, and training (forward + backward, about 3x forward).
@@ -34,7 +37,6 @@ import os
 import platform
 import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +64,12 @@ REPORT_FIELDS = ("schema", "created", "command", "environment", "settings", "flo
                  "complete", "bench_seconds", "load_average_1m_end")
 RESULT_FIELDS = ("model", "path", "precision", "channels_last", "compile", "optimizer_impl", "batch_size",
                  "eval_batch_size", "compile_warmup_seconds", "train_images_per_second", "train_windows",
-                 "last_train_loss", "eval_images_per_second", "eval_windows", "data_images_per_second",
-                 "data_windows", "data_share_of_train_step", "train_tflops_per_second", "eval_tflops_per_second",
+                 "train_images_per_cpu_second", "last_train_loss", "eval_images_per_second", "eval_windows",
+                 "eval_images_per_cpu_second", "data_images_per_second", "data_windows", "data_images_per_cpu_second",
+                 "data_share_of_train_step", "train_tflops_per_second", "eval_tflops_per_second",
                  "projected_epoch_seconds", "projected_100_epochs_seconds")
 RATIO_FIELDS = ("model", "precision", "channels_last", "compile", "optimizer_impl", "same_numerics",
-                "train_speedup", "eval_speedup", "data_speedup")
+                "train_speedup", "eval_speedup", "data_speedup", "train_speedup_cpu_time", "eval_speedup_cpu_time")
 FLOPS_FIELDS = ("parameters", "forward_flops_per_image", "train_flops_per_image", "train_to_forward")
 
 
@@ -145,13 +148,15 @@ def in_memory_data(n_train: int, n_test: int, seed: int) -> Cifar100:
 
 
 class Window:
-    """Seconds of device work inside a `with` block: CUDA events on GPUs, else perf_counter + synchronize."""
+    """Seconds of device work inside a `with` block: CUDA events on GPUs, else perf_counter + synchronize;
+    and the CPU seconds this process used meanwhile (all its threads)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds = device, 0.0
+        self.device, self.seconds, self.cpu_seconds = device, 0.0, 0.0
 
     def __enter__(self) -> "Window":
         devices.synchronize(self.device)
+        self.cpu0 = time.process_time()
         if self.device.type == "cuda":
             self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self.start.record()
@@ -167,24 +172,21 @@ class Window:
         else:
             devices.synchronize(self.device)
             self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.cpu0
 
 
-def timed_windows(run: Callable[[], int], windows: int, device: torch.device) -> list[float]:
-    """Images per second of each of `windows` calls of `run` (which returns the images it processed)."""
-    rates = []
-    for _ in range(windows):
-        with Window(device) as w:
-            images = run()
-        rates.append(images / w.seconds)
-    return rates
+def time_once(run: Callable[[], int], device: torch.device) -> tuple[float, float]:
+    """(images per second, images per CPU second) of one call of `run`, which returns its images."""
+    with Window(device) as w:
+        images = run()
+    return images / w.seconds, images / max(w.cpu_seconds, 1e-9)
 
 
-def data_windows(run: Callable[[], int], windows: int, device: torch.device, min_seconds: float = 0.25) -> list[float]:
-    """Like `timed_windows` for a fast loader pass: each window repeats `run` until it lasts ~min_seconds."""
-    with Window(device) as w:  # also the warm-up
+def data_passes(run: Callable[[], int], device: torch.device, min_seconds: float = 0.25) -> int:
+    """Loader passes per data window so that a window lasts about `min_seconds` (the first pass warms up)."""
+    with Window(device) as w:
         run()
-    passes = max(1, min(50, math.ceil(min_seconds / max(w.seconds, 1e-6))))
-    return timed_windows(lambda: sum(run() for _ in range(passes)), windows, device)
+    return max(1, min(50, math.ceil(min_seconds / max(w.seconds, 1e-6))))
 
 
 def count_flops(model_name: str) -> dict:
@@ -238,11 +240,19 @@ class Settings:
         return self.steps * self.eval_batch_size
 
 
-def summarize_rates(prefix: str, rates: list[float]) -> dict:
-    return {f"{prefix}_images_per_second": statistics.median(rates), f"{prefix}_windows": [round(r, 2) for r in rates]}
+@dataclass
+class Contender:
+    """One path ready to be timed: its row's identity fields and the three things a window runs."""
+
+    row: dict
+    train: Callable[[], int]  # one training pass over the bench's training images; returns the images
+    test: Callable[[], int]  # one evaluation pass over the bench's test images
+    data: Callable[[], int]  # one loader pass, batches produced on the device, no model
+    last_loss: Callable[[], float]  # mean training loss of the last window (NaN: a broken variant; equal
+                                    # across fp32 contenders of a model with the default optimizer kernels)
 
 
-def bench_handout(s: Settings, model_name: str, data: Cifar100) -> dict:
+def handout_contender(s: Settings, model_name: str, data: Cifar100) -> Contender:
     torch.manual_seed(s.seed)
     model = build_model(model_name).to(s.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=HANDOUT_LR)
@@ -257,15 +267,17 @@ def bench_handout(s: Settings, model_name: str, data: Cifar100) -> dict:
         losses[:] = handout_train(model, optimizer, train_loader, s.device)
         return len(train_loader.dataset)
 
+    def test() -> int:
+        handout_test(model, test_loader, s.device)
+        return len(test_loader.dataset)
+
     row = {"model": model_name, "path": "handout", "precision": "fp32", "channels_last": False, "compile": False,
            "optimizer_impl": "default", "batch_size": s.batch_size, "eval_batch_size": s.batch_size,
            "compile_warmup_seconds": 0.0}
-    row.update(summarize_rates("train", timed_windows(train, s.windows, s.device)))
-    row["last_train_loss"] = float(losses[-1])
-    row.update(summarize_rates("eval", timed_windows(
-        lambda: (handout_test(model, test_loader, s.device), len(test_loader.dataset))[1], s.windows, s.device)))
-    row.update(summarize_rates("data", data_windows(lambda: drain(train_loader, s.device), s.windows, s.device)))
-    return row
+    def last_loss() -> float:  # the last window's mean, as the engine reports it
+        return float(torch.stack(losses).mean())
+
+    return Contender(row, train, test, lambda: drain(train_loader, s.device), last_loss)
 
 
 def cvlab_config(s: Settings, model_name: str, precision: str, channels_last: bool, compile_: bool, impl: str):
@@ -283,8 +295,8 @@ def head(loader: TensorLoader, batches: int, normalization: str, augment: bool =
                         augment=loader.augment if augment else None, channels_last=loader.channels_last)
 
 
-def bench_cvlab(s: Settings, model_name: str, data: Cifar100, precision: str, channels_last: bool,
-                compile_: bool, impl: str) -> dict:
+def cvlab_contender(s: Settings, model_name: str, data: Cifar100, precision: str, channels_last: bool,
+                    compile_: bool, impl: str) -> Contender:
     from .engine import build_trainer, evaluate, train_one_epoch
 
     t = build_trainer(cvlab_config(s, model_name, precision, channels_last, compile_, impl), data)
@@ -312,11 +324,39 @@ def bench_cvlab(s: Settings, model_name: str, data: Cifar100, precision: str, ch
     row = {"model": model_name, "path": "cvlab", "precision": t.precision, "channels_last": channels_last,
            "compile": compile_, "optimizer_impl": impl, "batch_size": s.batch_size,
            "eval_batch_size": s.eval_batch_size, "compile_warmup_seconds": round(t.warmup_seconds, 2)}
-    row.update(summarize_rates("train", timed_windows(train, s.windows, s.device)))
-    row["last_train_loss"] = last["loss"]
-    row.update(summarize_rates("eval", timed_windows(test, s.windows, s.device)))
-    row.update(summarize_rates("data", data_windows(data_only, s.windows, s.device)))
-    return row
+    return Contender(row, train, test, data_only, lambda: last["loss"])
+
+
+def measure(contenders: list[Contender], s: Settings) -> list[dict]:
+    """Time every contender, interleaved: window k of each before window k+1 of any, so a change in the
+    machine's load (a shared CPU) hits every contender alike and the ratios stay fair."""
+    rates: list[dict[str, list[tuple[float, float]]]] = [{"train": [], "eval": [], "data": []} for _ in contenders]
+    for kind in ("train", "eval"):
+        for _ in range(s.windows):
+            for c, r in zip(contenders, rates):
+                r[kind].append(time_once(c.train if kind == "train" else c.test, s.device))
+    passes = [data_passes(c.data, s.device) for c in contenders]
+    for _ in range(s.windows):
+        for c, r, k in zip(contenders, rates, passes):
+            r["data"].append(time_once(lambda: sum(c.data() for _ in range(k)), s.device))
+    rows = []
+    for c, r in zip(contenders, rates):
+        row = dict(c.row)
+        for kind in ("train", "eval", "data"):
+            row.update(summarize_rates(kind, r[kind], s.device))
+            if kind == "train":
+                row["last_train_loss"] = c.last_loss()
+        rows.append(row)
+    return rows
+
+
+def summarize_rates(prefix: str, rates: list[tuple[float, float]], device: torch.device) -> dict:
+    """Median images/s, every window's images/s, and (CPU only) the median images per CPU second:
+    on a shared CPU the time a process waits for a core is not its own cost, its CPU time is."""
+    wall = [w for w, _ in rates]
+    cpu = statistics.median(c for _, c in rates) if device.type == "cpu" else None
+    return {f"{prefix}_images_per_second": statistics.median(wall), f"{prefix}_windows": [round(w, 2) for w in wall],
+            f"{prefix}_images_per_cpu_second": cpu}
 
 
 def derive(row: dict, flops: dict) -> dict:
@@ -328,6 +368,10 @@ def derive(row: dict, flops: dict) -> dict:
     row["projected_epoch_seconds"] = CIFAR_TRAIN / train + CIFAR_TEST / test
     row["projected_100_epochs_seconds"] = 100 * row["projected_epoch_seconds"]
     return row
+
+
+def _ratio(row: dict, base: dict, key: str) -> float | None:
+    return row[key] / base[key] if row[key] and base[key] else None
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -343,7 +387,9 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "same_numerics": r["precision"] == "fp32",
                     "train_speedup": r["train_images_per_second"] / b["train_images_per_second"],
                     "eval_speedup": r["eval_images_per_second"] / b["eval_images_per_second"],
-                    "data_speedup": r["data_images_per_second"] / b["data_images_per_second"]})
+                    "data_speedup": r["data_images_per_second"] / b["data_images_per_second"],
+                    "train_speedup_cpu_time": _ratio(r, b, "train_images_per_cpu_second"),
+                    "eval_speedup_cpu_time": _ratio(r, b, "eval_images_per_cpu_second")})
     return out
 
 
@@ -375,32 +421,63 @@ def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def format_table(report: dict) -> str:
-    head = (f"{'model':<17} {'path':<7} {'prec':<4} {'cl':<3} {'comp':<4} {'optim':<7} {'train img/s':>11} "
-            f"{'eval img/s':>10} {'data img/s':>10} {'data%':>6} {'train TF/s':>10} {'epoch s*':>8}")
-    lines = [head, "-" * len(head)]
-    for r in report["results"]:
-        lines.append(
-            f"{r['model']:<17} {r['path']:<7} {r['precision']:<4} {yes_no(r['channels_last']):<3} "
-            f"{yes_no(r['compile']):<4} {r['optimizer_impl']:<7} {r['train_images_per_second']:>11.1f} "
-            f"{r['eval_images_per_second']:>10.1f} {r['data_images_per_second']:>10.0f} "
-            f"{100 * r['data_share_of_train_step']:>5.1f}% {r['train_tflops_per_second']:>10.3f} "
-            f"{r['projected_epoch_seconds']:>8.1f}")
-    lines.append("* epoch s: projected seconds for one CIFAR-100 epoch (50,000 train + 10,000 test images) "
-                 "at the measured rates")
+def spread(windows: list[float]) -> float:
+    """(max - min) / median of the windows: how noisy a figure is."""
+    return (max(windows) - min(windows)) / statistics.median(windows)
+
+
+# (header, width, cell) of each table column; width 0 = left-aligned text
+COLUMNS: list[tuple[str, int, Callable[[dict], str]]] = [
+    ("model", -17, lambda r: r["model"]),
+    ("path", -7, lambda r: r["path"]),
+    ("prec", -4, lambda r: r["precision"]),
+    ("cl", -3, lambda r: yes_no(r["channels_last"])),
+    ("comp", -4, lambda r: yes_no(r["compile"])),
+    ("optim", -7, lambda r: r["optimizer_impl"]),
+    ("train img/s", 11, lambda r: f"{r['train_images_per_second']:.1f}"),
+    ("spread", 6, lambda r: f"{100 * spread(r['train_windows']):.0f}%"),
+    ("train/CPU s", 11, lambda r: "-" if r["train_images_per_cpu_second"] is None else
+     f"{r['train_images_per_cpu_second']:.1f}"),
+    ("eval img/s", 10, lambda r: f"{r['eval_images_per_second']:.1f}"),
+    ("data img/s", 10, lambda r: f"{r['data_images_per_second']:.0f}"),
+    ("data%", 6, lambda r: f"{100 * r['data_share_of_train_step']:.1f}%"),
+    ("train TF/s", 10, lambda r: f"{r['train_tflops_per_second']:.3f}"),
+    ("epoch s*", 8, lambda r: f"{r['projected_epoch_seconds']:.1f}"),
+]
+
+
+def format_table(report: dict, markdown: bool = False) -> str:
+    """The results as a fixed-width table (or Markdown), then FLOPs, ratios and compile times."""
+    if markdown:
+        lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
+                 "|" + "|".join("---" if w < 0 else "---:" for _, w, _ in COLUMNS) + "|"]
+        lines += ["| " + " | ".join(cell(r) for _, _, cell in COLUMNS) + " |" for r in report["results"]]
+    else:
+        lines = [" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w, _ in COLUMNS)]
+        lines.append("-" * len(lines[0]))
+        lines += [" ".join(f"{cell(r):<{-w}}" if w < 0 else f"{cell(r):>{w}}" for _, w, cell in COLUMNS)
+                  for r in report["results"]]
+    bullet = "- " if markdown else ""
+    notes = [f"spread: (max - min) / median of the {report['settings']['windows']} timed training windows; "
+             "train/CPU s: training images per CPU second of this process (CPU device only); "
+             "epoch s*: projected seconds for one CIFAR-100 epoch (50,000 train + 10,000 test images) "
+             "at the measured rates"]
     for name, f in report["flops"].items():
-        lines.append(f"{name}: {f['parameters']:,} params, {f['forward_flops_per_image'] / 1e9:.3f} GFLOP/image "
+        notes.append(f"{name}: {f['parameters']:,} params, {f['forward_flops_per_image'] / 1e9:.3f} GFLOP/image "
                      f"forward, {f['train_flops_per_image'] / 1e9:.3f} GFLOP/image training "
                      f"({f['train_to_forward']:.2f}x forward)")
     for q in report["ratios"]:
         note = "same numerics" if q["same_numerics"] else f"{q['precision']} vs the handout's fp32"
-        lines.append(f"cvlab / handout  {q['model']:<17} {q['precision']:<4} cl={yes_no(q['channels_last'])} "
+        notes.append(f"cvlab / handout  {q['model']:<17} {q['precision']:<4} cl={yes_no(q['channels_last'])} "
                      f"compile={yes_no(q['compile'])} optim={q['optimizer_impl']:<7}: train {q['train_speedup']:.2f}x, "
-                     f"eval {q['eval_speedup']:.2f}x, data {q['data_speedup']:.1f}x ({note})")
-    compiled = [r for r in report["results"] if r["compile"]]
-    for r in compiled:
-        lines.append(f"compile warm-up (not timed) {r['model']} {r['precision']}: {r['compile_warmup_seconds']:.1f} s")
-    return "\n".join(lines)
+                     f"eval {q['eval_speedup']:.2f}x, data {q['data_speedup']:.1f}x"
+                     + (f"; per CPU second: train {q['train_speedup_cpu_time']:.2f}x, eval {q['eval_speedup_cpu_time']:.2f}x"
+                        if q["train_speedup_cpu_time"] else "") + f" ({note})")
+    for r in report["results"]:
+        if r["compile"]:
+            notes.append(f"compile warm-up (not timed) {r['model']} {r['precision']} cl={yes_no(r['channels_last'])}: "
+                         f"{r['compile_warmup_seconds']:.1f} s")
+    return "\n".join(lines + [""] * markdown + [bullet + n for n in notes])
 
 
 def canonical_command(s: Settings) -> str:
@@ -452,14 +529,19 @@ def run_bench(s: Settings, log: Callable[[str], None] = print,
 
     variants = list(itertools.product(s.precisions, s.channels_last, s.compile, s.optimizer_impl))
     for model_name in s.models:
+        contenders = []
         if "handout" in s.paths:
-            log(f"  {model_name} handout loop ...")
-            add(bench_handout(s, model_name, data))
+            log(f"  {model_name}: preparing the handout loop")
+            contenders.append(handout_contender(s, model_name, data))
         if "cvlab" in s.paths:
             for precision, cl, comp, impl in variants:
-                log(f"  {model_name} cvlab {precision} channels_last={yes_no(cl)} compile={yes_no(comp)} "
-                    f"optimizer={impl} ...")
-                add(bench_cvlab(s, model_name, data, precision, cl, comp, impl))
+                log(f"  {model_name}: preparing cvlab {precision} channels_last={yes_no(cl)} compile={yes_no(comp)} "
+                    f"optimizer={impl}")
+                contenders.append(cvlab_contender(s, model_name, data, precision, cl, comp, impl))
+        log(f"  {model_name}: timing {len(contenders)} contenders, interleaved")
+        for row in measure(contenders, s):
+            add(row)
+        del contenders
     report["complete"] = True
     if on_row is not None:
         on_row(report)
@@ -507,6 +589,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.show:
+        try:
+            report = json.loads(Path(args.show).read_text(encoding="utf-8"))
+            print(format_table(report, markdown=args.markdown))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--show {args.show}: not a readable cvlab bench report ({exc!r})") from None
+        print(("\n" if args.markdown else "") + f"command: {report['command']}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     s = settings_from_args(args)
@@ -550,4 +640,6 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (fields: docs/performance.md)")
+    p.add_argument("--show", metavar="FILE", help="print the table of a saved JSON report instead of measuring")
+    p.add_argument("--markdown", action="store_true", help="with --show: a Markdown table")
     p.set_defaults(func=cmd_bench)

@@ -42,6 +42,9 @@ def test_report_has_the_documented_fields(report):
         assert row["train_images_per_second"] == pytest.approx(sum(row["train_windows"]) / 2, abs=0.01)  # median
         assert 0 < row["data_share_of_train_step"] < 1
         assert row["last_train_loss"] == pytest.approx(row["last_train_loss"])  # finite, not NaN
+    handout, auto, fused = (r["last_train_loss"] for r in report["results"])
+    assert auto == pytest.approx(handout, rel=1e-6)  # same data, weights and kernels: the same training
+    assert fused == pytest.approx(handout, rel=1e-3)
     for ratio in report["ratios"]:
         assert tuple(ratio) == bench.RATIO_FIELDS and ratio["same_numerics"] is True
     assert tuple(report["flops"]["handout_resnet18"]) == bench.FLOPS_FIELDS
