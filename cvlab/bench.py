@@ -592,10 +592,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.show:
         try:
             report = json.loads(Path(args.show).read_text(encoding="utf-8"))
-            print(format_table(report, markdown=args.markdown))
+            text = format_table(report, markdown=args.markdown)
+            command = report["command"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"--show {args.show}: not a readable cvlab bench report ({exc!r})") from None
-        print(("\n" if args.markdown else "") + f"command: {report['command']}")
+        print(text + ("\n" if args.markdown else "") + f"\ncommand: {command}")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

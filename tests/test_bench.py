@@ -22,13 +22,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
+    before = torch.get_num_threads()
     rc = main(["bench", "--device", "cpu", "--models", "handout_resnet18", "--batch-size", "4", "--steps", "2",
                "--windows", "2", "--warmup", "1", "--optimizer-impl", "auto,fused", "--threads", "1",
                "--json", str(out)])
+    torch.set_num_threads(before)
     assert rc == 0
-    return json.loads(out.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_file):
+    return json.loads(report_file.read_text())
 
 
 def test_report_has_the_documented_fields(report):
@@ -50,6 +57,14 @@ def test_report_has_the_documented_fields(report):
     assert tuple(report["flops"]["handout_resnet18"]) == bench.FLOPS_FIELDS
     assert report["settings"]["train_images"] == 8 and report["environment"]["torch_threads"] == 1
     assert report["command"].startswith("python -m cvlab bench --device cpu --models handout_resnet18")
+
+
+def test_show_prints_a_saved_report(report_file, report, capsys):
+    assert main(["bench", "--show", str(report_file), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| handout_resnet18 ")]
+    assert len(rows) == 3 and f"{report['results'][0]['train_images_per_second']:.1f}" in rows[0]
+    assert out.rstrip().endswith(report["command"])
 
 
 def test_every_json_field_is_documented():
@@ -90,6 +105,7 @@ def test_flops_match_a_count_by_hand():
     (["--channels-last", "maybe"], "--channels-last"),
     (["--optimizer-impl", "turbo"], "--optimizer-impl"),
     (["--json", "/nonexistent-folder/bench.json"], "--json"),
+    (["--show", "/nonexistent-folder/bench.json"], "--show"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     try:
