@@ -196,8 +196,15 @@ def register_data(sub) -> None:
 
 # ---------------------------------------------------------------------------- main
 
-REGISTER = [register_train, register_presets, register_data]
-from .report import register as register_report; REGISTER.append(register_report)  # noqa: E402,E702
+def register_features(sub) -> None:
+    """Commands whose code lives in their own modules; each module registers its subcommand."""
+    from .bench import register as register_bench
+    from .report import register as register_report
+    for register in (register_report, register_bench):
+        register(sub)
+
+
+REGISTER = [register_train, register_presets, register_data, register_features]
 
 
 def build_parser() -> Parser:

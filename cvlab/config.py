@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw", "sgd"),
+    "optimizer_impl": ("auto", "fused", "foreach", "forloop"),
     "schedule": ("constant", "cosine", "onecycle"),
     "normalization": ("cifar100", "handout"),
     "device": ("auto", "cpu", "cuda", "npu", "mps"),
@@ -63,6 +64,10 @@ class Config:
     precision: str = "fp32"             # autocast dtype; "auto" = bf16 where supported, else fp16 on GPU, fp32 on CPU
     channels_last: bool = False         # NHWC memory format (faster convolutions on tensor cores)
     compile: bool = False               # torch.compile the model
+    compile_warmup: bool = True         # compiled models: run the train/eval steps once per batch shape before epoch 1,
+                                        # then restore model and optimizer, so compile time stays out of epoch timings
+    optimizer_impl: str = "auto"        # "fused" kernels, "foreach" (multi-tensor) or "forloop"; auto = fused on CUDA
+    cudnn_benchmark: bool = True        # CUDA only: let cuDNN time its convolution algorithms for each input shape
     seed: int = 0
     log_every: int = 10                 # steps between live-loss updates of the progress bar (each one syncs the device)
     progress: bool = True               # per-epoch progress bar

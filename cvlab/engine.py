@@ -5,6 +5,8 @@ Metrics are accumulated on the device and read once per epoch (plus one read eve
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import platform
 import random
@@ -23,27 +25,37 @@ from . import __version__
 from . import device as devices
 from .augment import build_augment
 from .config import Config, from_dict, save_config
-from .data import TensorLoader, load_for_config
+from .data import Cifar100, Split, TensorLoader, load_for_config
 from .errors import RunDirError
 from .models import build_model, count_parameters
 from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
                    write_json)
 
 # Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
-RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile"}
+RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile", "compile_warmup",
+                    "optimizer_impl", "cudnn_benchmark"}
 
 
 # ---------------------------------------------------------------------------- optimizer and schedule
 
+def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor]) -> dict:
+    """Constructor flags choosing the update kernels: one fused kernel, multi-tensor (foreach), or a
+    Python loop over parameters. "auto" = fused when every parameter is on a CUDA device, else torch's default."""
+    if impl == "auto":
+        return {"fused": True} if params and all(p.is_cuda for p in params) else {}
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[impl]
+
+
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    impl = optimizer_impl_kwargs(cfg.optimizer_impl, params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, **impl)
     betas = (cfg.momentum, 0.999)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
 
 
 @dataclass
@@ -212,18 +224,25 @@ class Trainer:
     test_loader: TensorLoader
     ctx: EpochContext
     dataset: dict = field(default_factory=dict)
+    warmup_seconds: float = 0.0  # untimed compile warm-up before epoch 1 (see `warm_up`)
 
 
-def build_trainer(cfg: Config) -> Trainer:
-    """Data on the device, model, optimizer, schedule: ready for `run_epochs`."""
+def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
+    """Data on the device, model, optimizer, schedule: ready for `run_epochs`.
+
+    `data` replaces `load_for_config(cfg)` (used as given, no subsets), e.g. in-memory data for benchmarks.
+    """
     device = devices.resolve_device(cfg.device)
     precision = devices.resolve_precision(cfg.precision, device)
-    data = load_for_config(cfg)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    data = load_for_config(cfg) if data is None else data
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if cfg.compile else model
+    # Static shapes: one graph per batch shape (full and last batch, train and eval) instead of a dynamic one.
+    train_model = torch.compile(model, dynamic=False) if cfg.compile else model
     train_loader = TensorLoader(data.train, cfg.batch_size, device, cfg.normalization, shuffle=cfg.shuffle,
                                 augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last)
     test_loader = TensorLoader(data.test, cfg.eval_batch_size, device, cfg.normalization,
@@ -236,8 +255,53 @@ def build_trainer(cfg: Config) -> Trainer:
                "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
                "source": data.source}
-    return Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
-                   test_loader, ctx, dataset)
+    t = Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
+                test_loader, ctx, dataset)
+    if cfg.compile and cfg.compile_warmup:
+        t.warmup_seconds = warm_up(t)
+    return t
+
+
+class _NoSchedule:
+    def step(self) -> None:
+        pass
+
+
+def _shape_probe(loader: TensorLoader) -> Split:
+    """The loader's first images, enough for one full batch and one last (partial) batch."""
+    n, b = loader.num_images, loader.batch_size
+    index = torch.arange(min(n, b), device=loader.labels.device)
+    if n > b and n % b and not loader.drop_last:
+        index = torch.cat([index, index[: n % b]])
+    return Split(loader.images[index], loader.labels[index], loader.labels[index])
+
+
+def warm_up(t: Trainer) -> float:
+    """Run the training and evaluation steps once for every batch shape the loaders produce, then restore
+    the model, optimizer, grad scaler and global RNG: compilation and autotuning happen here, outside the timed
+    epochs, and the run computes what it would have computed without the warm-up. Returns its seconds."""
+    model_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    optimizer_state = copy.deepcopy(t.optimizer.state_dict())
+    scaler_state = copy.deepcopy(t.ctx.scaler.state_dict()) if t.ctx.scaler is not None else None
+    rng = rng_state()  # dropout or random augmentations would otherwise draw from it
+    ctx = dataclasses.replace(t.ctx, progress=False)
+    devices.synchronize(t.device)
+    start = time.perf_counter()
+    train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
+                         augment=t.train_loader.augment, channels_last=t.cfg.channels_last,
+                         drop_last=t.train_loader.drop_last)
+    test = TensorLoader(_shape_probe(t.test_loader), t.test_loader.batch_size, t.device, t.cfg.normalization,
+                        channels_last=t.cfg.channels_last)
+    train_one_epoch(t.train_model, train, t.optimizer, _NoSchedule(), ctx, desc="warm-up")
+    evaluate(t.train_model, test, ctx, desc="warm-up")
+    devices.synchronize(t.device)
+    seconds = time.perf_counter() - start
+    t.model.load_state_dict(model_state)
+    t.optimizer.load_state_dict(optimizer_state)
+    if scaler_state is not None:
+        t.ctx.scaler.load_state_dict(scaler_state)
+    set_rng_state(rng)
+    return seconds
 
 
 def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
@@ -278,6 +342,7 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "best_test_acc": best.get("test_acc"),
         "best_test_acc_epoch": best.get("epoch"),
         "total_seconds": round(seconds, 2),
+        "compile_warmup_seconds": round(t.warmup_seconds, 2),
         "mean_images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
         "device": devices.device_name(t.device),
         "device_type": t.device.type,
@@ -327,6 +392,8 @@ def fit(cfg: Config, out: str | Path, resume: bool = False,
     log(f"{cfg.preset}: {cfg.model} ({count_parameters(t.model):,} parameters) on {devices.device_name(t.device)}, "
         f"{t.precision}; {t.dataset['n_train']:,} train / {t.dataset['n_test']:,} test images"
         f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run_dir}")
+    if t.warmup_seconds:
+        log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
     log(HEADER)
     elapsed = sum(r["epoch_seconds"] for r in history)
     status = "running"

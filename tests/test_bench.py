@@ -1,0 +1,117 @@
+"""`python -m cvlab bench` at a tiny size: runs in seconds, writes the documented JSON, rejects bad options."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvlab import bench
+from cvlab.__main__ import main
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    before = torch.get_num_threads()
+    rc = main(["bench", "--device", "cpu", "--models", "handout_resnet18", "--batch-size", "4", "--steps", "2",
+               "--windows", "2", "--warmup", "1", "--optimizer-impl", "auto,fused", "--threads", "1",
+               "--json", str(out)])
+    torch.set_num_threads(before)
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_file):
+    return json.loads(report_file.read_text())
+
+
+def test_report_has_the_documented_fields(report):
+    assert tuple(report) == bench.REPORT_FIELDS
+    assert report["schema"] == bench.SCHEMA
+    assert [(r["path"], r["optimizer_impl"]) for r in report["results"]] == [
+        ("handout", "default"), ("cvlab", "auto"), ("cvlab", "fused")]
+    for row in report["results"]:
+        assert tuple(row) == bench.RESULT_FIELDS
+        assert len(row["train_windows"]) == 2 and row["train_images_per_second"] > 0
+        assert row["train_images_per_second"] == pytest.approx(sum(row["train_windows"]) / 2, abs=0.01)  # median
+        assert 0 < row["data_share_of_train_step"] < 1
+        assert row["last_train_loss"] == pytest.approx(row["last_train_loss"])  # finite, not NaN
+    handout, auto, fused = (r["last_train_loss"] for r in report["results"])
+    assert auto == pytest.approx(handout, rel=1e-6)  # same data, weights and kernels: the same training
+    assert fused == pytest.approx(handout, rel=1e-3)
+    for ratio in report["ratios"]:
+        assert tuple(ratio) == bench.RATIO_FIELDS and ratio["same_numerics"] is True
+    assert tuple(report["flops"]["handout_resnet18"]) == bench.FLOPS_FIELDS
+    assert report["settings"]["train_images"] == 8 and report["environment"]["torch_threads"] == 1
+    assert report["command"].startswith("python -m cvlab bench --device cpu --models handout_resnet18")
+
+
+def test_show_prints_a_saved_report(report_file, report, capsys):
+    assert main(["bench", "--show", str(report_file), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| handout_resnet18 ")]
+    assert len(rows) == 3 and f"{report['results'][0]['train_images_per_second']:.1f}" in rows[0]
+    assert out.rstrip().endswith(report["command"])
+
+
+def test_every_json_field_is_documented():
+    text = DOC.read_text(encoding="utf-8")
+    names = bench.REPORT_FIELDS + bench.RESULT_FIELDS + bench.RATIO_FIELDS + bench.FLOPS_FIELDS
+    missing = [name for name in names if f"`{name}`" not in text]
+    assert not missing, f"fields not documented in {DOC}: {missing}"
+
+
+def test_flops_match_a_count_by_hand():
+    """Forward FLOPs of the handout network from the layer shapes: 2 * MACs of convs and the classifier."""
+    model = bench.build_model("handout_resnet18")
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += 2 * output.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total += 2 * output.numel() * module.in_features
+
+    for m in model.modules():
+        m.register_forward_hook(hook)
+    model(torch.zeros(1, 3, 32, 32))
+    counted = bench.count_flops("handout_resnet18")
+    assert counted["forward_flops_per_image"] == total
+    assert 2.9 < counted["train_to_forward"] < 3.01  # backward ~2x forward (first conv needs no input grad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "positive integer"),
+    (["--steps", "x"], "positive integer"),
+    (["--models", "resnet50"], "--models"),
+    (["--paths", "handout,fast"], "--paths"),
+    (["--precision", "fp16"], "fp16"),  # no fp16 autocast on the CPU
+    (["--precision", "fp64"], "--precision"),
+    (["--channels-last", "maybe"], "--channels-last"),
+    (["--optimizer-impl", "turbo"], "--optimizer-impl"),
+    (["--json", "/nonexistent-folder/bench.json"], "--json"),
+    (["--show", "/nonexistent-folder/bench.json"], "--show"),
+])
+def test_bad_options_exit_2_with_one_line(argv, message, capsys):
+    try:
+        rc = main(["bench", "--device", "cpu"] + argv)
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and message in err
