@@ -196,7 +196,9 @@ def register_data(sub) -> None:
 
 # ---------------------------------------------------------------------------- main
 
-REGISTER = [register_train, register_presets, register_data]
+from .ablate import register as register_ablate  # noqa: E402  (each module registers its own subcommand)
+
+REGISTER = [register_train, register_presets, register_data, register_ablate]
 
 
 def build_parser() -> Parser:
