@@ -318,12 +318,13 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
 def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> dict:
     last = history[-1] if history else {}
     best = max(history, key=lambda r: r["test_acc"]) if history else {}
-    final_keys = ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "val_loss", "val_acc", "val_top5")
+    final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
+    final.update({k: last[k] for k in ("val_loss", "val_acc", "val_top5") if k in last})
     return {
         "status": status,
         "epochs_done": len(history),
         "epochs_planned": t.cfg.epochs,
-        "final": {k: last.get(k) for k in final_keys if k in last},
+        "final": final,
         # The epoch a user should pick: chosen on the validation split only; its test figures are reported, not used.
         "best": select_best(history),
         # For reference only: picking the epoch by test accuracy would overfit the test set.
