@@ -245,6 +245,7 @@ class Trainer:
     dataset: dict = field(default_factory=dict)
     val_loader: TensorLoader | None = None  # the validation split, when cfg.val_size > 0
     ema: WeightEMA | None = None            # the weight average, when cfg.ema_decay > 0
+    commit: str | None = None               # git commit of the code that built this trainer (read once)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -281,7 +282,7 @@ def build_trainer(cfg: Config) -> Trainer:
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
                "n_val": len(data.val) if data.val is not None else 0, "source": data.source}
     return Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
-                   test_loader, ctx, dataset, val_loader, ema)
+                   test_loader, ctx, dataset, val_loader, ema, git_commit())
 
 
 def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
@@ -341,7 +342,7 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "seed": t.cfg.seed,
         "dataset": t.dataset,
         "versions": {"cvlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "git_commit": git_commit()},
+                     "git_commit": t.commit},
     }
 
 
