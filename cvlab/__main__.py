@@ -198,9 +198,10 @@ def register_data(sub) -> None:
 
 def register_features(sub) -> None:
     """Commands whose code lives in their own modules; each module registers its subcommand."""
+    from .ablate import register as register_ablate
     from .bench import register as register_bench
     from .report import register as register_report
-    for register in (register_report, register_bench):
+    for register in (register_ablate, register_report, register_bench):
         register(sub)
 
 

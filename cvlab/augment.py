@@ -1,17 +1,29 @@
-"""Batched augmentations on uint8 image tensors (B, 3, H, W), run on the training device.
+"""Batched augmentations on uint8 image tensors (B, 3, H, W), run on the training device,
+and batch mixing (Mixup, CutMix) on the normalized float batch.
 
-Each function takes the batch and a torch.Generator on the batch's device and returns a new
-batch of the same shape and dtype; a seeded generator makes the result reproducible.
-`build_augment(cfg)` composes the ones a config switches on.
+Each uint8 augmentation takes the batch and a torch.Generator on the batch's device and returns
+a new batch of the same shape and dtype; a seeded generator makes the result reproducible.
+Each mixing function takes the float batch, its integer labels and a CPU generator and returns
+the mixed batch with soft targets (B, num_classes) whose rows sum to 1.
+`build_augment(cfg)` and `build_mix(cfg)` compose what a config switches on.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Mix = Callable[[torch.Tensor, torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
 
+# The CIFAR-100 mean colour in 0..255: what Cutout and the policies' geometric ops fill with, so that
+# a filled pixel is about 0 after normalization (DeVries & Taylor fill zeros after normalizing).
+MEAN_FILL = (129, 124, 112)
+
+
+# ---------------------------------------------------------------------------- uint8 augmentations
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Zero-pad each image by `padding` pixels, then crop back to H x W at a random offset
@@ -34,6 +46,50 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator,
+           fill: tuple[int, ...] = MEAN_FILL) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): fill one size x size square per image with `fill`. The
+    square's centre is uniform over the image, so it may be partly outside (as in the paper)."""
+    if size <= 0:
+        return x
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=x.device, generator=generator)
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)  # (B,H,W)
+    colour = torch.tensor(fill, dtype=x.dtype, device=x.device)[None, :, None, None]
+    return torch.where(inside[:, None], colour, x)
+
+
+def make_policy(name: str, fill: tuple[int, ...] = MEAN_FILL):
+    """The torchvision (v2) augmentation policy `name`: trivialaugment (TrivialAugmentWide,
+    Muller & Hutter 2021), randaugment (Cubuk et al. 2020, 2 ops at magnitude 9) or autoaugment
+    (Cubuk et al. 2019, the CIFAR-10 policy)."""
+    from torchvision.transforms import v2
+
+    fill_list = list(fill)
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide(fill=fill_list)
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=2, magnitude=9, fill=fill_list)
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=fill_list)
+    raise ValueError(f"unknown policy {name!r}")
+
+
+def apply_policy(x: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
+                 group: int = 1) -> torch.Tensor:
+    """Apply a torchvision policy to a uint8 batch, sampling one op (and magnitude) per group of
+    `group` images. torchvision draws from the global CPU generator, so it runs inside a forked
+    RNG seeded from `generator`: the result depends on `generator` only, and the global RNG is untouched."""
+    seed = int(torch.randint(0, 2**62, (1,), device=generator.device, generator=generator).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.cat([policy(chunk) for chunk in x.split(group)])
+
+
 def compose(*steps: Augment) -> Augment:
     def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for step in steps:
@@ -43,10 +99,98 @@ def compose(*steps: Augment) -> Augment:
 
 
 def build_augment(cfg) -> Augment | None:
-    """The uint8 batch augmentation a config asks for, or None when it asks for none."""
+    """The uint8 batch augmentation a config asks for (crop, flip, policy, cutout, in that
+    order), or None when it asks for none."""
     steps: list[Augment] = []
     if cfg.crop_padding > 0:
         steps.append(lambda x, g: random_crop(x, cfg.crop_padding, g))
     if cfg.hflip:
         steps.append(random_hflip)
+    if cfg.policy != "none":
+        policy = make_policy(cfg.policy)
+        steps.append(lambda x, g: apply_policy(x, policy, g, cfg.policy_group))
+    if cfg.cutout > 0:
+        steps.append(lambda x, g: cutout(x, cfg.cutout, g))
     return compose(*steps) if steps else None
+
+
+# ---------------------------------------------------------------------------- batch mixing
+
+def sample_beta(alpha: float, generator: torch.Generator) -> float:
+    """lambda ~ Beta(alpha, alpha), drawn reproducibly from a CPU torch generator."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(labels, num_classes).float()
+
+
+def mix_pairs(x: torch.Tensor, targets: torch.Tensor, lam: float,
+              perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup's blend with a given weight and partner order: lam x + (1 - lam) x[perm], same for targets."""
+    return x * lam + x[perm] * (1 - lam), targets * lam + targets[perm] * (1 - lam)
+
+
+def paste_box(x: torch.Tensor, targets: torch.Tensor, box: tuple[int, int, int, int],
+              perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix's paste with a given box (top, bottom, left, right) and partner order; the partner's
+    target weight is the box's exact share of the pixels."""
+    top, bottom, left, right = box
+    h, w = x.shape[-2:]
+    mixed = x.clone()
+    mixed[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+    kept = 1.0 - (bottom - top) * (right - left) / (h * w)
+    return mixed, targets * kept + targets[perm] * (1 - kept)
+
+
+def mixup(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+          alpha: float = 1.0, perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha), one per batch; each image is blended with
+    a partner from a random permutation of the batch (or `perm`), and so are the soft targets."""
+    lam = sample_beta(alpha, generator)
+    if perm is None:
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return mix_pairs(x, targets, lam, perm)
+
+
+def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """A box (top, bottom, left, right) of area about (1 - lam) h w, centred uniformly, clipped to the image."""
+    ratio = (1.0 - lam) ** 0.5
+    ch, cw = int(h * ratio), int(w * ratio)
+    cy = int(torch.randint(0, h, (1,), generator=generator))
+    cx = int(torch.randint(0, w, (1,), generator=generator))
+    top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    return top, bottom, left, right
+
+
+def cutmix(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+           alpha: float = 1.0, perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019): paste a box of area (1 - lam), lam ~ Beta(alpha, alpha), from each
+    image's partner (a random permutation of the batch, or `perm`) into it."""
+    lam = sample_beta(alpha, generator)
+    if perm is None:
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return paste_box(x, targets, cutmix_box(*x.shape[-2:], lam, generator), perm)
+
+
+def build_mix(cfg) -> Mix | None:
+    """The batch mixing a config asks for, as (x, labels, generator) -> (x, soft targets), or None.
+
+    With probability mix_prob a batch is mixed; otherwise its targets are one-hot, so every
+    batch has soft targets of the same shape. mixup_cutmix picks one of the two per batch.
+    """
+    if cfg.mix == "none":
+        return None
+    methods = {"mixup": [mixup], "cutmix": [cutmix], "mixup_cutmix": [mixup, cutmix]}[cfg.mix]
+    alpha, prob, classes = cfg.mix_alpha, cfg.mix_prob, cfg.num_classes
+
+    def mix(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = one_hot(labels, classes).to(x.dtype)
+        draw = torch.rand(2, generator=generator)
+        if draw[0].item() >= prob:
+            return x, targets
+        method = methods[min(int(draw[1].item() * len(methods)), len(methods) - 1)]
+        return method(x, targets, generator, alpha)
+    return mix

@@ -137,6 +137,7 @@ class Cifar100:
     source: str  # path of the folder or archive it was read from
     md5: dict[str, str]  # file -> "official", "differs" or "not checked"
     synthetic: bool = False
+    val: Split | None = None  # held out from the training set by `split_validation` (None = no validation split)
 
 
 def _split_from_entry(entry: object, split: str, source: str, expected: int | None) -> Split:
@@ -392,6 +393,30 @@ def balanced_indices(labels: torch.Tensor, n: int, num_classes: int = NUM_FINE) 
     return torch.sort(torch.cat(keep)).values
 
 
+def validation_indices(labels: torch.Tensor, n: int, num_classes: int = NUM_FINE) -> torch.Tensor:
+    """Indices of the last n // num_classes images of each class, in the original order."""
+    per_class = n // num_classes
+    keep = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if idx.numel() <= per_class:
+            raise DataError(f"class {c} has only {idx.numel()} training images; a validation split of {n} "
+                            f"needs more than {per_class} per class")
+        keep.append(idx[idx.numel() - per_class:])
+    return torch.sort(torch.cat(keep)).values
+
+
+def split_validation(split: Split, n: int) -> tuple[Split, Split | None]:
+    """(train, val): a class-balanced validation split of n images (the last n/100 of each class)
+    and the rest. Deterministic and independent of the seed, so every run validates on the same images."""
+    if n <= 0:
+        return split, None
+    val_index = validation_indices(split.fine, n)
+    keep = torch.ones(len(split), dtype=torch.bool)
+    keep[val_index] = False
+    return split.take(torch.nonzero(keep).flatten()), split.take(val_index)
+
+
 def subset(split: Split, n: int, balanced: bool = True) -> Split:
     """A subset of `split`: class-balanced (first n/100 per class) or the first n; order kept."""
     if n <= 0 or n >= len(split):
@@ -412,22 +437,26 @@ class TensorLoader:
     """Batches from uint8 tensors kept on `device`: shuffle (with its own generator),
     augment the uint8 batch, then convert to float and normalize, all on the device.
 
-    Yields (images float32 (B,3,32,32), targets int64 (B,)). The iteration order depends
-    only on the generator, so a run resumed from a saved generator state repeats it exactly.
+    Yields (images float32 (B,3,32,32), targets int64 (B,)); with `mix` (Mixup/CutMix, applied
+    to the normalized batch) the targets are soft, float (B, num_classes). The iteration order depends
+    only on the generators, so a run resumed from a saved generator state repeats it exactly.
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, normalization: str,
                  shuffle: bool = False, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 seed: int = 0, channels_last: bool = False, drop_last: bool = False) -> None:
+                 seed: int = 0, channels_last: bool = False, drop_last: bool = False,
+                 mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+                 | None = None) -> None:
         self.images = split.images.to(device)
         self.labels = split.fine.to(device)
         self.batch_size, self.device = batch_size, device
-        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+        self.shuffle, self.augment, self.mix, self.drop_last = shuffle, augment, mix, drop_last
         self.channels_last = channels_last
         self.mean, self.std = normalize_constants(normalization, device)
         # CPU generator for the order (portable state), device generator for augmentation.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.mix_generator = torch.Generator().manual_seed(seed + 2)  # CPU: mixing draws a few scalars per batch
 
     def __len__(self) -> int:
         n = self.labels.shape[0]
@@ -446,18 +475,24 @@ class TensorLoader:
             x, y = self.images[idx], self.labels[idx]
             if self.augment is not None:
                 x = self.augment(x, self.augment_generator)
-            yield self.to_float(x), y
+            x = self.to_float(x)
+            if self.mix is not None:
+                x, y = self.mix(x, y, self.mix_generator)
+            yield x, y
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float().div_(255.0) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state_dict(self) -> dict:
-        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state()}
+        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
+                "mix": self.mix_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"])
         self.augment_generator.set_state(state["augment"])
+        if "mix" in state:  # checkpoints from before batch mixing existed lack it
+            self.mix_generator.set_state(state["mix"])
 
 
 def describe(data: Cifar100) -> dict:
@@ -485,13 +520,15 @@ def channel_stats(images: torch.Tensor) -> list[tuple[float, float]]:
 
 
 def load_for_config(cfg) -> Cifar100:
-    """The data a config asks for: real or synthetic, then the training and test subsets."""
+    """The data a config asks for: real or synthetic, then the validation split (carved from the
+    full training set), then the training subset (from what is left) and the test subset."""
     if cfg.synthetic:
         root = synthetic_root(cfg.synthetic_train, cfg.synthetic_test, seed=0)  # same data for every training seed
         data = load_cifar100(root, check_md5=False, expected_sizes=None)
         data.synthetic = True
     else:
         data = load_cifar100(cfg.resolved_data_root(), download=cfg.download)
+    data.train, data.val = split_validation(data.train, cfg.val_size)
     data.train = subset(data.train, cfg.subset, cfg.subset_balanced)
     data.test = subset(data.test, cfg.test_subset, cfg.subset_balanced)
     return data

@@ -23,9 +23,10 @@ from torch import nn
 
 from . import __version__
 from . import device as devices
-from .augment import build_augment
+from .augment import build_augment, build_mix
 from .config import Config, from_dict, save_config
 from .data import Cifar100, Split, TensorLoader, load_for_config
+from .ema import WeightEMA
 from .errors import RunDirError
 from .models import build_model, count_parameters
 from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
@@ -46,9 +47,21 @@ def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor]) -> dict:
     return {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[impl]
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def parameter_groups(cfg: Config, model: nn.Module) -> list[dict]:
+    """One group for all trainable parameters, or with `wd_exclude_norm_bias` two: weights of
+    convolutions and linear layers (decayed), and 1-D parameters, i.e. BN weights/biases and all
+    biases (not decayed: shrinking them does not regularize, it only fights the normalization)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    impl = optimizer_impl_kwargs(cfg.optimizer_impl, params)
+    if not cfg.wd_exclude_norm_bias:
+        return [{"params": params}]
+    decayed = [p for p in params if p.ndim > 1]
+    exempt = [p for p in params if p.ndim <= 1]
+    return [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = parameter_groups(cfg, model)
+    impl = optimizer_impl_kwargs(cfg.optimizer_impl, [p for group in params for p in group["params"]])
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay, **impl)
@@ -96,6 +109,8 @@ class EpochContext:
     scaler: torch.amp.GradScaler | None = None
     progress: bool = True
     log_every: int = 10
+    ema: WeightEMA | None = None   # updated after every optimizer step
+    tta_flip: bool = False         # evaluation averages the logits of each image and its mirror
 
 
 def _top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -132,6 +147,8 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.opt
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if ctx.ema is not None:
+            ctx.ema.update()
         labels = y if y.ndim == 1 else y.argmax(dim=1)  # soft targets (mixing) count by their main class
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.detach().argmax(dim=1) == labels).sum()
@@ -145,6 +162,15 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.opt
             "images": seen, "seconds": seconds}
 
 
+def eval_logits(model: nn.Module, x: torch.Tensor, ctx: EpochContext) -> torch.Tensor:
+    """float32 logits of an eval-mode model; with ctx.tta_flip, the mean over x and its mirror image."""
+    with devices.autocast(ctx.device, ctx.precision):
+        logits = model(x).float()
+        if ctx.tta_flip:
+            logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: TensorLoader, ctx: EpochContext, desc: str = "test") -> dict:
     """Mean loss (no label smoothing), top-1 and top-5 accuracy over `loader`."""
@@ -154,8 +180,7 @@ def evaluate(model: nn.Module, loader: TensorLoader, ctx: EpochContext, desc: st
     correct5 = torch.zeros((), device=ctx.device, dtype=torch.long)
     seen = 0
     for x, y in _progress(loader, desc, ctx.progress):
-        with devices.autocast(ctx.device, ctx.precision):
-            logits = model(x).float()
+        logits = eval_logits(model, x, ctx)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         correct5 += _top_k_correct(logits, y, 5)
@@ -203,10 +228,16 @@ HEADER = f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'t
          f"{'lr':>9} {'seconds':>8} {'img/s':>8}"
 
 
+VAL_HEADER = f" {'val_loss':>8} {'val_acc':>7}"
+
+
 def format_row(row: dict) -> str:
-    return (f"{row['epoch']:>5d} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['test_loss']:>9.4f} "
+    text = (f"{row['epoch']:>5d} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {row['test_loss']:>9.4f} "
             f"{row['test_acc']:>8.4f} {row['test_top5']:>6.3f} {row['lr']:>9.2e} {row['epoch_seconds']:>8.1f} "
             f"{row['images_per_second']:>8.0f}")
+    if "val_acc" in row:
+        text += f" {row['val_loss']:>8.4f} {row['val_acc']:>7.4f}"
+    return text
 
 
 @dataclass
@@ -224,6 +255,14 @@ class Trainer:
     test_loader: TensorLoader
     ctx: EpochContext
     dataset: dict = field(default_factory=dict)
+    val_loader: TensorLoader | None = None  # the validation split, when cfg.val_size > 0
+    ema: WeightEMA | None = None            # the weight average, when cfg.ema_decay > 0
+    commit: str | None = None               # git commit of the code that built this trainer (read once)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that validation and test accuracy are measured on: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.train_model
     warmup_seconds: float = 0.0  # untimed compile warm-up before epoch 1 (see `warm_up`)
 
 
@@ -238,25 +277,31 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     data = load_for_config(cfg) if data is None else data
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.num_classes).to(device)
+    model = build_model(cfg.model, cfg.num_classes, zero_init_last=cfg.zero_init_last_bn,
+                        dropout=cfg.dropout).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Static shapes: one graph per batch shape (full and last batch, train and eval) instead of a dynamic one.
     train_model = torch.compile(model, dynamic=False) if cfg.compile else model
     train_loader = TensorLoader(data.train, cfg.batch_size, device, cfg.normalization, shuffle=cfg.shuffle,
-                                augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last)
+                                augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last,
+                                mix=build_mix(cfg))
     test_loader = TensorLoader(data.test, cfg.eval_batch_size, device, cfg.normalization,
                                channels_last=cfg.channels_last)
+    val_loader = None if data.val is None else TensorLoader(data.val, cfg.eval_batch_size, device,
+                                                            cfg.normalization, channels_last=cfg.channels_last)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(precision) else None
-    ctx = EpochContext(device, precision, cfg.label_smoothing, scaler, cfg.progress, cfg.log_every)
+    ctx = EpochContext(device, precision, cfg.label_smoothing, scaler, cfg.progress, cfg.log_every,
+                       ema=ema, tta_flip=cfg.tta_flip)
     dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
                "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
-               "source": data.source}
+               "n_val": len(data.val) if data.val is not None else 0, "source": data.source}
     t = Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
-                test_loader, ctx, dataset)
+                test_loader, ctx, dataset, val_loader, ema, git_commit())
     if cfg.compile and cfg.compile_warmup:
         t.warmup_seconds = warm_up(t)
     return t
@@ -289,7 +334,7 @@ def warm_up(t: Trainer) -> float:
     start = time.perf_counter()
     train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
                          augment=t.train_loader.augment, channels_last=t.cfg.channels_last,
-                         drop_last=t.train_loader.drop_last)
+                         drop_last=t.train_loader.drop_last, mix=t.train_loader.mix)
     test = TensorLoader(_shape_probe(t.test_loader), t.test_loader.batch_size, t.device, t.cfg.normalization,
                         channels_last=t.cfg.channels_last)
     train_one_epoch(t.train_model, train, t.optimizer, _NoSchedule(), ctx, desc="warm-up")
@@ -315,6 +360,7 @@ def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
         "history": history,
         "rng": rng_state(),
         "loader": t.train_loader.state_dict(),
+        "ema": t.ema.state_dict() if t.ema is not None else None,
         "cvlab_version": __version__,
     }
 
@@ -327,20 +373,30 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
         t.ctx.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     t.train_loader.load_state_dict(state["loader"])
+    if t.ema is not None:
+        if not state.get("ema"):
+            raise RunDirError("the checkpoint has no EMA state to resume the weight average from")
+        t.ema.load_state_dict(state["ema"])
     return int(state["epoch"]), list(state["history"])
 
 
 def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> dict:
     last = history[-1] if history else {}
     best = max(history, key=lambda r: r["test_acc"]) if history else {}
+    final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
+    final.update({k: last[k] for k in ("val_loss", "val_acc", "val_top5") if k in last})
     return {
         "status": status,
         "epochs_done": len(history),
         "epochs_planned": t.cfg.epochs,
-        "final": {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")},
+        "final": final,
+        # The epoch a user should pick: chosen on the validation split only; its test figures are reported, not used.
+        "best": select_best(history),
         # For reference only: picking the epoch by test accuracy would overfit the test set.
         "best_test_acc": best.get("test_acc"),
         "best_test_acc_epoch": best.get("epoch"),
+        "evaluated_weights": "ema" if t.ema is not None else "model",
+        "tta_flip": t.cfg.tta_flip,
         "total_seconds": round(seconds, 2),
         "compile_warmup_seconds": round(t.warmup_seconds, 2),
         "mean_images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
@@ -351,8 +407,36 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "seed": t.cfg.seed,
         "dataset": t.dataset,
         "versions": {"cvlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "git_commit": git_commit()},
+                     "git_commit": t.commit},
     }
+
+
+def select_best(history: list[dict]) -> dict | None:
+    """The epoch with the highest validation accuracy (first on ties) and its figures; None without a
+    validation split. The test set never takes part in the choice."""
+    rows = [r for r in history if r.get("val_acc") is not None]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: r["val_acc"])
+    return {"selected_by": "val_acc", "epoch": row["epoch"], "val_acc": row["val_acc"], "val_loss": row["val_loss"],
+            "test_acc": row["test_acc"], "test_top5": row["test_top5"]}
+
+
+def run_epoch(t: Trainer, epoch: int) -> dict:
+    """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row."""
+    lr = t.optimizer.param_groups[0]["lr"]
+    epoch_start = time.perf_counter()
+    train = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx,
+                            desc=f"epoch {epoch}/{t.cfg.epochs}")
+    val = evaluate(t.eval_model, t.val_loader, t.ctx, desc="val") if t.val_loader is not None else None
+    test = evaluate(t.eval_model, t.test_loader, t.ctx)
+    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+           "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"], "lr": lr,
+           "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+           "images_per_second": round(train["images"] / train["seconds"], 1)}
+    if val is not None:  # extra columns go after the contract's
+        row.update(val_loss=val["loss"], val_acc=val["acc"], val_top5=val["top5"])
+    return row
 
 
 def resolve_resume_config(run_dir: Path, requested: Config | None) -> Config:
@@ -394,20 +478,12 @@ def fit(cfg: Config, out: str | Path, resume: bool = False,
         f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run_dir}")
     if t.warmup_seconds:
         log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
-    log(HEADER)
+    log(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
     elapsed = sum(r["epoch_seconds"] for r in history)
     status = "running"
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            lr = t.optimizer.param_groups[0]["lr"]
-            epoch_start = time.perf_counter()
-            train = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx,
-                                    desc=f"epoch {epoch}/{cfg.epochs}")
-            test = evaluate(t.train_model, t.test_loader, t.ctx)
-            row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                   "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"], "lr": lr,
-                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
-                   "images_per_second": round(train["images"] / train["seconds"], 1)}
+            row = run_epoch(t, epoch)
             history.append(row)
             elapsed += row["epoch_seconds"]
             save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(t, epoch, history))

@@ -37,11 +37,13 @@ class HandoutBasicBlock(nn.Module):
         return F.relu(out + self.downsample(x))
 
 
-def handout_resnet18(num_classes: int = 100) -> nn.Sequential:
+def handout_resnet18(num_classes: int = 100, dropout: float = 0.0) -> nn.Sequential:
     """The handout's network as printed (with its missing closing parenthesis fixed).
 
-    11,223,140 parameters for 100 classes.
+    11,223,140 parameters for 100 classes. `dropout` > 0 inserts nn.Dropout before the
+    classifier (not in the handout; it shifts the classifier's index in the state dict).
     """
+    head = [nn.Dropout(dropout)] if dropout > 0 else []
     return nn.Sequential(
         nn.Conv2d(3, 64, kernel_size=3, stride=1),  # no padding: 32 -> 30
         nn.BatchNorm2d(64),
@@ -57,6 +59,7 @@ def handout_resnet18(num_classes: int = 100) -> nn.Sequential:
         HandoutBasicBlock(512, 512, stride=1),
         nn.AvgPool2d(2),  # 2 -> 1
         nn.Flatten(),
+        *head,
         nn.Linear(512, num_classes),
     )
 
@@ -87,7 +90,8 @@ class CifarResNet18(nn.Module):
     11,220,132 parameters for 100 classes.
     """
 
-    def __init__(self, num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+    def __init__(self, num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256, 512),
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False),
@@ -101,15 +105,25 @@ class CifarResNet18(nn.Module):
             inplanes = planes
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # no parameters: state dict unchanged
         self.fc = nn.Linear(inplanes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def cifar_resnet18(num_classes: int = 100) -> CifarResNet18:
-    return CifarResNet18(num_classes)
+def cifar_resnet18(num_classes: int = 100, dropout: float = 0.0) -> CifarResNet18:
+    return CifarResNet18(num_classes, dropout=dropout)
+
+
+def zero_init_last_bn(model: nn.Module) -> int:
+    """Set gamma = 0 in the last BN of every residual branch, so each block starts as its shortcut
+    (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 5.1). Returns the number of blocks changed."""
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, HandoutBasicBlock))]
+    for block in blocks:
+        nn.init.zeros_(block.bn2.weight)
+    return len(blocks)
 
 
 def tiny_resnet18(num_classes: int = 100) -> CifarResNet18:
@@ -125,12 +139,17 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
-def build_model(name: str, num_classes: int = 100) -> nn.Module:
-    """Build a registered model by name."""
+def build_model(name: str, num_classes: int = 100, *, zero_init_last: bool = False,
+                dropout: float = 0.0) -> nn.Module:
+    """Build a registered model by name; optionally zero-init the last BN of each block and
+    put dropout before the classifier."""
     if name not in MODELS:
         from .errors import ConfigError
         raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name][0](num_classes=num_classes)
+    model = MODELS[name][0](num_classes=num_classes, **({"dropout": dropout} if dropout > 0 else {}))
+    if zero_init_last:
+        zero_init_last_bn(model)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,352 @@
+"""Run a list of presets x seeds under one budget and compare them from their run directories.
+
+    python -m cvlab ablate --budget smoke                         # synthetic, about a minute on a CPU
+    python -m cvlab ablate --budget subset --data-root /work/cifar --seeds 0
+    python -m cvlab ablate --budget full --presets handout,+crop-flip,fast --seeds 0,1,2 --device cuda
+    python -m cvlab ablate --budget subset --out runs/ablate-subset --table-only
+
+A budget fixes what every run shares (data, epochs, sometimes the model) so that the rungs differ
+only in their own change. Each run writes `OUT/<preset>-s<seed>/`; finished runs with the same
+config are reused, interrupted ones resumed. The table is built from the run directories alone and
+written as OUT/ladder.csv, OUT/ladder.md and (one row per run) OUT/runs.csv.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .config import LADDER, PARENT, PRESETS, Config, from_dict, make_config, parse_value
+from .errors import ConfigError, RunDirError, UsageError
+from .runs import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_run
+
+LADDER_CSV, LADDER_MD, RUNS_CSV = "ladder.csv", "ladder.md", "runs.csv"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run of an ablation shares: config overrides and the default list of presets."""
+
+    name: str
+    description: str
+    overrides: dict[str, Any]
+    presets: tuple[str, ...] = tuple(LADDER)
+
+
+RUNGS = tuple(LADDER[:-2])  # the ladder without its two end points, fast and best
+SMOKE_RUNGS = ("handout", "+crop-flip", "+sgd-onecycle", "+cutmix", "+tta-flip")
+
+BUDGETS: dict[str, Budget] = {b.name: b for b in (
+    Budget("smoke", "SYNTHETIC data (100 train / 100 validation / 100 test images), 2 epochs, five rungs of the "
+           "ladder, the handout model for every rung: checks the pipeline in about a minute on a CPU; its "
+           "numbers mean nothing",
+           dict(synthetic=True, subset=100, val_size=100, test_subset=100, epochs=2, model="handout_resnet18"),
+           SMOKE_RUNGS),
+    Budget("subset", "real CIFAR-100, class-balanced: 4,000 training images (40 per class) taken after holding "
+           "out 1,000 for validation (the last 10 of each class), 2,000 test images (the first 20 of each class), "
+           "3 epochs, the rungs of the ladder with the handout model for every rung (the CIFAR ResNet-18 is "
+           "~3.5x slower on a CPU, so +cifar-stem is the same run as +crop-flip and is skipped); a CPU budget",
+           dict(subset=4000, val_size=1000, test_subset=2000, epochs=3, model="handout_resnet18"), RUNGS),
+    Budget("full", "real CIFAR-100: 45,000 training / 5,000 validation / 10,000 test images, each preset's own "
+           "model and epochs, the whole ladder including fast and best (a GPU job)", dict(val_size=5000)),
+)}
+
+
+@dataclass
+class PlannedRun:
+    preset: str
+    seed: int
+    config: Config
+    run_dir: Path
+
+
+@dataclass
+class Ablation:
+    """What `run_ablation` did: the table, the run directories, and the presets it skipped (and why)."""
+
+    table: Any  # pandas.DataFrame, one row per preset
+    runs: Any   # pandas.DataFrame, one row per run
+    run_dirs: list[Path]
+    skipped: dict[str, str] = field(default_factory=dict)
+    out: Path | None = None
+
+
+# ---------------------------------------------------------------------------- planning
+
+def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
+    """["key=value", ...] -> {key: typed value}, checked against Config."""
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        values[key.strip()] = parse_value(key.strip(), text)
+    return values
+
+
+def budget_config(preset: str, budget: Budget, overrides: dict[str, Any] | None = None, seed: int = 0) -> Config:
+    """The preset, then the budget's overrides, then `overrides`, with `seed`. When the epochs change,
+    the warmup keeps its share of the schedule unless it is overridden too."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; run 'python -m cvlab presets' to list them")
+    base = make_config(preset)
+    changes = {**budget.overrides, **(overrides or {}), "seed": seed}
+    values = {**base.to_dict(), **changes}
+    if "epochs" in changes and "warmup_epochs" not in changes:
+        values["warmup_epochs"] = base.warmup_epochs * values["epochs"] / base.epochs
+    return from_dict(values)
+
+
+def comparable(cfg: Config) -> dict:
+    """What makes two runs the same computation: the config without its name and how it executes."""
+    from .engine import RESUMABLE_FIELDS
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_FIELDS and k != "preset"}
+
+
+def plan(presets: Iterable[str], seeds: Iterable[int], out: str | Path, budget: Budget,
+         overrides: dict[str, Any] | None = None) -> tuple[list[PlannedRun], dict[str, str]]:
+    """The runs to make, in order, and the presets skipped because under this budget they are the
+    same run as an earlier preset (e.g. a model change when the budget fixes the model)."""
+    out = Path(out)
+    runs, skipped, seen = [], {}, {}
+    presets, seeds = list(presets), list(seeds)
+    if not presets or not seeds:
+        raise UsageError("an ablation needs at least one preset and one seed")
+    if len(set(presets)) != len(presets):
+        raise UsageError(f"a preset is listed twice: {', '.join(presets)}")
+    for preset in presets:
+        first = budget_config(preset, budget, overrides, seeds[0])
+        key = repr(sorted(comparable(first).items()))
+        if key in seen:
+            skipped[preset] = f"same run as {seen[key]} under this budget"
+            continue
+        seen[key] = preset
+        for seed in seeds:
+            cfg = budget_config(preset, budget, overrides, seed)
+            runs.append(PlannedRun(preset, seed, cfg, out / f"{preset}-s{seed}"))
+    return runs, skipped
+
+
+# ---------------------------------------------------------------------------- running
+
+def run_status(run_dir: Path, cfg: Config) -> str:
+    """'new', 'complete' (same config, finished), or 'resume'; raises when the folder holds another run."""
+    import json
+    if not (run_dir / CONFIG).exists():
+        return "new"
+    saved = from_dict(json.loads((run_dir / CONFIG).read_text(encoding="utf-8")))
+    if comparable(saved) != comparable(cfg):
+        diff = sorted(k for k, v in comparable(cfg).items() if comparable(saved).get(k) != v)
+        raise RunDirError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
+                          "choose another output folder or delete it")
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8")) if (run_dir / METRICS).exists() else {}
+    if metrics.get("status") == "complete":
+        return "complete"
+    if not (run_dir / CHECKPOINT).exists():
+        raise RunDirError(f"{run_dir} holds a run that stopped before its first epoch; delete it and run again")
+    return "resume"
+
+
+def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0,), out: str | Path = "runs/ablate",
+                 budget: str | Budget = "subset", overrides: Iterable[str] | dict[str, Any] = (),
+                 log: Callable[[str], None] = print) -> Ablation:
+    """Train every preset x seed under `budget` (skipping finished runs), then build the table.
+
+    `overrides` ("key=value" strings or a dict) apply to every run after the budget, e.g. data_root,
+    device, progress. Returns an Ablation and writes ladder.csv, ladder.md and runs.csv into `out`.
+    """
+    from .engine import fit
+
+    budget = get_budget(budget)
+    extra = dict(overrides) if isinstance(overrides, dict) else parse_pairs(overrides)
+    presets = list(presets) if presets is not None else list(budget.presets)
+    runs, skipped = plan(presets, seeds, out, budget, extra)
+    for name, why in skipped.items():
+        log(f"skipping {name}: {why}")
+    for i, run in enumerate(runs, 1):
+        status = run_status(run.run_dir, run.config)
+        log(f"[{i}/{len(runs)}] {run.preset} seed {run.seed}: {run.run_dir} ({status})")
+        if status != "complete":
+            fit(run.config, run.run_dir, resume=status == "resume", log=log)
+    return write_tables(out, [r.run_dir for r in runs], order=presets, skipped=skipped, budget=budget)
+
+
+def get_budget(budget: str | Budget) -> Budget:
+    if isinstance(budget, Budget):
+        return budget
+    if budget not in BUDGETS:
+        raise UsageError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    return BUDGETS[budget]
+
+
+# ---------------------------------------------------------------------------- the table
+
+def run_row(run_dir: str | Path) -> dict:
+    """One run's figures, read from its run directory: final epoch, best validation epoch, time, speed."""
+    run = load_run(run_dir)
+    h = run.history
+    if h.empty:
+        raise RunDirError(f"{run_dir} has no finished epoch")
+    last = h.iloc[-1]
+    has_val = "val_acc" in h.columns and h["val_acc"].notna().any()
+    best = h.loc[h["val_acc"].idxmax()] if has_val else None
+    return {
+        "preset": run.config.get("preset"), "seed": run.config.get("seed"), "run": str(run.path),
+        "status": run.metrics.get("status"), "synthetic": run.synthetic,
+        "device": run.metrics.get("device"), "model": run.config.get("model"),
+        "epochs": int(last["epoch"]), "n_train": run.metrics.get("dataset", {}).get("n_train"),
+        "test_acc": float(last["test_acc"]), "test_top5": float(last["test_top5"]),
+        "test_loss": float(last["test_loss"]), "train_acc": float(last["train_acc"]),
+        "train_loss": float(last["train_loss"]),
+        "best_val_acc": float(best["val_acc"]) if has_val else math.nan,
+        "best_val_epoch": int(best["epoch"]) if has_val else None,
+        "test_acc_at_best_val": float(best["test_acc"]) if has_val else math.nan,
+        "seconds": float(h["epoch_seconds"].sum()),
+        "images_per_second": float(h["images_per_second"].mean()),
+    }
+
+
+def ladder_table(run_dirs: Iterable[str | Path], order: Iterable[str] | None = None):
+    """(table, runs): per preset, mean and std over seeds of the final test top-1/top-5, best validation
+    accuracy, train/test gap (final train accuracy minus test accuracy), time and speed, and the gain in
+    test top-1 over the preset it derives from (its parent when present in the table, else the row above)."""
+    import pandas as pd
+
+    runs = pd.DataFrame([run_row(d) for d in run_dirs])
+    if runs.empty:
+        raise RunDirError("no run directories to tabulate")
+    runs["gap"] = runs["train_acc"] - runs["test_acc"]
+    names = list(dict.fromkeys([p for p in (order or []) if p in set(runs["preset"])] + list(runs["preset"])))
+    rows = []
+    for name in names:
+        group = runs[runs["preset"] == name]
+        row = {"preset": name, "seeds": len(group), "epochs": int(group["epochs"].max()),
+               "n_train": group["n_train"].iloc[0], "synthetic": bool(group["synthetic"].any())}
+        for col in ("test_acc", "test_top5", "best_val_acc", "gap", "train_acc"):
+            row[col] = group[col].mean()
+            row[f"{col}_std"] = group[col].std(ddof=1) if len(group) > 1 else math.nan
+        row["seconds"] = group["seconds"].mean()
+        row["images_per_second"] = group["images_per_second"].mean()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    by_name = dict(zip(table["preset"], table["test_acc"]))
+    compared, gains = [], []
+    for i, name in enumerate(table["preset"]):
+        ref = PARENT.get(name) if PARENT.get(name) in by_name else (table["preset"][i - 1] if i else None)
+        compared.append(ref or "")
+        gains.append(by_name[name] - by_name[ref] if ref else math.nan)
+    table["compared_to"], table["gain"] = compared, gains
+    return table, runs
+
+
+def _pct(value: float, std: float = math.nan, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return text + (f" ± {100 * std:.2f}" if not math.isnan(std) else "")
+
+
+def markdown_table(table) -> str:
+    """The table as GitHub Markdown, accuracies in percent (mean ± std over seeds when there are several)."""
+    header = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %", "train−test gap (pp)",
+              "gain (pp)", "vs", "time (s)", "img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in table.to_dict("records"):
+        cells = [f"`{r['preset']}`", str(r["seeds"]), _pct(r["test_acc"], r["test_acc_std"]),
+                 _pct(r["test_top5"], r["test_top5_std"]), _pct(r["best_val_acc"], r["best_val_acc_std"]),
+                 _pct(r["gap"], r["gap_std"], signed=True), _pct(r["gain"], signed=True),
+                 f"`{r['compared_to']}`" if r["compared_to"] else "", f"{r['seconds']:.0f}",
+                 f"{r['images_per_second']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(out: str | Path, run_dirs: Iterable[str | Path], order: Iterable[str] | None = None,
+                 skipped: dict[str, str] | None = None, budget: Budget | None = None) -> Ablation:
+    """Build the table from run directories and write ladder.csv, ladder.md and runs.csv into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dirs = [Path(d) for d in run_dirs]
+    table, runs = ladder_table(run_dirs, order)
+    synthetic = bool(runs["synthetic"].any())
+    notes = [f"# Ablation{' (SYNTHETIC data: the numbers mean nothing)' if synthetic else ''}", ""]
+    if budget is not None:
+        notes.append(f"Budget `{budget.name}`: {budget.description}.")
+    notes += [f"Device: {', '.join(sorted(set(map(str, runs['device']))))}. "
+              f"Seeds: {', '.join(map(str, sorted(set(runs['seed']))))}. "
+              f"Models: {', '.join(sorted(set(runs['model'])))}.",
+              "Accuracies at the final epoch; best val = highest validation accuracy over the epochs; gap = final "
+              "train accuracy (on augmented/mixed batches, during the epoch) minus test accuracy; gain = test top-1 "
+              "minus the row named in `vs`; time = training + evaluation seconds per run.", ""]
+    for name, why in (skipped or {}).items():
+        notes.append(f"- `{name}` skipped: {why}.")
+    atomic_write_text(out / LADDER_MD, "\n".join(notes) + ("\n" if skipped else "") + "\n" + markdown_table(table))
+    atomic_write_text(out / LADDER_CSV, table.to_csv(index=False))
+    atomic_write_text(out / RUNS_CSV, runs.to_csv(index=False))
+    return Ablation(table, runs, run_dirs, dict(skipped or {}), out)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_ablate(args) -> int:
+    budget = get_budget(args.budget)
+    presets = budget.presets if args.presets in (None, "ladder") else _csv(args.presets)
+    try:
+        seeds = [int(s) for s in _csv(args.seeds)]
+    except ValueError:
+        raise UsageError(f"--seeds expects integers separated by commas, got {args.seeds!r}") from None
+    pairs = list(args.set)
+    for key, value in (("epochs", args.epochs), ("subset", args.subset), ("device", args.device),
+                       ("data_root", args.data_root)):
+        if value is not None:
+            pairs.append(f"{key}={value}")
+    if args.synthetic:
+        pairs.append("synthetic=true")
+    if args.no_progress:
+        pairs.append("progress=false")
+    out = Path(args.out or f"runs/ablate-{budget.name}")
+    if args.table_only:
+        dirs = [r.run_dir for r in plan(presets, seeds, out, budget, parse_pairs(pairs))[0] if (r.run_dir / CONFIG).exists()]
+        result = write_tables(out, dirs, order=presets, budget=budget)
+    else:
+        result = run_ablation(presets, seeds, out, budget, pairs)
+    print((out / LADDER_MD).read_text(encoding="utf-8"))
+    print(f"tables: {out / LADDER_CSV}, {out / LADDER_MD}, {out / RUNS_CSV}")
+    return 0
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        import argparse
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ablate", help="run presets x seeds under one budget and tabulate them",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="subset",
+                   help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
+    p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
+    p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
+    p.add_argument("--epochs", type=_count(1), metavar="N", help="override the budget's epochs")
+    p.add_argument("--subset", type=_count(0), metavar="N", help="override the budget's training subset")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu", "mps"))
+    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--synthetic", action="store_true", help="generated data instead of CIFAR-100")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config field for every run")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the tables from existing run directories")
+    p.set_defaults(func=cmd_ablate)

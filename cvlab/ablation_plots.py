@@ -1,0 +1,134 @@
+"""Figures for the improvement ladder, all drawn from tensors or run directories (never typed-in numbers):
+what each augmentation does to a few images, overlaid test curves, the gain of each rung, and
+per-superclass accuracy. A figure made from synthetic data says SYNTHETIC on its face.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import augment as aug
+
+
+def _stamp(fig, synthetic: bool) -> None:
+    if synthetic:
+        fig.text(0.99, 0.01, "SYNTHETIC DATA", ha="right", va="bottom", color="crimson", fontsize=11,
+                 fontweight="bold", alpha=0.8)
+
+
+def save(fig, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def augmentation_rows(images: torch.Tensor, seed: int = 0) -> list[tuple[str, torch.Tensor, list[str]]]:
+    """(name, uint8 batch, per-image captions) for the original and each augmentation in cvlab.augment,
+    each applied with a generator seeded by `seed`. Mixed rows pair image i with image i+1 (cyclically)."""
+    def g() -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    n = images.shape[0]
+    rows = [("original", images, [""] * n),
+            ("crop 4 + flip", aug.random_hflip(aug.random_crop(images, 4, g()), g()), [""] * n),
+            ("cutout 8", aug.cutout(images, 8, g()), [""] * n)]
+    for name in ("trivialaugment", "randaugment", "autoaugment"):
+        rows.append((name, aug.apply_policy(images, aug.make_policy(name), g()), [""] * n))
+    x = images.float() / 255
+    swap = torch.tensor([1, 0])  # each image of a pair takes the other as its partner
+    for name, method in (("mixup", aug.mixup), ("cutmix", aug.cutmix)):
+        mixed, captions = [], []
+        for i in range(n):
+            pair = x[[i, (i + 1) % n]]
+            # alpha 1 as in the presets; a generator per column so every column shows another draw
+            out, soft = method(pair, torch.eye(2), torch.Generator().manual_seed(seed * 1000 + i), 1.0, perm=swap)
+            mixed.append(out[0])
+            captions.append(f"{soft[0, 0]:.2f}/{soft[0, 1]:.2f}")
+        rows.append((name, (torch.stack(mixed) * 255).round().clamp(0, 255).to(torch.uint8), captions))
+    return rows
+
+
+def augmentation_gallery(images: torch.Tensor, seed: int = 0, synthetic: bool = False, title: str | None = None):
+    """A grid: one row per augmentation, one column per image (uint8 (N, 3, 32, 32)). Mixup/CutMix
+    captions give the target weights of the image and its partner (they sum to 1)."""
+    import matplotlib.pyplot as plt
+
+    rows = augmentation_rows(images, seed)
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.2, 1.3 * len(rows)), squeeze=False)
+    for r, (name, batch, captions) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(batch[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if captions[c]:
+                ax.set_title(captions[c], fontsize=7, pad=2)
+            if c == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title or ("Augmentations" + (" (SYNTHETIC images)" if synthetic else "")), fontsize=11)
+    _stamp(fig, synthetic)
+    fig.tight_layout()
+    return fig
+
+
+def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = False):
+    """Test loss and test accuracy per epoch, one line per preset (mean over seeds), from a long
+    DataFrame as returned by cvlab.runs.load_runs."""
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(list(order or []) + list(histories["preset"])))
+    names = [n for n in names if n in set(histories["preset"])]
+    mean = histories.groupby(["preset", "epoch"], sort=False)[["test_loss", "test_acc"]].mean().reset_index()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.2))
+    cmap = plt.get_cmap("viridis", max(2, len(names)))
+    for i, name in enumerate(names):
+        rows = mean[mean["preset"] == name]
+        ax_loss.plot(rows["epoch"], rows["test_loss"], marker=".", color=cmap(i), label=name)
+        ax_acc.plot(rows["epoch"], 100 * rows["test_acc"], marker=".", color=cmap(i), label=name)
+    ax_loss.set(xlabel="epoch", ylabel="test loss", title="test loss")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _stamp(fig, synthetic)
+    fig.tight_layout()
+    return fig
+
+
+def gains_bar(table, synthetic: bool = False):
+    """Horizontal bars: the test top-1 gain (percentage points) of each preset over the row it is compared to."""
+    import matplotlib.pyplot as plt
+
+    rows = table[table["compared_to"] != ""]
+    fig, ax = plt.subplots(figsize=(7, 0.38 * len(rows) + 1.2))
+    gains = 100 * rows["gain"]
+    colours = ["tab:green" if g > 0 else "tab:red" for g in gains]
+    labels = [f"{p}  (vs {c})" for p, c in zip(rows["preset"], rows["compared_to"])]
+    ax.barh(labels, gains, color=colours)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain in test top-1 (percentage points)")
+    ax.grid(axis="x", alpha=0.3)
+    _stamp(fig, synthetic)
+    fig.tight_layout()
+    return fig
+
+
+def superclass_bars(frame, synthetic: bool = False, title: str = ""):
+    """Fine-class and superclass accuracy per superclass (from cvlab.analysis.per_superclass_accuracy)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(frame) + 1.2))
+    y = range(len(frame))
+    ax.barh([i + 0.2 for i in y], 100 * frame["superclass_acc"], height=0.4, label="superclass correct")
+    ax.barh([i - 0.2 for i in y], 100 * frame["fine_acc"], height=0.4, label="fine class correct")
+    ax.set_yticks(list(y), frame["superclass"], fontsize=8)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    _stamp(fig, synthetic)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,204 @@
+"""Presets train, the engine's EMA/validation/TTA pieces resume exactly, and the ablation runner
+builds its table from run directories. Synthetic data only, a few dozen images per run."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cvlab.ablate import LADDER_CSV, LADDER_MD, RUNS_CSV, Budget, budget_config, ladder_table, run_ablation
+from cvlab.analysis import confused_pairs, per_superclass_accuracy, predict_run
+from cvlab.config import LADDER, PARENT, PRESETS, make_config
+from cvlab.engine import build_trainer, evaluate, fit, train_one_epoch
+from cvlab.errors import RunDirError
+from cvlab.models import MODELS, CifarResNet18, build_model, count_parameters
+from cvlab.runs import HISTORY_COLUMNS, load_run
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs, which cost milliseconds per op on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TIMING = ["epoch_seconds", "images_per_second"]
+# 300 synthetic training images: 100 validation (the last of each class), a few dozen for training;
+# "tiny_resnet" is the CIFAR ResNet-18 code at 1/16 of the width, registered by the fixture below,
+# so that a training step takes milliseconds instead of seconds on a shared CPU.
+TINY = dict(synthetic=True, synthetic_train=300, synthetic_test=100, progress=False, device="cpu",
+            download=False, model="tiny_resnet")
+
+
+def tiny_resnet(num_classes: int = 100, dropout: float = 0.0) -> CifarResNet18:
+    return CifarResNet18(num_classes, widths=(4, 8, 16, 32), dropout=dropout)
+
+
+@pytest.fixture(autouse=True)
+def tiny_model(monkeypatch):
+    monkeypatch.setitem(MODELS, "tiny_resnet", (tiny_resnet, "CIFAR ResNet-18 at 1/16 width (tests only)"))
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_builds_and_trains_two_steps(preset):
+    model = make_config(preset).model
+    assert count_parameters(build_model(model)) == {"handout_resnet18": 11_223_140, "cifar_resnet18": 11_220_132}[model]
+    # every switch of the preset, on the narrow model
+    cfg = make_config(preset, **TINY, subset=4, subset_balanced=False, test_subset=4, batch_size=2,
+                      eval_batch_size=4)
+    t = build_trainer(cfg)
+    before = [p.detach().clone() for p in t.model.parameters()]
+    stats = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx)
+    assert stats["images"] == 4 and math.isfinite(stats["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
+    assert 0 <= evaluate(t.eval_model, t.test_loader, t.ctx)["acc"] <= 1
+
+
+def test_ladder_adds_one_change_per_rung():
+    assert LADDER[0] == "handout" and LADDER[-2:] == ["fast", "best"]
+    for name in LADDER[1:-2]:
+        parent = PRESETS[PARENT[name]][1]
+        changed = {k for k, v in PRESETS[name][1].items() if parent.get(k, v) != v or k not in parent}
+        assert changed and PRESETS[name][0].startswith(f"= {PARENT[name]} ")
+        assert LADDER.index(PARENT[name]) == LADDER.index(name) - 1
+
+
+def tiny_run(**overrides):
+    values = dict(TINY, subset=100, test_subset=100, epochs=2, batch_size=25, eval_batch_size=100, lr=1e-3)
+    values.update(overrides)
+    return make_config("handout", **values)
+
+
+class StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, row):
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_with_ema_mixing_policy_and_validation_repeats_history(tmp_path):
+    cfg = tiny_run(val_size=100, ema_decay=0.9, tta_flip=True, mix="mixup_cutmix", mix_prob=0.5,
+                   policy="trivialaugment", cutout=8, crop_padding=4, hflip=True, normalization="cifar100",
+                   optimizer="sgd", lr=0.05, nesterov=True, weight_decay=5e-4, wd_exclude_norm_bias=True,
+                   schedule="onecycle", warmup_epochs=0.5, label_smoothing=0.1, zero_init_last_bn=True)
+    whole = load_run(fit(cfg, tmp_path / "whole", log=quiet))
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "split", log=quiet, on_epoch_end=StopAfter(1))
+    assert len(load_run(tmp_path / "split").history) == 1
+    resumed = load_run(fit(cfg, tmp_path / "split", resume=True, log=quiet))
+    pd.testing.assert_frame_equal(whole.history.drop(columns=TIMING), resumed.history.drop(columns=TIMING))
+    h = whole.history
+    assert list(h.columns) == HISTORY_COLUMNS + ["val_loss", "val_acc", "val_top5"]
+    best = whole.metrics["best"]
+    assert best["selected_by"] == "val_acc" and best["val_acc"] == h["val_acc"].max()
+    assert best["test_acc"] == h.loc[h["val_acc"].idxmax(), "test_acc"]
+    assert whole.metrics["evaluated_weights"] == "ema" and whole.metrics["dataset"]["n_val"] == 100
+    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    assert state["ema"]["updates"] == 2 * 4  # 100 images / batch 25, two epochs
+    # the checkpointed EMA, re-evaluated, gives the logged final test figures
+    pred = predict_run(tmp_path / "whole", device="cpu")
+    assert pred.weights == "ema" and pred.accuracy == pytest.approx(h["test_acc"].iloc[-1])
+    sup = per_superclass_accuracy(pred)
+    assert sup["images"].sum() == 100 and sup["fine_acc"].between(0, 1).all()
+    pairs = confused_pairs(pred, top=5)
+    assert len(pairs) <= 5 and (pairs["count"].diff().dropna() <= 0).all()
+
+
+def test_no_validation_split_keeps_the_contract_columns(tmp_path):
+    run = load_run(fit(tiny_run(epochs=1), tmp_path / "run", log=quiet))
+    assert list(run.history.columns) == HISTORY_COLUMNS and run.metrics["best"] is None
+
+
+def test_budget_scales_warmup_and_applies_overrides():
+    budget = Budget("t", "test", dict(epochs=10, subset=500))
+    cfg = budget_config("+sgd-onecycle", budget, {"lr": 0.1}, seed=3)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.subset, cfg.lr, cfg.seed) == (10, 1.5, 500, 0.1, 3)
+    assert cfg.preset == "+sgd-onecycle"
+
+
+def test_ablation_runs_skips_duplicates_and_tabulates_from_run_dirs(tmp_path):
+    budget = Budget("tiny", "test budget", dict(TINY, subset=100, val_size=100, test_subset=100, epochs=1,
+                                                batch_size=50, eval_batch_size=100))
+    presets = ["handout", "+crop-flip", "+cifar-stem"]
+    result = run_ablation(presets, [0, 1], tmp_path, budget, log=quiet)
+    assert result.skipped == {"+cifar-stem": "same run as +crop-flip under this budget"}
+    assert sorted(p.name for p in result.run_dirs) == ["+crop-flip-s0", "+crop-flip-s1", "handout-s0", "handout-s1"]
+    table = result.table.set_index("preset")
+    for preset in ("handout", "+crop-flip"):
+        finals = [load_run(tmp_path / f"{preset}-s{s}").history["test_acc"].iloc[-1] for s in (0, 1)]
+        assert table.loc[preset, "test_acc"] == pytest.approx(sum(finals) / 2)
+        assert table.loc[preset, "test_acc_std"] == pytest.approx(pd.Series(finals).std())
+        assert table.loc[preset, "seeds"] == 2
+    assert table.loc["+crop-flip", "compared_to"] == "handout"  # its parent +norm-shuffle was not run
+    assert table.loc["+crop-flip", "gain"] == pytest.approx(table.loc["+crop-flip", "test_acc"]
+                                                            - table.loc["handout", "test_acc"])
+    for name in (LADDER_CSV, LADDER_MD, RUNS_CSV):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "SYNTHETIC" in (tmp_path / LADDER_MD).read_text()
+    assert len(pd.read_csv(tmp_path / RUNS_CSV)) == 4
+    # a second call reuses the finished runs (no training) and gives the same table
+    mtime = (tmp_path / "handout-s0" / "last.pt").stat().st_mtime_ns
+    again = run_ablation(presets, [0, 1], tmp_path, budget, log=quiet)
+    assert (tmp_path / "handout-s0" / "last.pt").stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(again.table, result.table)
+    with pytest.raises(RunDirError):  # same folder, different settings
+        run_ablation(["handout"], [0], tmp_path, budget, overrides=["lr=0.5"], log=quiet)
+
+
+def write_fake_run(path, preset, seed, accs, val=None):
+    """A run directory written by hand, to check the arithmetic of the table alone."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"preset": preset, "seed": seed, "model": "m"}))
+    rows = []
+    for i, acc in enumerate(accs, 1):
+        row = {"epoch": i, "train_loss": 1.0, "train_acc": acc + 0.1, "test_loss": 2.0, "test_acc": acc,
+               "test_top5": acc + 0.2, "lr": 0.1, "epoch_seconds": 10.0, "images_per_second": 100.0 * i}
+        if val is not None:
+            row.update(val_loss=2.0, val_acc=val[i - 1], val_top5=0.5)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(path / "history.csv", index=False)
+    (path / "metrics.json").write_text(json.dumps({"status": "complete", "dataset": {"synthetic": False,
+                                                                                       "n_train": 10}}))
+    return path
+
+
+def test_table_arithmetic_from_hand_written_run_dirs(tmp_path):
+    dirs = [write_fake_run(tmp_path / "a0", "handout", 0, [0.1, 0.2], val=[0.3, 0.25]),
+            write_fake_run(tmp_path / "a1", "handout", 1, [0.1, 0.4], val=[0.2, 0.5]),
+            write_fake_run(tmp_path / "b0", "+norm-shuffle", 0, [0.3, 0.5])]
+    table, runs = ladder_table(dirs, order=["handout", "+norm-shuffle"])
+    t = table.set_index("preset")
+    assert t.loc["handout", "test_acc"] == pytest.approx(0.3)
+    assert t.loc["handout", "test_acc_std"] == pytest.approx(pd.Series([0.2, 0.4]).std())
+    assert t.loc["handout", "best_val_acc"] == pytest.approx((0.3 + 0.5) / 2)
+    assert t.loc["handout", "gap"] == pytest.approx(0.1)
+    assert t.loc["handout", "seconds"] == 20.0 and t.loc["handout", "images_per_second"] == 150.0
+    assert t.loc["+norm-shuffle", "gain"] == pytest.approx(0.2) and math.isnan(t.loc["+norm-shuffle", "best_val_acc"])
+    assert runs.loc[runs["run"].str.endswith("a0"), "best_val_epoch"].item() == 1
+
+
+def test_cli_presets_and_ablate_table_only(tmp_path, capsys):
+    from cvlab.__main__ import main
+
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in LADDER)
+    write_fake_run(tmp_path / "handout-s0", "handout", 0, [0.1, 0.2])
+    assert main(["ablate", "--budget", "smoke", "--presets", "handout,+norm-shuffle", "--out", str(tmp_path),
+                 "--table-only"]) == 0
+    assert "`handout`" in capsys.readouterr().out and (tmp_path / LADDER_CSV).exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["ablate", "--budget", "nope"])
+    assert exc.value.code == 2
+    assert main(["ablate", "--presets", "no-such", "--out", str(tmp_path / "x")]) == 2
