@@ -329,7 +329,7 @@ def warm_up(t: Trainer) -> float:
     optimizer_state = copy.deepcopy(t.optimizer.state_dict())
     scaler_state = copy.deepcopy(t.ctx.scaler.state_dict()) if t.ctx.scaler is not None else None
     rng = rng_state()  # dropout or random augmentations would otherwise draw from it
-    ctx = dataclasses.replace(t.ctx, progress=False)
+    ctx = dataclasses.replace(t.ctx, progress=False, ema=None)  # the EMA must not average warm-up steps
     devices.synchronize(t.device)
     start = time.perf_counter()
     train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
