@@ -87,7 +87,8 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
         rows = mean[mean["preset"] == name]
         ax_loss.plot(rows["epoch"], rows["test_loss"], marker=".", color=cmap(i), label=name)
         ax_acc.plot(rows["epoch"], 100 * rows["test_acc"], marker=".", color=cmap(i), label=name)
-    ax_loss.set(xlabel="epoch", ylabel="test loss", title="test loss")
+    ax_loss.set(xlabel="epoch", ylabel="test loss (log scale)", title="test loss")
+    ax_loss.set_yscale("log")  # an early epoch with unsettled BN statistics can be 100x the rest
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -97,8 +98,9 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
     return fig
 
 
-def gains_bar(table, synthetic: bool = False):
-    """Horizontal bars: the test top-1 gain (percentage points) of each preset over the row it is compared to."""
+def gains_bar(table, synthetic: bool = False, title: str = ""):
+    """Horizontal bars: the test top-1 gain (percentage points) of each preset over the row it is compared to
+    (mean over seeds; the table's seeds column says how many)."""
     import matplotlib.pyplot as plt
 
     rows = table[table["compared_to"] != ""]
@@ -110,6 +112,7 @@ def gains_bar(table, synthetic: bool = False):
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
     ax.set_xlabel("gain in test top-1 (percentage points)")
+    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     _stamp(fig, synthetic)
     fig.tight_layout()
