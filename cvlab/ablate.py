@@ -312,9 +312,9 @@ def cmd_ablate(args) -> int:
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
         dirs = [r.run_dir for r in plan(presets, seeds, out, budget, parse_pairs(pairs))[0] if (r.run_dir / CONFIG).exists()]
-        result = write_tables(out, dirs, order=presets, budget=budget)
+        write_tables(out, dirs, order=presets, budget=budget)
     else:
-        result = run_ablation(presets, seeds, out, budget, pairs)
+        run_ablation(presets, seeds, out, budget, pairs)
     print((out / LADDER_MD).read_text(encoding="utf-8"))
     print(f"tables: {out / LADDER_CSV}, {out / LADDER_MD}, {out / RUNS_CSV}")
     return 0

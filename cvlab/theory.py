@@ -474,7 +474,7 @@ def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: in
     for i, (name, c) in enumerate(curves.items()):
         s = _smooth(c)
         ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i], label=name)
-    ax[0, 2].set(title=f"training loss, Adam 1e-3, batch 64 (BN)", xlabel="step",
+    ax[0, 2].set(title="training loss, Adam 1e-3, batch 64 (BN)", xlabel="step",
                  ylabel="cross-entropy (10-step mean)")
     ax[0, 2].grid(alpha=0.3)
     ax[0, 2].legend(fontsize=8)

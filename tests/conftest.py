@@ -7,7 +7,6 @@ import torch
 from cvlab.config import make_config
 from cvlab.data import write_synthetic
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +32,23 @@ def tiny_config(**overrides):
                   progress=False, download=False)
     values.update(overrides)
     return make_config("handout", **values)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP hand-offs, which cost milliseconds per op on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class StopAfter:
+    """An on_epoch_end callback that simulates Ctrl-C after the given epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, row):
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt

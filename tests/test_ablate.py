@@ -16,16 +16,9 @@ from cvlab.engine import build_trainer, evaluate, fit, train_one_epoch
 from cvlab.errors import RunDirError
 from cvlab.models import MODELS, CifarResNet18, build_model, count_parameters
 from cvlab.runs import HISTORY_COLUMNS, load_run
+from conftest import StopAfter
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs, which cost milliseconds per op on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 TIMING = ["epoch_seconds", "images_per_second"]
 # 300 synthetic training images: 100 validation (the last of each class), a few dozen for training;
@@ -77,14 +70,6 @@ def tiny_run(**overrides):
     values.update(overrides)
     return make_config("handout", **values)
 
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def __call__(self, row):
-        if row["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_resume_with_ema_mixing_policy_and_validation_repeats_history(tmp_path):

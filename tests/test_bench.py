@@ -13,13 +13,6 @@ from cvlab.__main__ import main
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory):

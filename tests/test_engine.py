@@ -8,7 +8,7 @@ from cvlab.engine import LRShape, fit
 from cvlab.errors import RunDirError
 from cvlab.runs import HISTORY_COLUMNS, load_run, load_runs
 
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 
 TIMING = ["epoch_seconds", "images_per_second"]
 
@@ -34,14 +34,6 @@ def test_same_seed_same_history(tmp_path):
     b = load_run(fit(cfg, tmp_path / "b", log=lambda s: None)).history.drop(columns=TIMING)
     pd.testing.assert_frame_equal(a, b)
 
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def __call__(self, row):
-        if row["epoch"] == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):

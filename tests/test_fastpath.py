@@ -18,14 +18,6 @@ from cvlab.models import build_model
 N_TRAIN, N_TEST, BATCH, EPOCHS, LR = 24, 16, 8, 2, 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: deterministic and far faster than two on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data():

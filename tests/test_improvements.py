@@ -16,14 +16,6 @@ from cvlab.models import BasicBlock, CifarResNet18, HandoutBasicBlock, build_mod
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs, which cost milliseconds per op on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 POLICIES = ["trivialaugment", "randaugment", "autoaugment"]
 
 
