@@ -164,6 +164,15 @@ def _field_types() -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(Config)}
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool | None:
+    """True/False for the usual spellings (true/yes/on/1, false/no/off/0), None for anything else."""
+    low = text.strip().lower()
+    return True if low in TRUE_WORDS else False if low in FALSE_WORDS else None
+
+
 def parse_value(key: str, text: str) -> Any:
     """Convert the string `text` to the type of Config field `key`."""
     types = _field_types()
@@ -171,12 +180,10 @@ def parse_value(key: str, text: str) -> Any:
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
     kind = types[key]
     if kind is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {text!r}")
+        value = parse_bool(text)
+        if value is None:
+            raise ConfigError(f"{key} must be true or false, got {text!r}")
+        return value
     try:
         return kind(text)
     except ValueError:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .config import parse_bool
 from .errors import UsageError
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -118,12 +119,10 @@ def coerce(key: str, text: str, default: Any) -> Any:
     import yaml
 
     if isinstance(default, bool):
-        low = text.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise UsageError(f"-p {key}: expected true or false, got {text!r}")
+        value = parse_bool(text)
+        if value is None:
+            raise UsageError(f"-p {key}: expected true or false, got {text!r}")
+        return value
     if isinstance(default, int):
         try:
             return int(text)
