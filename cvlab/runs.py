@@ -59,7 +59,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def prepare_run_dir(path: str | Path, resume: bool) -> Path:
     """Create the run directory, refusing to reuse one that holds a run unless resuming."""
     path = Path(path)
-    has_run = (path / CONFIG).exists() or (path / CHECKPOINT).exists()
+    # A folder whose run was stopped before its first epoch ended holds no result: it may be started again.
+    has_run = (path / CHECKPOINT).exists() or (path / HISTORY).exists()
     if resume:
         if not (path / CHECKPOINT).exists():
             raise RunDirError(f"cannot resume: {path} has no {CHECKPOINT}; start a new run without --resume")

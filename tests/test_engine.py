@@ -76,3 +76,17 @@ def test_lr_shapes(kind, expect_mid, expect_end):
     assert shape(0) == pytest.approx(0.1) and shape(9) == pytest.approx(1.0)
     assert shape(60) == pytest.approx(expect_mid)
     assert shape(110) == pytest.approx(expect_end)
+
+
+def test_run_stopped_before_its_first_epoch_can_be_started_again(tmp_path, monkeypatch):
+    import cvlab.engine as engine
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "run_epoch", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            fit(tiny_config(epochs=1), tmp_path / "run", log=lambda s: None)
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "last.pt").exists()
+    assert load_run(fit(tiny_config(epochs=1), tmp_path / "run", log=lambda s: None)).metrics["status"] == "complete"
