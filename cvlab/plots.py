@@ -59,11 +59,7 @@ def loss_curves(run: Run | str | Path) -> Figure:
     best = h.loc[h["test_loss"].idxmin()]
     ax.axvline(best["epoch"], color="0.5", ls="--", lw=1,
                label=f"lowest test loss {best['test_loss']:.3f} (epoch {int(best['epoch'])})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _integer_epochs(ax, h["epoch"])
+    _epoch_axes(ax, h["epoch"], "cross-entropy loss")
     return _finish(fig, run, "Train and test loss per epoch")
 
 
@@ -75,12 +71,17 @@ def accuracy_curves(run: Run | str | Path) -> Figure:
     ax.plot(h["epoch"], 100 * h["train_acc"], "o-", color=COLORS["train"], ms=4, label="train top-1")
     ax.plot(h["epoch"], 100 * h["test_acc"], "s-", color=COLORS["test"], ms=4, label="test top-1")
     ax.plot(h["epoch"], 100 * h["test_top5"], "^--", color=COLORS["top5"], ms=4, label="test top-5")
+    _epoch_axes(ax, h["epoch"], "accuracy (%)")
+    return _finish(fig, run, "Train and test accuracy per epoch")
+
+
+def _epoch_axes(ax, epochs, ylabel: str) -> None:
+    """Labels, grid and legend of a per-epoch plot, with integer epoch ticks."""
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    _integer_epochs(ax, h["epoch"])
-    return _finish(fig, run, "Train and test accuracy per epoch")
+    _integer_epochs(ax, epochs)
 
 
 def _integer_epochs(ax, epochs) -> None:
