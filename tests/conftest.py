@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvlab.config import make_config
-from cvlab.data import write_synthetic
+from cvlab.core.config import make_config
+from cvlab.core.data import write_synthetic
 
 
 

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cvlab.ablate import LADDER_CSV, LADDER_MD, RUNS_CSV, Budget, budget_config, ladder_table, run_ablation
-from cvlab.analysis import confused_pairs, per_superclass_accuracy, predict_run
-from cvlab.config import LADDER, PARENT, PRESETS, make_config
-from cvlab.engine import build_trainer, evaluate, fit, train_one_epoch
-from cvlab.errors import RunDirError
-from cvlab.models import MODELS, CifarResNet18, build_model, count_parameters
-from cvlab.runs import HISTORY_COLUMNS, load_run
+from cvlab.experiments.ablate import LADDER_CSV, LADDER_MD, RUNS_CSV, Budget, budget_config, ladder_table, run_ablation
+from cvlab.experiments.analysis import confused_pairs, per_superclass_accuracy, predict_run
+from cvlab.core.config import LADDER, PARENT, PRESETS, make_config
+from cvlab.core.engine import build_trainer, evaluate, fit, train_one_epoch
+from cvlab.core.errors import RunDirError
+from cvlab.core.models import MODELS, CifarResNet18, build_model, count_parameters
+from cvlab.core.runs import HISTORY_COLUMNS, load_run
 from conftest import StopAfter
 
 
@@ -174,7 +174,7 @@ def test_table_arithmetic_from_hand_written_run_dirs(tmp_path):
 
 
 def test_cli_presets_and_ablate_table_only(tmp_path, capsys):
-    from cvlab.__main__ import main
+    from cvlab.cli import main
 
     assert main(["presets"]) == 0
     listed = capsys.readouterr().out

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvlab import bench
-from cvlab.__main__ import main
+from cvlab.experiments import bench
+from cvlab.cli import main
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from cvlab.__main__ import build_parser, main
+from cvlab.cli import build_parser, main
 
 
 def run_cli(*args, cwd=None):

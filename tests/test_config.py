@@ -1,7 +1,7 @@
 import pytest
 
-from cvlab.config import PRESETS, apply_overrides, load_config, make_config, save_config
-from cvlab.errors import ConfigError
+from cvlab.core.config import PRESETS, apply_overrides, load_config, make_config, save_config
+from cvlab.core.errors import ConfigError
 
 
 def test_handout_preset_matches_the_handout():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cvlab import data as D
-from cvlab.augment import random_crop, random_hflip
-from cvlab.errors import DataError
+from cvlab.core import data as D
+from cvlab.core.augment import random_crop, random_hflip
+from cvlab.core.errors import DataError
 
 
 def load(root, **kw):

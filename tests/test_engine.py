@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cvlab.engine import LRShape, fit
-from cvlab.errors import RunDirError
-from cvlab.runs import HISTORY_COLUMNS, load_run, load_runs
+from cvlab.core.engine import LRShape, fit
+from cvlab.core.errors import RunDirError
+from cvlab.core.runs import HISTORY_COLUMNS, load_run, load_runs
 
 from conftest import StopAfter, tiny_config
 
@@ -79,7 +79,7 @@ def test_lr_shapes(kind, expect_mid, expect_end):
 
 
 def test_run_stopped_before_its_first_epoch_can_be_started_again(tmp_path, monkeypatch):
-    import cvlab.engine as engine
+    import cvlab.core.engine as engine
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt

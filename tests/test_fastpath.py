@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvlab.bench import handout_loader, handout_test, handout_train, in_memory_data
-from cvlab.config import make_config
-from cvlab.engine import (build_optimizer, build_trainer, evaluate, optimizer_impl_kwargs, seed_everything,
+from cvlab.experiments.bench import handout_loader, handout_test, handout_train, in_memory_data
+from cvlab.core.config import make_config
+from cvlab.core.engine import (build_optimizer, build_trainer, evaluate, optimizer_impl_kwargs, seed_everything,
                           train_one_epoch, warm_up)
-from cvlab.models import build_model
+from cvlab.core.models import build_model
 
 N_TRAIN, N_TEST, BATCH, EPOCHS, LR = 24, 16, 8, 2, 1e-4
 
@@ -130,14 +130,14 @@ def test_optimizer_impl_flags():
 
 
 def test_bad_optimizer_impl_is_a_config_error():
-    from cvlab.errors import ConfigError
+    from cvlab.core.errors import ConfigError
     with pytest.raises(ConfigError, match="optimizer_impl"):
         config(optimizer_impl="turbo")
 
 
 def test_warm_up_covers_every_batch_shape(data):
-    from cvlab.data import TensorLoader
-    from cvlab.engine import _shape_probe
+    from cvlab.core.data import TensorLoader
+    from cvlab.core.engine import _shape_probe
     loader = TensorLoader(data.train.take(torch.arange(20)), 8, torch.device("cpu"), "handout")
     probe = TensorLoader(_shape_probe(loader), 8, torch.device("cpu"), "handout")
     assert [y.shape[0] for _, y in probe] == [8, 4] == sorted({y.shape[0] for _, y in loader}, reverse=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvlab import augment as aug
-from cvlab.ablation_plots import augmentation_gallery, save
-from cvlab.config import make_config
-from cvlab.data import Split, split_validation, subset
-from cvlab.ema import WeightEMA
-from cvlab.engine import EpochContext, build_optimizer, eval_logits
-from cvlab.errors import ConfigError, DataError
-from cvlab.models import BasicBlock, CifarResNet18, HandoutBasicBlock, build_model, zero_init_last_bn
+from cvlab.core import augment as aug
+from cvlab.report.ablation_plots import augmentation_gallery, save
+from cvlab.core.config import make_config
+from cvlab.core.data import Split, split_validation, subset
+from cvlab.core.ema import WeightEMA
+from cvlab.core.engine import EpochContext, build_optimizer, eval_logits
+from cvlab.core.errors import ConfigError, DataError
+from cvlab.core.models import BasicBlock, CifarResNet18, HandoutBasicBlock, build_model, zero_init_last_bn
 
 
 

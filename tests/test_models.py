@@ -2,7 +2,7 @@ import pickle
 
 import torch
 
-from cvlab.models import MODELS, build_model, count_parameters, shape_walk
+from cvlab.core.models import MODELS, build_model, count_parameters, shape_walk
 
 
 def test_handout_model_shape_and_parameter_count():

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cvlab import baseline, plots, report
-from cvlab.errors import UsageError
+from cvlab.coursework import baseline
+from cvlab.report import plots, runner
+from cvlab.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -40,8 +41,22 @@ def test_notebook_committed_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_parameters_follow_the_contract(path):
-    declared = report.read_parameters(path)  # raises unless one cell of NAME = literal lines
+    declared = runner.read_parameters(path)  # raises unless one cell of NAME = literal lines
     assert COMMON | CONTRACT.get(path.stem, set()) <= set(declared)
+
+
+MAX_CELL_LINES = 45  # notebooks narrate and call cvlab; logic longer than this belongs in the package
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_hand_edited_source_that_calls_cvlab(path):
+    """All three notebooks follow one convention: edited by hand, first code cell the parameters, short cells."""
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: the first code cell must be the parameters"
+    long = [i for i, c in enumerate(code) if len(c.source.splitlines()) > MAX_CELL_LINES]
+    assert not long, f"{path.name}: code cells {long} exceed {MAX_CELL_LINES} lines; move the logic into cvlab"
+    assert any("import cvlab" in c.source or "from cvlab" in c.source for c in code)
 
 
 def test_baseline_notebook_is_present():
@@ -50,19 +65,19 @@ def test_baseline_notebook_is_present():
 
 def test_profiles_give_every_contract_notebook_its_parameters():
     for name in ("smoke", "full"):
-        profile = report.load_profile(name)
+        profile = runner.load_profile(name)
         assert COMMON <= set(profile.common)
         for stem, keys in CONTRACT.items():
             assert keys <= set(profile.notebooks[stem]), (name, stem)
-    smoke = report.load_profile("smoke")
+    smoke = runner.load_profile("smoke")
     assert smoke.common["SYNTHETIC"] is True and smoke.common["DEVICE"] == "cpu"
-    assert report.load_profile("full").common["SYNTHETIC"] is False
+    assert runner.load_profile("full").common["SYNTHETIC"] is False
 
 
 def test_present_notebooks_declare_what_the_profiles_set():
     for name in ("smoke", "full"):
         warnings = []
-        report.resolve_parameters(NOTEBOOKS, report.load_profile(name), [], warnings.append)
+        runner.resolve_parameters(NOTEBOOKS, runner.load_profile(name), [], warnings.append)
         assert not warnings
 
 
@@ -79,34 +94,34 @@ def _notebook(path: Path, params: str, markdown: str = "# 标题") -> Path:
 def test_parameters_merge_profile_then_overrides(tmp_path):
     a = _notebook(tmp_path / "01_a.ipynb", 'DEVICE = "auto"  # a = b\nEPOCHS = 100\nSYNTHETIC = False\nLR = 0.1')
     b = _notebook(tmp_path / "02_b.ipynb", 'DEVICE = "auto"\nQUICK = True')
-    profile = report.Profile("t", "", {"DEVICE": "cpu", "SEED": 0}, {"01_a": {"EPOCHS": 2}, "02_b": {"QUICK": False}})
-    got = report.resolve_parameters([a, b], profile, [("SYNTHETIC", "true"), ("LR", "0.5"), ("02.DEVICE", "cuda")],
+    profile = runner.Profile("t", "", {"DEVICE": "cpu", "SEED": 0}, {"01_a": {"EPOCHS": 2}, "02_b": {"QUICK": False}})
+    got = runner.resolve_parameters([a, b], profile, [("SYNTHETIC", "true"), ("LR", "0.5"), ("02.DEVICE", "cuda")],
                                     lambda t: None)
     assert got[a] == {"DEVICE": "cpu", "EPOCHS": 2, "SYNTHETIC": True, "LR": 0.5}
     assert got[b] == {"DEVICE": "cuda", "QUICK": False}
     with pytest.raises(UsageError, match="no notebook declares NOPE"):
-        report.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
+        runner.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
     with pytest.raises(UsageError, match="expected an integer"):
-        report.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
+        runner.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
 
 
 def test_parameters_cell_must_hold_literals(tmp_path):
     bad = _notebook(tmp_path / "01_bad.ipynb", "import os\nX = os.getcwd()")
     with pytest.raises(UsageError, match="line 1 is not NAME = literal"):
-        report.read_parameters(bad)
+        runner.read_parameters(bad)
 
 
 def test_unknown_profile_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown profile"):
-        report.load_profile("nope")
+        runner.load_profile("nope")
 
 
 # ---------------------------------------------------------------------------- kernel
 
 def test_kernel_spec_detection():
-    assert report._runs_this_interpreter("python")
-    assert report._runs_this_interpreter(sys.executable)
-    assert not report._runs_this_interpreter("/nonexistent/bin/python9")
+    assert runner._runs_this_interpreter("python")
+    assert runner._runs_this_interpreter(sys.executable)
+    assert not runner._runs_this_interpreter("/nonexistent/bin/python9")
 
 
 def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
@@ -114,7 +129,7 @@ def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(KernelSpecManager, "get_all_specs", lambda self: {})
-    name = report.ensure_kernel(log=lambda t: None)
+    name = runner.ensure_kernel(log=lambda t: None)
     spec = json.loads((tmp_path / "kernels" / name / "kernel.json").read_text())
     assert Path(spec["argv"][0]).resolve() == Path(sys.executable).resolve()
 
@@ -123,16 +138,16 @@ def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
 
 def test_html_export_is_offline_with_math_and_chinese(tmp_path):
     path = _notebook(tmp_path / "01_m.ipynb", "X = 1", "# 训练损失\n\n标准化 $x' = (x - \\mu) / \\sigma$\n\n$$\\frac{a}{b}$$")
-    html = report.export_html(path, tmp_path / "01_m.html", tmp_path, no_input=True).read_text(encoding="utf-8")
+    html = runner.export_html(path, tmp_path / "01_m.html", tmp_path, no_input=True).read_text(encoding="utf-8")
     assert "训练损失" in html and html.count("<math") == 2 and "\\frac" not in html
     assert "<script" not in html  # no require.js / MathJax / mermaid from a CDN
     assert "X = 1" not in html  # --no-input hides code
 
 
 def test_pdf_missing_tools_are_named_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "find_browser", lambda: None)
+    monkeypatch.setattr(runner, "find_browser", lambda: None)
     monkeypatch.setitem(sys.modules, "playwright", None)  # import fails
-    path, note = report.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
+    path, note = runner.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
     assert path is None and note.startswith("PDF not made: needs Chromium") and "\n" not in note
 
 
@@ -156,8 +171,8 @@ def test_curve_summary_finds_where_test_loss_turns_up():
 
 
 def _run_dir(tmp_path, synthetic: bool, test_losses) -> Path:
-    from cvlab.config import make_config, save_config
-    from cvlab.runs import write_history, write_json
+    from cvlab.core.config import make_config, save_config
+    from cvlab.core.runs import write_history, write_json
 
     path = tmp_path / ("syn" if synthetic else "real")
     path.mkdir()
@@ -169,7 +184,7 @@ def _run_dir(tmp_path, synthetic: bool, test_losses) -> Path:
 
 
 def test_discussion_and_figures_are_labelled_synthetic(tmp_path):
-    from cvlab.runs import load_run
+    from cvlab.core.runs import load_run
 
     syn = load_run(_run_dir(tmp_path, True, [4.0, 3.0, 2.5, 2.9]))
     text = baseline.discussion_zh(syn)
@@ -199,7 +214,7 @@ def test_normalization_table_and_stem_sensitivity():
     table = baseline.normalization_table(images)
     mean = table.loc["R", "data_mean"]
     assert table.loc["R", "after_handout_mean"] == pytest.approx((mean - 0.1307) / 0.3081, abs=1e-3)
-    from cvlab.models import build_model
+    from cvlab.core.models import build_model
     torch.manual_seed(0)
     noise = torch.randint(0, 256, (32, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     change = baseline.stem_sensitivity(build_model("handout_resnet18"), noise).iloc[:, 0]
@@ -246,7 +261,7 @@ def test_smoke_report_runs_every_notebook_without_errors(smoke):
 def test_smoke_baseline_run_dir_and_figures(smoke):
     run = smoke / "runs" / "smoke" / "01_baseline"
     history = pd.read_csv(run / "history.csv")
-    assert len(history) == report.load_profile("smoke").notebooks["01_baseline"]["EPOCHS"]
+    assert len(history) == runner.load_profile("smoke").notebooks["01_baseline"]["EPOCHS"]
     assert json.loads((run / "metrics.json").read_text())["dataset"]["synthetic"] is True
     for name in ("01_samples.png", "01_baseline_loss.png", "01_baseline_accuracy.png"):
         assert (smoke / "figures" / name).stat().st_size > 10_000
@@ -263,10 +278,10 @@ def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
 
 
 def test_pdf_export_with_chromium(smoke, tmp_path):
-    if report.find_browser() is None:
+    if runner.find_browser() is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     html = smoke / "reports" / "smoke" / "01_baseline.html"
-    path, note = report.export_pdf(html, tmp_path / "01.pdf", html.with_suffix(".ipynb"))
+    path, note = runner.export_pdf(html, tmp_path / "01.pdf", html.with_suffix(".ipynb"))
     assert path is not None, note
     assert path.read_bytes()[:5] == b"%PDF-"
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from cvlab import theory
-from cvlab.config import make_config, save_config
-from cvlab.runs import write_history, write_json
+from cvlab.coursework import theory
+from cvlab.core.config import make_config, save_config
+from cvlab.core.runs import write_history, write_json
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_regularization_demo_runs_each_setting(tmp_path, data):
 def test_handout_stem_bn_cancels_a_constant_input_offset():
     """answers/q5: the MNIST constants shift each input channel by a constant; through the
     handout's unpadded stem conv that is a per-channel constant, which BatchNorm subtracts."""
-    from cvlab.models import handout_resnet18
+    from cvlab.core.models import handout_resnet18
 
     torch.manual_seed(0)
     stem = handout_resnet18()[:2].train().double()              # Conv2d(3, 64, 3, padding=0), BatchNorm2d

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from .. import __version__
 from . import device as devices
 from .augment import build_augment, build_mix
 from .config import Config, from_dict, save_config
@@ -29,6 +29,7 @@ from .data import Cifar100, Split, TensorLoader, load_for_config
 from .ema import WeightEMA
 from .errors import RunDirError
 from .models import build_model, count_parameters
+from .paths import REPO_ROOT
 from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
                    write_json)
 
@@ -213,7 +214,7 @@ def set_rng_state(state: dict) -> None:
 
 def git_commit() -> str | None:
     """The commit of the cvlab checkout, with '-dirty' when it has local changes; None outside git."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO_ROOT
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5, check=True).stdout.strip()

@@ -1,9 +1,7 @@
 """Small helpers every report notebook calls in its setup cell (notebooks run with cwd = notebooks/)."""
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 
 def setup() -> None:
@@ -22,13 +20,3 @@ def setup() -> None:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
-
-
-def data_root(value: str) -> str:
-    """DATA_ROOT as a notebook run from notebooks/ means it: the value, else $CVLAB_DATA, else the
-    repository's data/ folder (../data from notebooks/, ./data elsewhere)."""
-    if value:
-        return value
-    if os.environ.get("CVLAB_DATA"):
-        return os.environ["CVLAB_DATA"]
-    return "../data" if Path.cwd().name == "notebooks" else "./data"

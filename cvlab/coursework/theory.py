@@ -3,7 +3,7 @@ on the CPU in seconds (``quick=True``) or up to a few minutes (``quick=False``),
 figure to ``fig_dir`` and returns the numbers it measured, so the answers and notebook
 02_theory quote measurements, never typed-in values.
 
-    from cvlab import theory
+    from cvlab.coursework import theory
     out = theory.optimizer_demo("figures")        # {"figure": Path, "table": DataFrame, ...}
     data = theory.load_demo_data("", synthetic=True)
     theory.residual_demo("figures", data)
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import compose, random_crop, random_hflip
-from .data import Split, TensorLoader, load_for_config, locate, subset
-from .engine import EpochContext, evaluate, train_one_epoch
-from .errors import RunDirError
-from .runs import load_run
+from ..core.augment import compose, random_crop, random_hflip
+from ..core.data import Split, TensorLoader, load_for_config, locate, subset
+from ..core.engine import EpochContext, evaluate, train_one_epoch
+from ..core.errors import RunDirError
+from ..core.paths import resolve_data_root
+from ..core.runs import load_run
 
 CIFAR_TRAIN_IMAGES = 50_000     # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size
@@ -88,19 +88,15 @@ class DemoData:
 
 
 def find_data_root(data_root: str | Path = "") -> Path | None:
-    """The folder holding CIFAR-100 for a notebook run from notebooks/: `data_root` when given,
-    else $CVLAB_DATA, else ../data (the repository's data/), else ./data; None when none has it."""
-    candidates = [data_root] if data_root else [os.environ.get("CVLAB_DATA", ""), "../data", "./data"]
-    for c in candidates:
-        if c and locate(c) is not None:
-            return Path(c)
-    return None
+    """The data folder by the one rule (`cvlab.core.paths.resolve_data_root`) when it holds CIFAR-100, else None."""
+    root = resolve_data_root(data_root)
+    return root if locate(root) is not None else None
 
 
 def load_demo_data(data_root: str | Path, synthetic: bool, n_train: int = 2000, n_test: int = 1000) -> DemoData:
     """Class-balanced CIFAR-100 subsets from `data_root` (no download), or cvlab's synthetic
     CIFAR-format data of the same size. Raises DataError naming the folder when it is missing."""
-    from .config import make_config
+    from ..core.config import make_config
 
     if synthetic:
         cfg = make_config(synthetic=True, synthetic_train=n_train, synthetic_test=n_test)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .paths import resolve_data_root
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw", "sgd"),
@@ -39,7 +39,7 @@ class Config:
     zero_init_last_bn: bool = False     # start each residual branch's last BN at gamma = 0, so every block starts as the identity
     dropout: float = 0.0                # dropout probability before the classifier (0 = none)
     # --- data ---
-    data_root: str = ""                 # folder with cifar-100-python/ or the .tar.gz; "" -> $CVLAB_DATA or ./data
+    data_root: str = ""                 # folder with cifar-100-python/ or the .tar.gz; "" -> $CVLAB_DATA, else the repository's data/
     download: bool = True               # fetch the official archive when the data root has none
     subset: int = 0                     # first N training images (0 = all 50,000)
     subset_balanced: bool = True        # True: N/100 per class, original order kept; False: the first N
@@ -92,7 +92,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def resolved_data_root(self) -> Path:
-        return Path(self.data_root or os.environ.get("CVLAB_DATA") or "./data")
+        return resolve_data_root(self.data_root)
 
 
 # A preset: a one-line description and the fields it changes from the defaults above.

@@ -14,7 +14,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .runs import Run, load_run
+from ..core.runs import Run, load_run
 
 COLORS = {"train": "#1f77b4", "test": "#d62728", "top5": "#9467bd"}
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from . import device as devices
-from .config import from_dict
-from .data import TensorLoader, load_for_config
-from .engine import EpochContext, eval_logits
-from .errors import RunDirError
-from .models import build_model
-from .runs import CHECKPOINT, CONFIG
+from ..core import device as devices
+from ..core.config import from_dict
+from ..core.data import TensorLoader, load_for_config
+from ..core.engine import EpochContext, eval_logits
+from ..core.errors import RunDirError
+from ..core.models import build_model
+from ..core.runs import CHECKPOINT, CONFIG
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, TensorLoader, channel_stats
-from .models import HandoutBasicBlock, build_model
-from .runs import Run
+from ..core.data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, TensorLoader, channel_stats
+from ..core.models import HandoutBasicBlock, build_model
+from ..core.runs import Run
 
 CHANNELS = ("R", "G", "B")
 
@@ -53,7 +53,7 @@ def stem_sensitivity(model: nn.Sequential, images: torch.Tensor, batch: int = 25
     normalization that is one affine map for all channels is absorbed almost completely.
     """
     import pandas as pd
-    from .data import normalize_constants
+    from ..core.data import normalize_constants
 
     stem = nn.Sequential(model[0], model[1]).train()
     x = images[:batch].float().div(255.0)
@@ -153,7 +153,7 @@ def pickle_table():
 def shape_walk_table(model: nn.Sequential, input_shape: tuple[int, ...] = (1, 3, 32, 32)):
     """One row per top-level layer: its type, output shape and parameter count."""
     import pandas as pd
-    from .models import shape_walk
+    from ..core.models import shape_walk
 
     rows = []
     for i, ((name, shape), layer) in enumerate(zip(shape_walk(model, input_shape), model)):
@@ -164,7 +164,7 @@ def shape_walk_table(model: nn.Sequential, input_shape: tuple[int, ...] = (1, 3,
 
 def spatial_sizes(model: nn.Sequential, input_size: int = 32) -> list[int]:
     """Input size, then the spatial size after each layer that still has one (the 32 -> 30 -> 15 ... walk)."""
-    from .models import shape_walk
+    from ..core.models import shape_walk
 
     sizes = [input_size]
     for _, shape in shape_walk(model, (1, 3, input_size, input_size)):
@@ -184,7 +184,7 @@ def bn_mode_check(run_dir, split: Split, n: int = 1000, batch_size: int = 500) -
     """
     import json
     import torch.nn.functional as F
-    from .runs import CHECKPOINT, CONFIG
+    from ..core.runs import CHECKPOINT, CONFIG
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import parse_bool
-from .errors import UsageError
+from ..core.config import parse_bool
+from ..core.errors import UsageError
+from ..core.paths import REPO_ROOT
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout that holds this cvlab
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -452,7 +452,7 @@ def require_report_packages() -> None:
 
 def default_notebooks_dir() -> Path:
     here = Path.cwd() / "notebooks"
-    return here if here.is_dir() else PACKAGE_ROOT / "notebooks"
+    return here if here.is_dir() else REPO_ROOT / "notebooks"
 
 
 def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | None = None,
@@ -480,7 +480,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
         f"kernel {kernel}; output {out}")
     results: list[NotebookResult] = []
     try:
-        with kernel_environment(PACKAGE_ROOT):
+        with kernel_environment(REPO_ROOT):
             for nb in notebooks:
                 executed = out / nb.name
                 result = NotebookResult(nb.name, str(executed), params[nb])
@@ -515,41 +515,9 @@ def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Cal
 
 
 def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool) -> None:
-    from . import __version__
-    from .runs import write_json
+    from .. import __version__
+    from ..core.runs import write_json
 
     write_json(path, {"profile": profile.name, "cvlab": __version__, "python": sys.executable,
                       "no_input": no_input, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "notebooks": [r.__dict__ for r in results]})
-
-
-# ---------------------------------------------------------------------------- command line
-
-def cmd_report(args) -> int:
-    try:
-        run_report(args.profile, [tuple(p) for p in args.parameter], Path(args.notebooks) if args.notebooks else None,
-                   Path(args.out) if args.out else None, args.only, args.log_output, args.no_input, args.pdf,
-                   args.kernel, args.cell_timeout)
-    except NotebookFailed as exc:
-        sys.stderr.write(f"cvlab: error: {exc}\n")
-        return 1
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("report", help="run the notebooks with papermill and export them to HTML/PDF",
-                       description=__doc__.split("\n\n")[0] + " Profiles: " + ", ".join(available_profiles()) + ".")
-    p.add_argument("--profile", default="full",
-                   help="parameter profile: a name (smoke: synthetic data, CPU; full: real data, the handout's "
-                        "settings) or a .yaml file (default: full)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="override a parameter in every notebook that declares it (NOTEBOOK.KEY for one); repeatable")
-    p.add_argument("--only", action="append", metavar="NAME", help="run only notebooks whose name starts with NAME")
-    p.add_argument("--notebooks", metavar="DIR", help="folder holding 0*.ipynb (default: ./notebooks)")
-    p.add_argument("--out", metavar="DIR", help="executed notebooks and exports (default: reports/<profile>)")
-    p.add_argument("--log-output", action="store_true", help="stream cell output live while notebooks run")
-    p.add_argument("--no-input", action="store_true", help="hide code cells in the HTML/PDF (submission copy)")
-    p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")
-    p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
-    p.set_defaults(func=cmd_report)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import augment as aug
+from ..core import augment as aug
 
 
 def _stamp(fig, synthetic: bool) -> None:

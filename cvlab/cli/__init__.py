@@ -1,0 +1,63 @@
+"""Command line: `python -m cvlab <command> ...`. Parses, calls the library, maps errors to exit codes.
+
+    python -m cvlab train --preset handout                      # the handout's experiment
+    python -m cvlab train --preset handout --subset 2000 --epochs 2 --device cpu
+    python -m cvlab train --synthetic --epochs 3 --out runs/demo  # no data set needed
+    python -m cvlab train --resume --out runs/demo --epochs 3
+    python -m cvlab data check --data-root ./data
+    python -m cvlab presets
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 1 anything unexpected;
+130 interrupted (the run directory stays valid and can be resumed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..core.errors import UsageError
+from . import ablate, bench, report, train
+from .common import Parser
+
+# ---------------------------------------------------------------------------- main
+
+# One module per command (or family of commands), each with a `register(sub)` that adds its parser.
+REGISTER = [train.register_train, train.register_presets, train.register_data, ablate.register, report.register,
+            bench.register]
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+    parser = Parser(prog="python -m cvlab", description=__doc__.split("\n\n")[0],
+                    epilog="Each command has --help.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cvlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTER:
+        register(sub)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(f"cvlab: warning: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.showwarning = _one_line_warning
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        sys.stderr.write(f"cvlab: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("cvlab: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evidence for the coursework report: the handout-baseline checks and the theory demonstrations."""
