@@ -50,10 +50,10 @@ def test_every_preset_builds_and_trains_two_steps(preset):
                       eval_batch_size=4)
     t = build_trainer(cfg)
     before = [p.detach().clone() for p in t.model.parameters()]
-    stats = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx)
+    stats = train_one_epoch(t.train_step, t.train_loader)
     assert stats["images"] == 4 and math.isfinite(stats["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
-    assert 0 <= evaluate(t.eval_model, t.test_loader, t.ctx)["acc"] <= 1
+    assert 0 <= evaluate(t.eval_step, t.test_loader)["acc"] <= 1
 
 
 def test_ladder_adds_one_change_per_rung():

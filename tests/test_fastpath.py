@@ -50,9 +50,8 @@ def reference_run(data, seed: int = 7):
 
 def fast_run(data, cfg, t=None):
     t = t or build_trainer(cfg, data)
-    means = [train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx)["loss"]
-             for _ in range(EPOCHS)]
-    test = evaluate(t.train_model, t.test_loader, t.ctx)
+    means = [train_one_epoch(t.train_step, t.train_loader)["loss"] for _ in range(EPOCHS)]
+    test = evaluate(t.eval_step, t.test_loader)
     return means, (100 * test["acc"], test["loss"]), t.model.state_dict()
 
 

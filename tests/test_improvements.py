@@ -10,7 +10,7 @@ from cvlab.report.ablation_plots import augmentation_gallery, save
 from cvlab.core.config import make_config
 from cvlab.core.data import Split, split_validation, subset
 from cvlab.core.ema import WeightEMA
-from cvlab.core.engine import EpochContext, build_optimizer, eval_logits
+from cvlab.core.engine import EvalStep, build_optimizer
 from cvlab.core.errors import ConfigError, DataError
 from cvlab.core.models import BasicBlock, CifarResNet18, HandoutBasicBlock, build_model, zero_init_last_bn
 
@@ -182,14 +182,13 @@ def test_tta_flip_averages_the_mirror():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 5)).eval()
     x = torch.randn(3, 3, 32, 32)
-    ctx = EpochContext(torch.device("cpu"), tta_flip=True, progress=False)
+    flip = EvalStep(model, torch.device("cpu"), tta_flip=True)
     with torch.no_grad():
         expected = (model(x) + model(x.flip(3))) / 2
-        assert torch.allclose(eval_logits(model, x, ctx), expected, atol=1e-6)
+        assert torch.allclose(flip.logits(x), expected, atol=1e-6)
         mirror_symmetric = torch.cat([x[..., :16], x[..., :16].flip(3)], dim=3)
-        plain = EpochContext(torch.device("cpu"), progress=False)
-        assert torch.allclose(eval_logits(model, mirror_symmetric, ctx), eval_logits(model, mirror_symmetric, plain),
-                              atol=1e-5)
+        plain = EvalStep(model, torch.device("cpu"))
+        assert torch.allclose(flip.logits(mirror_symmetric), plain.logits(mirror_symmetric), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- validation split

@@ -1,5 +1,8 @@
 """Train one epoch, evaluate, and fit: the loop that turns a Config into a run directory.
 
+A `TrainStep` (model, optimizer, precision, scaler, optional schedule and EMA) and an `EvalStep` (model,
+precision, test-time flip) are built once per run; `train_one_epoch` and `evaluate` drive them over a loader.
+
 Metrics are accumulated on the device and read once per epoch (plus one read every
 `log_every` steps for the progress bar), so the step itself never waits for the host.
 """
@@ -98,20 +101,61 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
 
-# ---------------------------------------------------------------------------- one epoch
+# ---------------------------------------------------------------------------- steps and epochs
 
 @dataclass
-class EpochContext:
-    """What a step needs besides the model and data: device, precision, loss settings."""
+class TrainStep:
+    """One optimizer step on a batch, with everything that step needs and nothing else: the model, its
+    optimizer, the device and precision (autocast), the grad scaler for fp16, label smoothing, and, when
+    present, a per-step LR scheduler and a weight EMA updated after every step."""
 
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
     device: torch.device
     precision: str = "fp32"
-    label_smoothing: float = 0.0
     scaler: torch.amp.GradScaler | None = None
-    progress: bool = True
-    log_every: int = 10
-    ema: WeightEMA | None = None   # updated after every optimizer step
-    tta_flip: bool = False         # evaluation averages the logits of each image and its mirror
+    label_smoothing: float = 0.0
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    ema: WeightEMA | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, update; returns the detached mean loss (float32) and logits, still on the device.
+        `y` holds class indices, or soft targets (B, classes) when the batch was mixed."""
+        with devices.autocast(self.device, self.precision):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
+        return loss.detach(), logits.detach()
+
+
+@dataclass
+class EvalStep:
+    """The logits of an eval-mode model under the run's device and precision, optionally averaged with
+    those of the mirrored images (test-time flip)."""
+
+    model: nn.Module
+    device: torch.device
+    precision: str = "fp32"
+    tta_flip: bool = False  # average the logits of each image and its mirror
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of `x`; with tta_flip, the mean over x and x flipped left-right."""
+        with devices.autocast(self.device, self.precision):
+            logits = self.model(x).float()
+            if self.tta_flip:
+                logits = (logits + self.model(x.flip(3)).float()) / 2
+        return logits
 
 
 def _top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -124,64 +168,43 @@ def _progress(loader, desc: str, enabled: bool):
     return tqdm(loader, desc=desc, total=len(loader), leave=False, disable=not enabled, dynamic_ncols=True)
 
 
-def train_one_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, ctx: EpochContext, desc: str = "train") -> dict:
-    """One pass over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds."""
-    model.train()
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-    correct5 = torch.zeros((), device=ctx.device, dtype=torch.long)
+def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = False, log_every: int = 10,
+                    desc: str = "train") -> dict:
+    """One pass of `step` over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds.
+    Metrics stay on the device until the end (one read per epoch, plus one every `log_every` steps with `progress`)."""
+    step.model.train()
+    loss_sum = torch.zeros((), device=step.device)
+    correct = torch.zeros((), device=step.device, dtype=torch.long)
+    correct5 = torch.zeros((), device=step.device, dtype=torch.long)
     seen = 0
-    devices.synchronize(ctx.device)
+    devices.synchronize(step.device)
     start = time.perf_counter()
-    bar = _progress(loader, desc, ctx.progress)
-    for step, (x, y) in enumerate(bar):
-        with devices.autocast(ctx.device, ctx.precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
-            ctx.scaler.step(optimizer)
-            ctx.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        if ctx.ema is not None:
-            ctx.ema.update()
+    bar = _progress(loader, desc, progress)
+    for i, (x, y) in enumerate(bar):
+        loss, logits = step.step(x, y)
         labels = y if y.ndim == 1 else y.argmax(dim=1)  # soft targets (mixing) count by their main class
-        loss_sum += loss.detach() * labels.shape[0]
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        correct5 += _top_k_correct(logits.detach(), labels, 5)
+        loss_sum += loss * labels.shape[0]
+        correct += (logits.argmax(dim=1) == labels).sum()
+        correct5 += _top_k_correct(logits, labels, 5)
         seen += labels.shape[0]
-        if ctx.progress and step % ctx.log_every == 0:
+        if progress and i % log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    devices.synchronize(ctx.device)
+    devices.synchronize(step.device)
     seconds = time.perf_counter() - start
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen,
             "images": seen, "seconds": seconds}
 
 
-def eval_logits(model: nn.Module, x: torch.Tensor, ctx: EpochContext) -> torch.Tensor:
-    """float32 logits of an eval-mode model; with ctx.tta_flip, the mean over x and its mirror image."""
-    with devices.autocast(ctx.device, ctx.precision):
-        logits = model(x).float()
-        if ctx.tta_flip:
-            logits = (logits + model(x.flip(3)).float()) / 2
-    return logits
-
-
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: TensorLoader, ctx: EpochContext, desc: str = "test") -> dict:
-    """Mean loss (no label smoothing), top-1 and top-5 accuracy over `loader`."""
-    model.eval()
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-    correct5 = torch.zeros((), device=ctx.device, dtype=torch.long)
+def evaluate(step: EvalStep, loader: TensorLoader, progress: bool = False, desc: str = "test") -> dict:
+    """Mean loss (no label smoothing), top-1 and top-5 accuracy of `step`'s logits over `loader`."""
+    step.model.eval()
+    loss_sum = torch.zeros((), device=step.device)
+    correct = torch.zeros((), device=step.device, dtype=torch.long)
+    correct5 = torch.zeros((), device=step.device, dtype=torch.long)
     seen = 0
-    for x, y in _progress(loader, desc, ctx.progress):
-        logits = eval_logits(model, x, ctx)
+    for x, y in _progress(loader, desc, progress):
+        logits = step.logits(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         correct5 += _top_k_correct(logits, y, 5)
@@ -243,28 +266,47 @@ def format_row(row: dict) -> str:
 
 @dataclass
 class Trainer:
-    """Everything `fit` builds from a config; exposed so notebooks and benchmarks can reuse it."""
+    """Everything `fit` builds from a config; exposed so notebooks and benchmarks can reuse it.
+
+    The trainer owns its two steps: `train_step` (model, optimizer, scaler, schedule, EMA) and `eval_step`
+    (the weights that validation and test accuracy are measured on: the EMA when there is one)."""
 
     cfg: Config
     device: torch.device
     precision: str
-    model: nn.Module
-    train_model: nn.Module  # the compiled model when cfg.compile, else `model`
-    optimizer: torch.optim.Optimizer
-    scheduler: object
+    model: nn.Module              # the plain module (its state is what checkpoints hold)
+    train_step: TrainStep         # its model is the compiled one when cfg.compile, else `model`
+    eval_step: EvalStep
     train_loader: TensorLoader
     test_loader: TensorLoader
-    ctx: EpochContext
     dataset: dict = field(default_factory=dict)
     val_loader: TensorLoader | None = None  # the validation split, when cfg.val_size > 0
-    ema: WeightEMA | None = None            # the weight average, when cfg.ema_decay > 0
     commit: str | None = None               # git commit of the code that built this trainer (read once)
+    warmup_seconds: float = 0.0             # untimed compile warm-up before epoch 1 (see `warm_up`)
+
+    @property
+    def train_model(self) -> nn.Module:
+        return self.train_step.model
 
     @property
     def eval_model(self) -> nn.Module:
-        """The model that validation and test accuracy are measured on: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.train_model
-    warmup_seconds: float = 0.0  # untimed compile warm-up before epoch 1 (see `warm_up`)
+        return self.eval_step.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.train_step.scheduler
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.train_step.scaler
+
+    @property
+    def ema(self) -> WeightEMA | None:
+        return self.train_step.ema
 
 
 def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
@@ -295,22 +337,17 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(precision) else None
-    ctx = EpochContext(device, precision, cfg.label_smoothing, scaler, cfg.progress, cfg.log_every,
-                       ema=ema, tta_flip=cfg.tta_flip)
+    train_step = TrainStep(train_model, optimizer, device, precision, scaler, cfg.label_smoothing, scheduler, ema)
+    eval_step = EvalStep(ema.module if ema is not None else train_model, device, precision, cfg.tta_flip)
     dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
                "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
                "n_val": len(data.val) if data.val is not None else 0, "source": data.source}
-    t = Trainer(cfg, device, precision, model, train_model, optimizer, scheduler, train_loader,
-                test_loader, ctx, dataset, val_loader, ema, git_commit())
+    t = Trainer(cfg, device, precision, model, train_step, eval_step, train_loader, test_loader, dataset,
+                val_loader, git_commit())
     if cfg.compile and cfg.compile_warmup:
         t.warmup_seconds = warm_up(t)
     return t
-
-
-class _NoSchedule:
-    def step(self) -> None:
-        pass
 
 
 def _shape_probe(loader: TensorLoader) -> Split:
@@ -328,9 +365,11 @@ def warm_up(t: Trainer) -> float:
     epochs, and the run computes what it would have computed without the warm-up. Returns its seconds."""
     model_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     optimizer_state = copy.deepcopy(t.optimizer.state_dict())
-    scaler_state = copy.deepcopy(t.ctx.scaler.state_dict()) if t.ctx.scaler is not None else None
+    scaler_state = copy.deepcopy(t.scaler.state_dict()) if t.scaler is not None else None
     rng = rng_state()  # dropout or random augmentations would otherwise draw from it
-    ctx = dataclasses.replace(t.ctx, progress=False, ema=None)  # the EMA must not average warm-up steps
+    # The schedule must not advance and the EMA must not average warm-up steps; evaluation runs the compiled model.
+    train_step = dataclasses.replace(t.train_step, scheduler=None, ema=None)
+    eval_step = dataclasses.replace(t.eval_step, model=t.train_model)
     devices.synchronize(t.device)
     start = time.perf_counter()
     train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
@@ -338,14 +377,14 @@ def warm_up(t: Trainer) -> float:
                          drop_last=t.train_loader.drop_last, mix=t.train_loader.mix)
     test = TensorLoader(_shape_probe(t.test_loader), t.test_loader.batch_size, t.device, t.cfg.normalization,
                         channels_last=t.cfg.channels_last)
-    train_one_epoch(t.train_model, train, t.optimizer, _NoSchedule(), ctx, desc="warm-up")
-    evaluate(t.train_model, test, ctx, desc="warm-up")
+    train_one_epoch(train_step, train, desc="warm-up")
+    evaluate(eval_step, test, desc="warm-up")
     devices.synchronize(t.device)
     seconds = time.perf_counter() - start
     t.model.load_state_dict(model_state)
     t.optimizer.load_state_dict(optimizer_state)
     if scaler_state is not None:
-        t.ctx.scaler.load_state_dict(scaler_state)
+        t.scaler.load_state_dict(scaler_state)
     set_rng_state(rng)
     return seconds
 
@@ -356,7 +395,7 @@ def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
         "model": t.model.state_dict(),
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
-        "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else None,
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         "config": t.cfg.to_dict(),
         "history": history,
         "rng": rng_state(),
@@ -370,8 +409,8 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
-    if t.ctx.scaler is not None and state.get("scaler"):
-        t.ctx.scaler.load_state_dict(state["scaler"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     t.train_loader.load_state_dict(state["loader"])
     if t.ema is not None:
@@ -427,10 +466,10 @@ def run_epoch(t: Trainer, epoch: int) -> dict:
     """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row."""
     lr = t.optimizer.param_groups[0]["lr"]
     epoch_start = time.perf_counter()
-    train = train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx,
+    train = train_one_epoch(t.train_step, t.train_loader, t.cfg.progress, t.cfg.log_every,
                             desc=f"epoch {epoch}/{t.cfg.epochs}")
-    val = evaluate(t.eval_model, t.val_loader, t.ctx, desc="val") if t.val_loader is not None else None
-    test = evaluate(t.eval_model, t.test_loader, t.ctx)
+    val = evaluate(t.eval_step, t.val_loader, t.cfg.progress, desc="val") if t.val_loader is not None else None
+    test = evaluate(t.eval_step, t.test_loader, t.cfg.progress)
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"], "lr": lr,
            "epoch_seconds": round(time.perf_counter() - epoch_start, 3),

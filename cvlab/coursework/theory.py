@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core.augment import compose, random_crop, random_hflip
 from ..core.data import Split, TensorLoader, load_for_config, locate, subset
-from ..core.engine import EpochContext, evaluate, train_one_epoch
+from ..core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
 from ..core.errors import RunDirError
 from ..core.paths import resolve_data_root
 from ..core.runs import load_run
@@ -697,21 +697,20 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
     epochs = epochs or (12 if quick else 40)
     n = n_train or (500 if quick else len(data.train))
     train = subset(data.train, n, balanced=n >= 100)  # n/100 images per class, original order
-    ctx = EpochContext(CPU, progress=False)
     histories = {}
     with single_thread():
         for name, (augment, wd) in REGULARIZERS.items():
             torch.manual_seed(seed)
             model = small_cnn()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=wd)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+            train_step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)  # constant lr: no schedule
             loader = TensorLoader(train, 50, CPU, "cifar100", shuffle=True, augment=augment, seed=seed)
             clean = TensorLoader(train, 500, CPU, "cifar100")
             test = TensorLoader(data.test, 500, CPU, "cifar100")
             rows = []
             for epoch in range(1, epochs + 1):
-                train_one_epoch(model, loader, opt, sched, ctx)
-                tr, te = evaluate(model, clean, ctx), evaluate(model, test, ctx)
+                train_one_epoch(train_step, loader)
+                tr, te = evaluate(eval_step, clean), evaluate(eval_step, test)
                 rows.append({"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"],
                              "train_acc": tr["acc"], "test_acc": te["acc"]})
             histories[name] = pd.DataFrame(rows)

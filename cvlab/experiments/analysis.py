@@ -15,7 +15,7 @@ import torch
 from ..core import device as devices
 from ..core.config import from_dict
 from ..core.data import TensorLoader, load_for_config
-from ..core.engine import EpochContext, eval_logits
+from ..core.engine import EvalStep
 from ..core.errors import RunDirError
 from ..core.models import build_model
 from ..core.runs import CHECKPOINT, CONFIG
@@ -89,9 +89,9 @@ def predict_run(run_dir: str | Path, split: str = "test", data_root: str | None 
     if chosen is None:
         raise RunDirError(f"{run_dir} was trained without a validation split (val_size = 0)")
     loader = TensorLoader(chosen, cfg.eval_batch_size, dev, cfg.normalization, channels_last=cfg.channels_last)
-    ctx = EpochContext(dev, devices.resolve_precision(cfg.precision, dev), progress=False, tta_flip=cfg.tta_flip)
+    step = EvalStep(model, dev, devices.resolve_precision(cfg.precision, dev), cfg.tta_flip)
     with torch.inference_mode():
-        logits = torch.cat([eval_logits(model, x, ctx).cpu() for x, _ in loader])
+        logits = torch.cat([step.logits(x).cpu() for x, _ in loader])
     return Predictions(logits, chosen.fine.clone(), chosen.coarse.clone(), data.fine_names, data.coarse_names,
                        split, used, data.synthetic, Path(run_dir))
 

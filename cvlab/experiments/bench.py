@@ -299,17 +299,16 @@ def cvlab_contender(s: Settings, model_name: str, data: Cifar100, precision: str
     t = build_trainer(cvlab_config(s, model_name, precision, channels_last, compile_, impl), data)
     if s.warmup:
         norm = t.cfg.normalization
-        train_one_epoch(t.train_model, head(t.train_loader, s.warmup, norm, augment=True), t.optimizer,
-                        t.scheduler, t.ctx)
-        evaluate(t.train_model, head(t.test_loader, s.warmup, norm), t.ctx)
+        train_one_epoch(t.train_step, head(t.train_loader, s.warmup, norm, augment=True))
+        evaluate(t.eval_step, head(t.test_loader, s.warmup, norm))
     last: dict = {}
 
     def train() -> int:
-        last.update(train_one_epoch(t.train_model, t.train_loader, t.optimizer, t.scheduler, t.ctx))
+        last.update(train_one_epoch(t.train_step, t.train_loader))
         return t.train_loader.num_images
 
     def test() -> int:
-        evaluate(t.train_model, t.test_loader, t.ctx)
+        evaluate(t.eval_step, t.test_loader)
         return t.test_loader.num_images
 
     def data_only() -> int:
