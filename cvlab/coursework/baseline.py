@@ -182,16 +182,13 @@ def bn_mode_check(run_dir, split: Split, n: int = 1000, batch_size: int = 500) -
     A model that fits these images in train mode but not in eval mode has running statistics that
     have not caught up (few steps, BN momentum 0.1): its test numbers then understate what it learned.
     """
-    import json
     import torch.nn.functional as F
-    from ..core.runs import CHECKPOINT, CONFIG
+    from ..experiments.analysis import load_trained_model
 
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-    model = build_model(config["model"], config["num_classes"])
-    model.load_state_dict(torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"])
+    trained = load_trained_model(run_dir, "cpu", "raw")  # the trained weights themselves, not an EMA
+    model = trained.model
     part = split.take(torch.arange(min(n, len(split))))
-    loader = TensorLoader(part, batch_size, torch.device("cpu"), config["normalization"])
+    loader = TensorLoader(part, batch_size, torch.device("cpu"), trained.config.normalization)
     out = {"images": len(part)}
     for mode in ("train", "eval"):
         model.train(mode == "train")  # train mode also updates the running stats: this is a throwaway copy

@@ -1,24 +1,35 @@
-"""Look inside a finished run: re-evaluate its checkpoint and return per-image predictions, then
-accuracy per superclass and the most confused class pairs.
+"""Look inside a trained run: load its weights (the one place that turns a run directory into a model),
+re-evaluate them with per-image predictions, then accuracy per superclass and the most confused pairs.
 
-The predictions come from the run's own `last.pt` (the EMA weights when the run kept an EMA,
-since those are what it was evaluated on), on the same test subset or validation split its
-config selects, with its test-time flip setting.
+Which weights (`WEIGHTS`):
+  last  last.pt, the weights the run evaluated every epoch: its EMA when it kept one, else the model.
+        Re-evaluated on the same device, they give metrics.json's final test figures.
+  best  best.pt, the epoch chosen by validation accuracy (only runs with a validation split have one).
+  ema   last.pt's weight EMA (only runs with ema_decay > 0 keep one).
+  raw   last.pt's trained weights themselves, even when the run evaluated an EMA.
+
+Predictions are made on the test subset (or validation split) the run's config selects, with its
+test-time flip setting unless told otherwise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..core import device as devices
-from ..core.config import from_dict
-from ..core.data import TensorLoader, load_for_config
+from ..core.config import Config, from_dict
+from ..core.data import Split, TensorLoader, load_for_config
 from ..core.engine import EvalStep
 from ..core.errors import RunDirError
 from ..core.models import build_model
 from ..core.runs import CHECKPOINT, CONFIG
+
+WEIGHTS = ("last", "best", "ema", "raw")
+BEST_CHECKPOINT = "best.pt"
 
 
 @dataclass
@@ -31,9 +42,11 @@ class Predictions:
     fine_names: list[str]
     coarse_names: list[str]
     split: str                # "test" or "val"
-    weights: str              # "ema" or "model"
+    weights: str              # which parameters made them: "ema" or "model"
     synthetic: bool
     run: Path
+    images: torch.Tensor | None = None  # uint8 (N, 3, 32, 32), the images themselves (for figures)
+    class_superclass: torch.Tensor | None = None  # int64 (100,) superclass of each fine class, from all splits
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -44,56 +57,181 @@ class Predictions:
         return (self.predicted == self.fine).float().mean().item()
 
     def fine_to_coarse(self) -> torch.Tensor:
-        """Superclass of each fine class (CIFAR-100 nests 5 fine classes in each of 20 superclasses)."""
+        """Superclass of each fine class (CIFAR-100 nests 5 fine classes in each of 20 superclasses);
+        -1 for a class seen in no split."""
+        if self.class_superclass is not None:
+            return self.class_superclass
         mapping = torch.full((len(self.fine_names),), -1, dtype=torch.long)
         mapping[self.fine] = self.coarse
         return mapping
 
 
-def load_trained_model(run_dir: str | Path, device: torch.device, weights: str = "auto"):
-    """(model in eval mode, config, which weights) from a run directory's last.pt.
+@dataclass
+class TrainedModel:
+    """A model rebuilt from a run directory, in eval mode on its device."""
 
-    `weights`: "auto" = the EMA when the run has one (what its history reports), else "ema" or "model".
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
+    model: nn.Module
+    config: Config
+    weights: str       # the choice made: one of WEIGHTS
+    parameters: str    # which tensors were loaded: "ema" or "model"
+    epoch: int         # the epoch after which they were saved
+    checkpoint: Path
+
+
+def _numpy_globals() -> list:
+    """What a checkpoint's saved NumPy RNG state needs: plain arrays and dtypes, nothing that runs code."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint's state, read with weights_only=True: tensors and plain containers only, never code."""
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle refusals, truncated or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(f"cannot load {path} safely (weights only): {first}") from None
+
+
+def _checkpoint_for(run_dir: Path, weights: str) -> Path:
+    if weights not in WEIGHTS:
+        raise RunDirError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if not (run_dir / CONFIG).exists() or not (run_dir / CHECKPOINT).exists():
         raise RunDirError(f"{run_dir} has no {CHECKPOINT}; train it first with 'python -m cvlab train --out {run_dir}'")
-    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+    if weights != "best":
+        return run_dir / CHECKPOINT
+    if not (run_dir / BEST_CHECKPOINT).exists():
+        if _config_value(run_dir, "val_size", 0):
+            raise RunDirError(f"{run_dir} has no {BEST_CHECKPOINT}: it was trained by a cvlab that did not keep the "
+                              "best epoch's weights yet; use --weights last")
+        raise RunDirError(f"{run_dir} has no {BEST_CHECKPOINT}: a best epoch is chosen only by validation accuracy, "
+                          "and this run had no validation split (train with --set val_size=5000); use --weights last")
+    return run_dir / BEST_CHECKPOINT
+
+
+def _config_value(run_dir: Path, key: str, default):
+    import json
+    return json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get(key, default)
+
+
+def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu", weights: str = "last") -> TrainedModel:
+    """Rebuild the model of a run directory with the chosen `weights` (see WEIGHTS), in eval mode on `device`."""
+    run_dir = Path(run_dir)
+    weights = {"auto": "last", "model": "raw"}.get(weights, weights)  # older spellings
+    path = _checkpoint_for(run_dir, weights)
+    state = load_checkpoint(path, device)
     cfg = from_dict(state["config"])
     has_ema = bool(state.get("ema"))
-    if weights == "auto":
-        weights = "ema" if has_ema else "model"
     if weights == "ema" and not has_ema:
-        raise RunDirError(f"{run_dir} kept no weight EMA (ema_decay = 0)")
+        raise RunDirError(f"{run_dir} kept no weight EMA (ema_decay = 0); use --weights last")
+    parameters = "ema" if has_ema and weights != "raw" else "model"
     model = build_model(cfg.model, cfg.num_classes, dropout=cfg.dropout).to(device)
-    model.load_state_dict(state["ema"]["module"] if weights == "ema" else state["model"])
+    model.load_state_dict(state["ema"]["module"] if parameters == "ema" else state["model"])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model.eval(), cfg, weights
+    return TrainedModel(model.eval(), cfg, weights, parameters, int(state.get("epoch", 0)), path)
 
 
-def predict_run(run_dir: str | Path, split: str = "test", data_root: str | None = None, device: str = "auto",
-                weights: str = "auto") -> Predictions:
-    """Evaluate a run's checkpoint on its test set (or validation split) and return the logits.
+def with_data_root(cfg: Config, data_root: str | None) -> Config:
+    """The run's config reading its data from `data_root` (e.g. a run made on another machine)."""
+    if data_root is None or cfg.synthetic:
+        return cfg
+    return from_dict({**cfg.to_dict(), "data_root": data_root})
 
-    `data_root` overrides where the data is read from (e.g. when the run was made on another machine).
+
+def run_logits(trained: TrainedModel, split: Split, device: torch.device, tta_flip: bool) -> tuple[torch.Tensor, dict]:
+    """CPU float32 logits of `split` and the (loss, top-1, top-5) over it.
+
+    Batches, normalization, precision and accumulation are those of `engine.evaluate`, so the same weights on
+    the same device give the figures the run logged, to the last bit.
+    """
+    cfg = trained.config
+    loader = TensorLoader(split, cfg.eval_batch_size, device, cfg.normalization, channels_last=cfg.channels_last)
+    step = EvalStep(trained.model, device, devices.resolve_precision(cfg.precision, device), tta_flip)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    chunks = []
+    with torch.inference_mode():
+        for x, y in loader:
+            logits = step.logits(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+            correct5 += (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(dim=1).sum()
+            chunks.append(logits.cpu())
+    seen = len(split)
+    figures = {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen}
+    return torch.cat(chunks), figures
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate_run` measured: figures, predictions, and what produced them."""
+
+    loss: float
+    top1: float
+    top5: float
+    predictions: Predictions
+    trained: TrainedModel
+    tta_flip: bool
+    device: str
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_run(run_dir: str | Path, weights: str = "last", split: str = "test", data_root: str | None = None,
+                 device: str = "auto", tta_flip: bool | None = None) -> Evaluation:
+    """Evaluate a run's weights on its test set (or validation split): loss, top-1, top-5 and the logits.
+
+    `tta_flip` None = the run's own setting (what its history reports). `data_root` overrides where the
+    data is read from.
     """
     if split not in ("test", "val"):
         raise RunDirError(f"split must be 'test' or 'val', got {split!r}")
     dev = devices.resolve_device(device)
-    model, cfg, used = load_trained_model(run_dir, dev, weights)
-    if data_root is not None and not cfg.synthetic:
-        cfg = from_dict({**cfg.to_dict(), "data_root": data_root})
+    trained = load_trained_model(run_dir, dev, weights)
+    cfg = with_data_root(trained.config, data_root)
     data = load_for_config(cfg)
     chosen = data.test if split == "test" else data.val
     if chosen is None:
         raise RunDirError(f"{run_dir} was trained without a validation split (val_size = 0)")
-    loader = TensorLoader(chosen, cfg.eval_batch_size, dev, cfg.normalization, channels_last=cfg.channels_last)
-    step = EvalStep(model, dev, devices.resolve_precision(cfg.precision, dev), cfg.tta_flip)
-    with torch.inference_mode():
-        logits = torch.cat([step.logits(x).cpu() for x, _ in loader])
-    return Predictions(logits, chosen.fine.clone(), chosen.coarse.clone(), data.fine_names, data.coarse_names,
-                       split, used, data.synthetic, Path(run_dir))
+    flip = cfg.tta_flip if tta_flip is None else tta_flip
+    logits, figures = run_logits(trained, chosen, dev, flip)
+    pred = Predictions(logits, chosen.fine.clone(), chosen.coarse.clone(), data.fine_names, data.coarse_names,
+                       split, trained.parameters, data.synthetic, Path(run_dir), chosen.images.clone(),
+                       class_superclass(data))
+    return Evaluation(figures["loss"], figures["acc"], figures["top5"], pred, trained, flip,
+                      devices.device_name(dev))
+
+
+def predict_run(run_dir: str | Path, split: str = "test", data_root: str | None = None, device: str = "auto",
+                weights: str = "last") -> Predictions:
+    """Per-image predictions of a run's weights on its test set (or validation split), with the images."""
+    return evaluate_run(run_dir, weights, split, data_root, device).predictions
+
+
+def class_superclass(data) -> torch.Tensor:
+    """(num fine classes,) superclass of each fine class as the data set's labels give it (-1 if unseen)."""
+    mapping = torch.full((len(data.fine_names),), -1, dtype=torch.long)
+    for split in (data.train, data.val, data.test):
+        if split is not None:
+            mapping[split.fine] = split.coarse
+    return mapping
+
+
+def superclass_confusion(pred: Predictions) -> torch.Tensor:
+    """(20, 20) image counts: row = true superclass, column = superclass of the predicted fine class."""
+    n = len(pred.coarse_names)
+    predicted_coarse = pred.fine_to_coarse()[pred.predicted]
+    known = predicted_coarse >= 0
+    flat = pred.coarse[known] * n + predicted_coarse[known]
+    return torch.bincount(flat, minlength=n * n).view(n, n)
 
 
 def per_superclass_accuracy(pred: Predictions):
