@@ -195,8 +195,7 @@ def locate(root: str | Path) -> tuple[str, Path] | None:
     return None
 
 
-def _read_members(kind: str, path: Path) -> dict[str, bytes]:
-    names = ("meta", "train", "test")
+def _read_members(kind: str, path: Path, names: tuple[str, ...] = ("meta", "train", "test")) -> dict[str, bytes]:
     if kind == "folder":
         return {n: (path / n).read_bytes() for n in names}
     out: dict[str, bytes] = {}
@@ -252,6 +251,17 @@ def load_cifar100(root: str | Path, download: bool = False, check_md5: bool = Tr
               for s in ("train", "test")}
     return Cifar100(splits["train"], splits["test"], fine_names, coarse_names, source,
                     md5 or {k: "not checked" for k in raw})
+
+
+def read_class_names(root: str | Path) -> tuple[list[str], list[str]]:
+    """(fine names, superclass names) from the data root's `meta` alone: no images are read or downloaded."""
+    found = locate(root)
+    if found is None:
+        raise DataError(f"no CIFAR-100 at {Path(root).resolve()} to read the class names from "
+                        f"(looked for {FOLDER}/ and {ARCHIVE}); pass --data-root DIR")
+    kind, path = found
+    source = f"{path}:meta"
+    return _names_from_meta(safe_unpickle(_read_members(kind, path, ("meta",))["meta"], source), source)
 
 
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
@@ -517,6 +527,13 @@ def channel_stats(images: torch.Tensor) -> list[tuple[float, float]]:
         channel = images[:, c].double().div_(255.0)
         stats.append((round(channel.mean().item(), 4), round(channel.std().item(), 4)))
     return stats
+
+
+def class_names_for_config(cfg) -> tuple[list[str], list[str]]:
+    """The class names of the data a config trains on (its synthetic data, or the CIFAR-100 at its data root)."""
+    if cfg.synthetic:
+        return read_class_names(synthetic_root(cfg.synthetic_train, cfg.synthetic_test, seed=0))
+    return read_class_names(cfg.resolved_data_root())
 
 
 def load_for_config(cfg) -> Cifar100:
