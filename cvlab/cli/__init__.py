@@ -17,14 +17,14 @@ import sys
 import warnings
 
 from ..core.errors import UsageError
-from . import ablate, bench, report, train
+from . import ablate, aftertrain, bench, report, train
 from .common import Parser
 
 # ---------------------------------------------------------------------------- main
 
 # One module per command (or family of commands), each with a `register(sub)` that adds its parser.
 REGISTER = [train.register_train, train.register_presets, train.register_data, ablate.register, report.register,
-            bench.register]
+            bench.register, *aftertrain.REGISTER]
 
 
 def build_parser() -> Parser:

@@ -117,3 +117,83 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------- predictions
+
+def prediction_grid(images, captions: Sequence[str], synthetic: bool, title: str,
+                    wrong: Sequence[bool] | None = None, subtitles: Sequence[str] | None = None,
+                    columns: int = 8) -> Figure:
+    """uint8 images (each (3, H, W)) in a grid, each with its caption; a `wrong` image gets a red frame
+    and a red caption (marked with an x, so the mark survives greyscale printing)."""
+    n = len(captions)
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 1.75), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        bad = bool(wrong[i]) if wrong is not None else False
+        ax.set_title(("x " if bad else "") + captions[i], fontsize=7, color="#c00000" if bad else "black")
+        if subtitles is not None:
+            ax.set_xlabel(subtitles[i], fontsize=6, color="0.35")
+        for spine in ax.spines.values():
+            spine.set_edgecolor("#c00000" if bad else "0.8")
+            spine.set_linewidth(2.5 if bad else 0.5)
+    fig.suptitle(title + ("  [SYNTHETIC]" if synthetic else ""), fontsize=11)
+    fig.tight_layout()
+    if synthetic:
+        stamp_synthetic(fig)
+    return fig
+
+
+def prediction_examples(pred, n: int = 32, columns: int = 8) -> Figure:
+    """The first `n` images of the evaluated split (no picking) with predicted / true class; errors in red.
+
+    `pred`: cvlab.experiments.analysis.Predictions with its images.
+    """
+    n = min(n, len(pred.fine))
+    guess = pred.predicted[:n].tolist()
+    truth = pred.fine[:n].tolist()
+    captions = [f"{pred.fine_names[g]}\n(true: {pred.fine_names[t]})" if g != t else pred.fine_names[g]
+                for g, t in zip(guess, truth)]
+    wrong = [g != t for g, t in zip(guess, truth)]
+    title = (f"First {n} {pred.split} images: predicted class, true class when wrong "
+             f"({sum(wrong)} of {n} wrong; {pred.weights} weights of {pred.run.name})")
+    return prediction_grid(pred.images[:n], captions, pred.synthetic, title, wrong=wrong, columns=columns)
+
+
+def superclass_confusion_heatmap(pred) -> Figure:
+    """20x20 heatmap: share (%) of each true superclass's images whose predicted fine class lies in each
+    superclass; the diagonal is superclass accuracy. `pred`: cvlab.experiments.analysis.Predictions."""
+    from ..experiments.analysis import superclass_confusion
+
+    counts = superclass_confusion(pred).double()
+    share = 100 * counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    names = pred.coarse_names
+    fig, ax = plt.subplots(figsize=(9.5, 8.2))
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=100)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            value = share[i, j].item()
+            if value >= 5 or i == j:
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if value > 55 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("superclass of the predicted class")
+    ax.set_ylabel("true superclass")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="% of the true superclass's images")
+    total = int(counts.sum().item())
+    accuracy = 100 * counts.diag().sum().item() / max(1, total)
+    fig.suptitle(f"Superclass confusion ({pred.split}, {total:,} images, superclass accuracy {accuracy:.1f}%; "
+                 f"{pred.weights} weights of {pred.run.name})" + ("  [SYNTHETIC]" if pred.synthetic else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    if pred.synthetic:
+        stamp_synthetic(fig)
+    return fig

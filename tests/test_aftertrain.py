@@ -1,0 +1,216 @@
+"""After training: `cvlab evaluate`, `predict`, `export` on tiny synthetic runs (and safe checkpoint loading)."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvlab.cli import main
+from cvlab.core.engine import fit
+from cvlab.core.runs import load_run
+from cvlab.experiments.analysis import evaluate_run, load_trained_model
+from cvlab.experiments.predict import prepare_image
+
+from conftest import tiny_config
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished tiny runs: `ema` (validation split, weight EMA, 2 epochs) and `plain` (1 epoch)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("aftertrain")
+    ema = fit(tiny_config(epochs=2, val_size=100, ema_decay=0.9), root / "ema", log=quiet)
+    plain = fit(tiny_config(epochs=1), root / "plain", log=quiet)
+    torch.set_num_threads(before)
+    return {"ema": ema, "plain": plain}
+
+
+def cli(capsys, *args):
+    """(exit code, stdout, stderr lines) of `python -m cvlab ARGS` run in this process."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def one_error_line(code, err, fragment):
+    assert code == 2 and len(err) == 1 and err[0].startswith("cvlab: error:") and fragment in err[0], err
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+@pytest.mark.parametrize("name", ["ema", "plain"])
+def test_evaluate_last_reproduces_metrics_json_exactly(runs, name, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code, stdout, _ = cli(capsys, "evaluate", runs[name], "--device", "cpu", "--json", out)
+    assert code == 0 and "(identical)" in stdout
+    record = json.loads(out.read_text())
+    final = load_run(runs[name]).metrics["final"]
+    for key in ("test_loss", "test_acc", "test_top5"):
+        assert record[key] == final[key], key  # the same bits, not approximately
+    assert record["parameters"] == ("ema" if name == "ema" else "model") and record["synthetic"] is True
+
+
+def test_evaluate_by_superclass_and_other_weights(runs, capsys):
+    code, stdout, _ = cli(capsys, "evaluate", runs["ema"], "--device", "cpu", "--weights", "raw",
+                          "--by-superclass", "--tta", "--json", "-")
+    assert code == 0
+    record = json.loads(stdout)
+    assert record["parameters"] == "model" and record["tta_flip"] is True
+    assert len(record["superclasses"]) == 20 and sum(r["images"] for r in record["superclasses"]) == 100
+    ema = evaluate_run(runs["ema"], "ema", device="cpu")
+    assert ema.trained.parameters == "ema" and ema.top1 == load_run(runs["ema"]).metrics["final"]["test_acc"]
+
+
+@pytest.mark.parametrize("run,weights,fragment", [
+    ("plain", "best", "no validation split"),
+    ("plain", "ema", "kept no weight EMA"),
+])
+def test_evaluate_missing_weights_exit_2(runs, run, weights, fragment, capsys):
+    code, _, err = cli(capsys, "evaluate", runs[run], "--weights", weights, "--device", "cpu")
+    one_error_line(code, err, fragment)
+
+
+def test_evaluate_refuses_a_missing_run_and_an_existing_json(runs, tmp_path, capsys):
+    code, _, err = cli(capsys, "evaluate", tmp_path / "nothing")
+    one_error_line(code, err, "has no last.pt")
+    out = tmp_path / "eval.json"
+    out.write_text("mine")
+    code, _, err = cli(capsys, "evaluate", runs["plain"], "--json", out)
+    one_error_line(code, err, "already exists")
+    assert out.read_text() == "mine"
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled by an unsafe loader."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_checkpoint_never_runs_code(runs, tmp_path, capsys):
+    run = tmp_path / "crafted"
+    run.mkdir()
+    (run / "config.json").write_text((runs["plain"] / "config.json").read_text())
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker), "config": {}}, run / "last.pt")
+    code, _, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    one_error_line(code, err, "cannot load")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------- predict
+
+def _write_images(folder):
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (60, 90, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.randint(0, 256, (50, 40, 3), dtype=np.uint8)).save(folder / "tall.jpg", quality=90)
+    Image.fromarray(rng.randint(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.png")
+    return [folder / "wide.png", folder / "tall.jpg", folder / "alpha.png"]
+
+
+def test_predict_prints_top5_per_image_and_saves_a_grid(runs, tmp_path, capsys):
+    paths = _write_images(tmp_path)
+    grid = tmp_path / "grid.png"
+    code, stdout, _ = cli(capsys, "predict", runs["plain"], *paths, "--device", "cpu", "--grid", grid)
+    assert code == 0 and "SYNTHETIC" in stdout
+    lines = stdout.splitlines()
+    for path in paths:
+        at = lines.index(str(path))
+        ranked = lines[at + 1: at + 6]
+        assert [line.split(".")[0].strip() for line in ranked] == ["1", "2", "3", "4", "5"]
+        probs = [float(line.split()[-1].rstrip("%")) for line in ranked]
+        assert probs == sorted(probs, reverse=True)
+    assert grid.stat().st_size > 0 and Image.open(grid).format == "PNG"
+
+
+def test_predict_sees_a_test_image_as_evaluate_does(runs, tmp_path, capsys):
+    """A 32x32 PNG of a test image passes through unchanged: predict's probabilities are evaluate's softmax."""
+    pred = evaluate_run(runs["plain"], device="cpu").predictions
+    path = tmp_path / "test0.png"
+    Image.fromarray(pred.images[0].permute(1, 2, 0).numpy()).save(path)
+    assert torch.equal(prepare_image(path), pred.images[0])
+    code, stdout, _ = cli(capsys, "predict", runs["plain"], path, "--device", "cpu", "--top", "1")
+    probs = pred.logits[0].softmax(0)
+    name = pred.fine_names[int(probs.argmax())]
+    assert code == 0 and f"1. {name}" in stdout and f"{100 * probs.max().item():.2f}%" in stdout
+
+
+def test_prepare_image_crops_the_centre_and_converts_to_rgb(tmp_path):
+    image = np.zeros((40, 80), dtype=np.uint8)
+    image[:, 20:60] = 200  # the central 40x40 square is uniform grey; the sides are black
+    Image.fromarray(image, "L").save(tmp_path / "grey.png")
+    x = prepare_image(tmp_path / "grey.png")
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and bool((x == 200).all())
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no image file"),
+    (b"not an image at all", "cannot read"),
+    ("truncated", "cannot read"),
+])
+def test_predict_bad_image_exit_2_one_line(runs, tmp_path, content, fragment, capsys):
+    path = tmp_path / "bad.jpg"
+    if content == "truncated":
+        Image.fromarray(np.full((64, 64, 3), 90, dtype=np.uint8)).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:200])
+    elif content is not None:
+        path.write_bytes(content)
+    code, _, err = cli(capsys, "predict", runs["plain"], path, "--device", "cpu")
+    one_error_line(code, err, fragment)
+
+
+# ---------------------------------------------------------------------------- export
+
+def test_export_round_trip_weights_only_same_logits(runs, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    code, stdout, _ = cli(capsys, "export", runs["ema"], "--out", out)
+    assert code == 0 and str(out) in stdout
+    # The README's three lines:
+    import cvlab
+    ckpt = torch.load(out, weights_only=True)
+    model = cvlab.build_model(**ckpt["build"]).eval(); model.load_state_dict(ckpt["state_dict"])
+
+    assert len(ckpt["class_names"]) == 100 and len(ckpt["superclass_names"]) == 20
+    assert ckpt["input"]["size"] == [3, 32, 32] and len(ckpt["input"]["mean"]) == 3
+    assert ckpt["weights"]["parameters"] == "ema" and ckpt["config"]["ema_decay"] == 0.9
+    assert ckpt["cvlab_version"] == cvlab.__version__ and ckpt["metrics"]["synthetic"] is True
+    trained = load_trained_model(runs["ema"], "cpu")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(model(x), trained.model(x))
+
+
+def test_export_never_overwrites_without_force(runs, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"precious")
+    code, _, err = cli(capsys, "export", runs["plain"], "--out", out)
+    one_error_line(code, err, "already exists")
+    assert out.read_bytes() == b"precious"
+    code, _, _ = cli(capsys, "export", runs["plain"], "--out", out, "--force")
+    assert code == 0 and torch.load(out, weights_only=True)["weights"]["parameters"] == "model"
+
+
+def test_export_onnx_writes_and_checks_or_says_why_not(runs, tmp_path, capsys):
+    import importlib.util
+    out = tmp_path / "model.pt"
+    code, stdout, _ = cli(capsys, "export", runs["plain"], "--out", out, "--onnx")
+    assert code == 0
+    note = stdout.strip().splitlines()[-1]
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        assert note.startswith("no ONNX file written") and not out.with_suffix(".onnx").exists()
+    else:
+        assert out.with_suffix(".onnx").exists()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            assert "ONNX Runtime matches torch" in note
