@@ -76,7 +76,7 @@ def test_resume_with_ema_mixing_policy_and_validation_repeats_history(tmp_path):
     cfg = tiny_run(val_size=100, ema_decay=0.9, tta_flip=True, mix="mixup_cutmix", mix_prob=0.5,
                    policy="trivialaugment", cutout=8, crop_padding=4, hflip=True, normalization="cifar100",
                    optimizer="sgd", lr=0.05, nesterov=True, weight_decay=5e-4, wd_exclude_norm_bias=True,
-                   schedule="onecycle", warmup_epochs=0.5, label_smoothing=0.1, zero_init_last_bn=True)
+                   schedule="onecycle", warmup=0.25, label_smoothing=0.1, zero_init_last_bn=True)
     whole = load_run(fit(cfg, tmp_path / "whole", log=quiet))
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "split", log=quiet, on_epoch_end=StopAfter(1))
@@ -105,10 +105,10 @@ def test_no_validation_split_keeps_the_contract_columns(tmp_path):
     assert list(run.history.columns) == HISTORY_COLUMNS and run.metrics["best"] is None
 
 
-def test_budget_scales_warmup_and_applies_overrides():
+def test_budget_keeps_the_warmup_share_and_applies_overrides():
     budget = Budget("t", "test", dict(epochs=10, subset=500))
     cfg = budget_config("+sgd-onecycle", budget, {"lr": 0.1}, seed=3)
-    assert (cfg.epochs, cfg.warmup_epochs, cfg.subset, cfg.lr, cfg.seed) == (10, 1.5, 500, 0.1, 3)
+    assert (cfg.epochs, cfg.warmup, cfg.subset, cfg.lr, cfg.seed) == (10, 0.15, 500, 0.1, 3)
     assert cfg.preset == "+sgd-onecycle"
 
 

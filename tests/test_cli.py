@@ -27,11 +27,12 @@ def test_help_for_every_subcommand(capsys):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["train", "--epochs", "0"], "expected a positive integer"),
+    (["train", "--epochs", "0"], "argument --epochs: epochs must be positive, got 0"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
-    (["train", "--set", "lr=fast"], "lr must be float"),
+    (["train", "--set", "lr=fast"], "lr must be a number"),
+    (["train", "--lr", "inf"], "argument --lr: lr must be a finite number, got 'inf'"),
     (["train", "--resume"], "--resume needs --out"),
-    (["train", "--device", "tpu"], "invalid choice"),
+    (["train", "--device", "tpu"], "device must be one of auto, cpu, cuda, npu, mps"),
     (["data", "check", "--data-root", "/nonexistent/cvlab"], "no CIFAR-100 at /nonexistent/cvlab"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -67,3 +68,110 @@ def test_data_check_reports_counts(cifar_folder):
     assert result.returncode == 2 and "expected 50000 train images" in result.stderr
     synthetic = run_cli("data", "check", "--synthetic")
     assert synthetic.returncode == 0 and "SYNTHETIC" in synthetic.stdout and "100 fine" in synthetic.stdout
+
+
+# ---------------------------------------------------------------------------- options generated from Config
+
+def run_main(capsys, *args):
+    """`main(args)` in this process: (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parse(*args):
+    return build_parser().parse_args(list(args))
+
+
+def test_train_help_lists_every_config_field(capsys):
+    from cvlab.core.config import FIELDS
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert code == 0
+    for spec in FIELDS.values():
+        option = "--" + spec.name.replace("_", "-")
+        assert option in out, option
+        if spec.type is bool and spec.name != "preset":
+            assert "--no-" + spec.name.replace("_", "-") in out
+    for documented in ("--preset", "--config", "--epochs N", "--batch-size N", "--lr X", "--subset N", "--seed N",
+                       "--no-progress", "--set KEY=VALUE", "--data-root DIR", "--synthetic", "--out DIR", "--resume",
+                       "{auto,cpu,cuda,npu,mps}", "{adam,adamw,sgd}", "(default: 1024)"):
+        assert documented in out, documented
+    code, out, _ = run_main(capsys, "presets", "--fields")
+    assert code == 0 and len(out.strip().splitlines()) == len(FIELDS) and "sgd" in out
+
+
+def test_only_the_options_given_override_the_preset():
+    from cvlab.cli.common import explicit_overrides
+    from cvlab.cli.train import config_from_args
+    from cvlab.core.config import make_config
+
+    args = parse("train", "--preset", "fast", "--epochs", "1", "--no-progress", "--zero-init-last-bn",
+                 "--set", "lr=0.1", "--set", "shuffle=off")
+    assert explicit_overrides(args) == {"epochs": 1, "progress": False, "zero_init_last_bn": True, "lr": 0.1,
+                                        "shuffle": False}
+    assert config_from_args(args) == make_config("fast", epochs=1, progress=False, lr=0.1, shuffle=False)
+    assert explicit_overrides(parse("train", "--resume", "--out", "x")) == {}
+    assert explicit_overrides(parse("train", "--lr", "0.5", "--set", "lr=0.25")) == {"lr": 0.25}  # --set wins
+
+
+@pytest.mark.parametrize("preset", ["fast", "best", "+sgd-onecycle"])
+def test_presets_with_a_warmup_take_one_epoch(preset):
+    from cvlab.cli.train import config_from_args
+    cfg = config_from_args(parse("train", "--preset", preset, "--epochs", "1"))
+    assert cfg.epochs == 1 and cfg.warmup == 0.15 and cfg.preset == preset
+
+
+def test_config_file_then_options(tmp_path):
+    from cvlab.cli.train import config_from_args
+    (tmp_path / "c.yaml").write_text("preset: mine\nepochs: 7\nlr: 1e-3\nshuffle: yes\n")
+    cfg = config_from_args(parse("train", "--config", str(tmp_path / "c.yaml"), "--epochs", "2"))
+    assert (cfg.preset, cfg.epochs, cfg.lr, cfg.shuffle) == ("mine", 2, 1e-3, True)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--set", "weight_decay=inf"], "weight_decay must be a finite number"),
+    (["--set", "warmup_epochs=nan"], "warmup_epochs must be a finite number"),
+    (["--set", "weight_decay=nan"], "weight_decay must be a finite number"),
+    (["--warmup=-inf"], "warmup must be a finite number"),
+    (["--momentum", "nan"], "momentum must be a finite number"),
+])
+def test_non_finite_numbers_are_one_line_errors(capsys, tmp_path, args, fragment):
+    code, _, err = run_main(capsys, "train", "--synthetic", "--out", str(tmp_path / "run"), *args)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ablate_options_and_set_use_the_config_rules(capsys, tmp_path):
+    from cvlab.cli.common import explicit_overrides
+    args = parse("ablate", "--budget", "smoke", "--epochs", "1", "--no-progress", "--set", "lr=0.5")
+    assert explicit_overrides(args) == {"epochs": 1, "progress": False, "lr": 0.5}
+    for bad, fragment in ((["--set", "lr=inf"], "lr must be a finite number"),
+                          (["--set", "hflip=maybe"], "hflip must be true or false"),
+                          (["--device", "tpu"], "device must be one of")):
+        code, _, err = run_main(capsys, "ablate", "--budget", "smoke", "--out", str(tmp_path / "a"), *bad)
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a").exists()
+
+
+def test_bench_flags_take_the_config_bool_words():
+    from cvlab.cli.bench import _flags
+    from cvlab.core.errors import UsageError
+    assert _flags("Yes,off,true,0", "--compile") == [True, False]
+    with pytest.raises(UsageError, match="--compile must be a comma-separated list of 1/true/yes/on or 0/false/no/off"):
+        _flags("maybe", "--compile")
+
+
+def test_fast_preset_runs_one_epoch(tmp_path, capsys):
+    """`--preset fast --epochs 1` (warmup 15% of the steps, EMA, flip TTA) trains: tiny model, synthetic data."""
+    code, out, err = run_main(capsys, "train", "--preset", "fast", "--epochs", "1", "--synthetic", "--model",
+                              "tiny_resnet18", "--batch-size", "50", "--device", "cpu", "--no-progress",
+                              "--set", "synthetic_train=200", "--set", "synthetic_test=100",
+                              "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    import json
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["preset"], saved["epochs"], saved["warmup"]) == ("fast", 1, 0.15)

@@ -1,6 +1,11 @@
+import json
+import math
+
 import pytest
 
-from cvlab.core.config import PRESETS, apply_overrides, load_config, make_config, save_config
+from cvlab.core.config import (DEVICES, FIELDS, PRESETS, Config, apply_overrides, check_value, from_dict,
+                               load_config, make_config, parse_pairs, parse_value, save_config, validate,
+                               with_overrides)
 from cvlab.core.errors import ConfigError
 
 
@@ -16,21 +21,83 @@ def test_overrides_are_typed():
     assert (cfg.epochs, cfg.lr, cfg.shuffle, cfg.model) == (3, 0.01, True, "cifar_resnet18")
 
 
+def test_one_typed_path_for_values_and_text():
+    base = make_config("handout")
+    typed = with_overrides(base, {"epochs": 3, "lr": 1, "shuffle": True, "device": "cpu"})
+    text = with_overrides(base, {"epochs": "3", "lr": "1", "shuffle": "on", "device": "cpu"})
+    assert typed == text == apply_overrides(base, ["epochs=3", "lr=1", "shuffle=on", "device=cpu"])
+    assert isinstance(typed.lr, float) and typed.lr == 1.0
+    assert base.epochs == 100  # a copy: the base is unchanged
+    assert parse_pairs(["lr=0.1", "lr=0.2"]) == {"lr": 0.2}  # later pairs win
+    with pytest.raises(ConfigError, match="epochs must be an integer, got True"):
+        with_overrides(base, {"epochs": True})
+    with pytest.raises(ConfigError, match="shuffle must be true or false"):
+        with_overrides(base, {"shuffle": 1})
+
+
+@pytest.mark.parametrize("word,value", [(w, True) for w in ("1", "true", "Yes", "ON")]
+                         + [(w, False) for w in ("0", "false", "No", "off")])
+def test_bool_spellings_are_the_same_everywhere(word, value):
+    assert parse_value("shuffle", word) is value
+    assert apply_overrides(make_config("handout"), [f"hflip={word}"]).hflip is value
+
+
 @pytest.mark.parametrize("pair,message", [
     ("epochz=3", "unknown config key 'epochz'"),
-    ("epochs=three", "epochs must be int"),
+    ("epochs=three", "epochs must be an integer"),
     ("epochs=-1", "epochs must be positive"),
     ("batch_size=0", "batch_size must be positive"),
     ("model=vgg", "unknown model 'vgg'"),
     ("optimizer=lion", "optimizer must be one of"),
+    ("device=tpu", "device must be one of auto, cpu, cuda, npu, mps"),
     ("shuffle=maybe", "shuffle must be true or false"),
     ("nesterov=true", "nesterov needs optimizer=sgd"),
     ("subset=50", "at least 100 images"),
+    ("crop_padding=17", r"crop_padding must be in \[0, 16\]"),
+    ("cutout=33", r"cutout must be in \[0, 32\]"),
+    ("momentum=1", r"momentum must be in \[0, 1\)"),
+    ("warmup=1.5", r"warmup must be in \[0, 1\]"),
+    ("lr=0", "lr must be positive"),
+    ("lr=inf", "lr must be a finite number"),
+    ("weight_decay=inf", "weight_decay must be a finite number"),
+    ("weight_decay=nan", "weight_decay must be a finite number"),
+    ("warmup=nan", "warmup must be a finite number"),
+    ("warmup_epochs=nan", "warmup_epochs must be a finite number"),
+    ("warmup_epochs=200", r"warmup must be in \[0, 1\]"),  # an older key, read as warmup = 200 / 100 epochs
+    ("label_smoothing=-inf", "label_smoothing must be a finite number"),
     ("epochs", "--set expects key=value"),
 ])
 def test_bad_values_are_rejected_with_the_reason(pair, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(make_config("handout"), [pair])
+
+
+@pytest.mark.parametrize("name", [n for n, s in FIELDS.items() if s.type is float])
+def test_every_float_field_refuses_non_finite_values(name):
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+            with_overrides(make_config("handout"), {name: bad})
+        cfg = Config()
+        setattr(cfg, name, bad)  # built around with_overrides: validate still refuses it
+        with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+            validate(cfg)
+
+
+def test_non_finite_numbers_in_a_json_config_file_are_refused(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"lr": Infinity}')  # Python's json reads it; the config refuses it
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        load_config(path)
+
+
+def test_every_field_declares_its_help_and_choices_once():
+    for spec in FIELDS.values():
+        assert spec.help and spec.type in (bool, int, float, str), spec.name
+        assert isinstance(spec.default, spec.type), spec.name
+        if spec.choices:
+            assert spec.default in spec.choices
+    assert FIELDS["device"].choices == DEVICES
+    validate(Config())
 
 
 def test_unknown_preset():
@@ -43,12 +110,54 @@ def test_every_preset_is_valid():
         assert make_config(name).preset == name
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_runs_at_any_length(name):
+    """The warmup is a fraction of the run, so a preset is valid with one epoch and keeps its warmup share."""
+    full, short = make_config(name), make_config(name, epochs=1)
+    assert short.warmup == full.warmup and 0 <= short.warmup <= 1
+
+
+def test_presets_keep_their_warmup_at_their_default_length():
+    # before the warmup became a fraction: +sgd-onecycle 15 of 100 epochs, fast 4.5 of 30, best 30 of 200
+    for name, epochs, warmup_epochs in (("+sgd-onecycle", 100, 15), ("fast", 30, 4.5), ("best", 200, 30)):
+        cfg = make_config(name)
+        assert cfg.epochs == epochs and cfg.warmup * cfg.epochs == pytest.approx(warmup_epochs)
+    for name in PRESETS:  # every preset with a warmup derives from +sgd-onecycle
+        assert make_config(name).warmup in (0.0, 0.15)
+    assert "15% of the steps" in PRESETS["+sgd-onecycle"][0]
+
+
+def test_an_older_config_with_warmup_epochs_is_converted(tmp_path):
+    old = {**make_config("fast").to_dict(), "warmup_epochs": 4.5}
+    del old["warmup"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match=r"warmup_epochs=4.5 is an older key: read as warmup=0.15"):
+        cfg = load_config(tmp_path / "config.json")
+    assert cfg == make_config("fast")
+    with pytest.warns(UserWarning):  # the epochs given with it count
+        assert from_dict({"epochs": 10, "warmup_epochs": 5}).warmup == 0.5
+    with pytest.raises(ConfigError, match="not both"):
+        from_dict({"warmup": 0.1, "warmup_epochs": 5})
+
+
+def test_check_value_converts_ints_for_float_fields_only():
+    assert check_value("lr", 1) == 1.0 and isinstance(check_value("lr", 1), float)
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        check_value("epochs", 2.0)
+
+
 def test_save_and_load_round_trip_json_and_yaml(tmp_path):
     cfg = make_config("handout", epochs=7, seed=3)
     save_config(cfg, tmp_path / "c.json")
     assert load_config(tmp_path / "c.json") == cfg
     (tmp_path / "c.yaml").write_text("preset: handout\nepochs: 7\nlr: 1.0e-3\n")
     assert load_config(tmp_path / "c.yaml").lr == 1e-3
+    (tmp_path / "e.yaml").write_text("lr: 1e-3\n")  # YAML 1.1 reads this as text; the field's type parses it
+    assert load_config(tmp_path / "e.yaml").lr == 1e-3
     (tmp_path / "bad.yaml").write_text("epochs: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid yaml"):
+    with pytest.raises(ConfigError, match="not valid yaml") as err:
         load_config(tmp_path / "bad.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "latin1.json").write_bytes('{"preset": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin1.json")

@@ -37,7 +37,7 @@ def test_same_seed_same_history(tmp_path):
 
 
 def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):
-    cfg = tiny_config(epochs=3, schedule="cosine", warmup_epochs=1, optimizer="sgd", lr=0.05, nesterov=True,
+    cfg = tiny_config(epochs=3, schedule="cosine", warmup=1 / 3, optimizer="sgd", lr=0.05, nesterov=True,
                       weight_decay=5e-4, crop_padding=4, hflip=True)
     whole = load_run(fit(cfg, tmp_path / "whole", log=lambda s: None)).history.drop(columns=TIMING)
     with pytest.raises(KeyboardInterrupt):

@@ -101,8 +101,14 @@ def test_parameters_merge_profile_then_overrides(tmp_path):
     assert got[b] == {"DEVICE": "cuda", "QUICK": False}
     with pytest.raises(UsageError, match="no notebook declares NOPE"):
         runner.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
-    with pytest.raises(UsageError, match="expected an integer"):
+    with pytest.raises(UsageError, match="-p EPOCHS: epochs must be an integer"):
         runner.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
+    with pytest.raises(UsageError, match="-p EPOCHS: epochs must be positive"):  # a Config field: its range too
+        runner.resolve_parameters([a], profile, [("EPOCHS", "0")], lambda t: None)
+    with pytest.raises(UsageError, match="-p LR: lr must be a finite number"):
+        runner.resolve_parameters([a], profile, [("LR", "nan")], lambda t: None)
+    with pytest.raises(UsageError, match="-p QUICK: QUICK must be true or false"):  # not a field: its default's type
+        runner.resolve_parameters([b], profile, [("QUICK", "maybe")], lambda t: None)
 
 
 def test_parameters_cell_must_hold_literals(tmp_path):
@@ -309,4 +315,4 @@ def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
 
 def test_bad_parameter_type_is_a_usage_error(smoke):
     done = _report(smoke, "--profile", "smoke", "-p", "EPOCHS", "three")
-    assert done.returncode == 2 and "expected an integer" in done.stderr
+    assert done.returncode == 2 and "must be an integer" in done.stderr

@@ -1,14 +1,13 @@
 """`cvlab ablate`: options around `cvlab.experiments.ablate`."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.runs import CONFIG
 from ..experiments import ablate
-from ..experiments.ablate import (BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, parse_pairs, plan,
-                                  run_ablation, write_tables)
+from ..experiments.ablate import BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, plan, run_ablation, write_tables
+from .common import add_field_option, add_set_option, explicit_overrides
 
 
 def _csv(text: str) -> list[str]:
@@ -22,36 +21,16 @@ def cmd_ablate(args) -> int:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
         raise UsageError(f"--seeds expects integers separated by commas, got {args.seeds!r}") from None
-    pairs = list(args.set)
-    for key, value in (("epochs", args.epochs), ("subset", args.subset), ("device", args.device),
-                       ("data_root", args.data_root)):
-        if value is not None:
-            pairs.append(f"{key}={value}")
-    if args.synthetic:
-        pairs.append("synthetic=true")
-    if args.no_progress:
-        pairs.append("progress=false")
+    overrides = explicit_overrides(args)
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
-        dirs = [r.run_dir for r in plan(presets, seeds, out, budget, parse_pairs(pairs))[0] if (r.run_dir / CONFIG).exists()]
+        dirs = [r.run_dir for r in plan(presets, seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
         write_tables(out, dirs, order=presets, budget=budget)
     else:
-        run_ablation(presets, seeds, out, budget, pairs)
+        run_ablation(presets, seeds, out, budget, overrides)
     print((out / LADDER_MD).read_text(encoding="utf-8"))
     print(f"tables: {out / LADDER_CSV}, {out / LADDER_MD}, {out / RUNS_CSV}")
     return 0
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def register(sub) -> None:
@@ -62,12 +41,11 @@ def register(sub) -> None:
     p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
     p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds (default: 0)")
     p.add_argument("--out", metavar="DIR", help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
-    p.add_argument("--epochs", type=_count(1), metavar="N", help="override the budget's epochs")
-    p.add_argument("--subset", type=_count(0), metavar="N", help="override the budget's training subset")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu", "mps"))
-    p.add_argument("--data-root", metavar="DIR")
-    p.add_argument("--synthetic", action="store_true", help="generated data instead of CIFAR-100")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config field for every run")
+    add_field_option(p, "epochs", help="override the budget's epochs")
+    add_field_option(p, "subset", help="override the budget's training subset")
+    for name in ("device", "data_root", "synthetic", "progress"):
+        add_field_option(p, name)
+    add_set_option(p, help="config field for every run, after the budget (see 'python -m cvlab presets --fields'); "
+                           "repeatable")
     p.add_argument("--table-only", action="store_true", help="only rebuild the tables from existing run directories")
     p.set_defaults(func=cmd_ablate)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..core import device as devices
+from ..core.config import DEVICES, FALSE_WORDS, OPTIMIZER_IMPLS, PRECISIONS, TRUE_WORDS, parse_bool
 from ..core.errors import UsageError
 from ..core.models import MODELS
 from ..experiments import bench
@@ -24,8 +25,13 @@ def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 
 def _flags(text: str, what: str) -> list[bool]:
-    words = {"yes": True, "on": True, "true": True, "1": True, "no": False, "off": False, "false": False, "0": False}
-    return list(dict.fromkeys(words[w] for w in _list(text.lower(), tuple(words), what)))
+    """A comma-separated list of booleans, each spelled as config.parse_bool accepts (yes/no, true/false, ...)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    values = [parse_bool(t) for t in items]
+    if not items or None in values:
+        raise UsageError(f"{what} must be a comma-separated list of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}; "
+                         f"got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -33,7 +39,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     device = devices.resolve_device(args.device)
     accelerator = device.type != "cpu"
     precisions = [devices.resolve_precision(p, device)
-                  for p in _list(args.precision, ("auto", "fp32", "bf16", "fp16"), "--precision")]
+                  for p in _list(args.precision, PRECISIONS, "--precision")]
     if "bf16" in precisions and not devices.bf16_supported(device):
         raise UsageError(f"bf16 is not supported on {devices.device_name(device)}; use --precision fp32 or fp16")
     batch = args.batch_size or (1024 if accelerator else 128)
@@ -44,7 +50,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                  warmup=args.warmup if args.warmup is not None else (5 if accelerator else 1),
                  precisions=list(dict.fromkeys(precisions)), channels_last=_flags(args.channels_last, "--channels-last"),
                  compile=_flags(args.compile, "--compile"),
-                 optimizer_impl=_list(args.optimizer_impl, ("auto", "fused", "foreach", "forloop"), "--optimizer-impl"),
+                 optimizer_impl=_list(args.optimizer_impl, OPTIMIZER_IMPLS, "--optimizer-impl"),
                  augment=args.augment, seed=args.seed)
     if args.json:
         target = Path(args.json)
@@ -82,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time training/evaluation throughput: the handout's loop vs the cvlab path",
                        description=bench.__doc__.split("\n\n")[0] + " Synthetic in-memory data; no data set needed.")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "npu", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)} (default: both)")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated: handout, cvlab (default: both)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="training batch (default 1024 on GPUs, 128 on CPU)")

@@ -1,8 +1,12 @@
-"""Pieces every command shares: the one-line-error parser, argument types, data options."""
+"""Pieces every command shares: the one-line-error parser, argument types, options generated from Config."""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Iterable
+
+from ..core.config import FIELDS, parse_pairs, parse_value
+from ..core.errors import ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,8 +37,67 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------------------- options from Config fields
+
+def flag(name: str) -> str:
+    """The option of Config field `name`: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(name: str):
+    """An argparse type that parses the text as Config field `name` (config.parse_value)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse_value(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = FIELDS[name].type.__name__
+    return convert
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
+
+
+def add_field_option(p, name: str, help: str | None = None, default_shown: Any = None) -> None:
+    """Add the option of Config field `name`, typed, with its choices and help from the field's metadata.
+
+    Its default is None, so a command can tell the options given from those left out (`explicit_overrides`).
+    Booleans get --name/--no-name."""
+    spec = FIELDS[name]
+    text = help or spec.help
+    if spec.range and spec.type is not bool:
+        text += f"; {spec.range.text()}"
+    if default_shown is not None:
+        text += f" (default: {_shown(default_shown)})"
+    text = text.replace("%", "%%")  # argparse formats help with %
+    if spec.type is bool:
+        p.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    metavar = spec.metavar or (None if spec.choices else {int: "N", float: "X"}.get(spec.type, "TEXT"))
+    p.add_argument(flag(name), dest=name, type=_field_type(name), choices=spec.choices, default=None,
+                   metavar=metavar, help=text)
+
+
+def add_config_options(p, names: Iterable[str], defaults: Any = None) -> None:
+    """One option per Config field in `names`; `defaults` (a Config) gives the default shown in the help."""
+    for name in names:
+        add_field_option(p, name, default_shown=getattr(defaults, name) if defaults is not None else None)
+
+
+def add_set_option(p, help: str = "any config field (see 'python -m cvlab presets --fields'); repeatable, "
+                                  "applied after the options above") -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields the user gave on the command line, typed: options that were given (not None),
+    then `--set key=value` pairs (which win). `--preset` chooses the starting point and is not among them."""
+    values = {name: getattr(args, name) for name in FIELDS
+              if name != "preset" and getattr(args, name, None) is not None}
+    return {**values, **parse_pairs(getattr(args, "set", None) or [])}
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", metavar="DIR",
-                   help="folder holding cifar-100-python/ or cifar-100-python.tar.gz (default: $CVLAB_DATA or ./data)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="use generated images in the official format instead of CIFAR-100 (demos, tests)")
+    add_field_option(p, "data_root")
+    add_field_option(p, "synthetic")

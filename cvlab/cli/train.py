@@ -8,44 +8,40 @@ import warnings
 from pathlib import Path
 
 from ..core.errors import UsageError
-from .common import add_data_options, non_negative_int, positive_int
+from .common import add_config_options, add_data_options, add_set_option, explicit_overrides
 
 
 # ---------------------------------------------------------------------------- train
 
+# The options every training command has, in this order at the top of `train --help`; the other
+# Config fields follow in the order of the dataclass.
+MAIN_FIELDS = ("epochs", "batch_size", "lr", "device", "subset", "seed", "data_root", "synthetic", "progress")
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by commands that configure training runs (train, and later ablate)."""
-    from ..core.config import PRESETS
-    p.add_argument("--preset", default=None, help=f"start from a preset: {', '.join(PRESETS)} (default: handout)")
+    """--preset, --config, one option per Config field (generated from its metadata), and --set."""
+    from ..core.config import FIELDS, PRESETS, make_config
+
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"start from a preset: {', '.join(PRESETS)} (default: handout; see 'python -m cvlab presets')")
     p.add_argument("--config", metavar="FILE", help="start from a JSON/YAML config file instead of a preset")
-    p.add_argument("--epochs", type=positive_int, metavar="N")
-    p.add_argument("--batch-size", type=positive_int, metavar="N")
-    p.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu", "mps"))
-    p.add_argument("--subset", type=non_negative_int, metavar="N",
-                   help="train on N images: the first N/100 of each class, original order (see --set subset_balanced=false)")
-    p.add_argument("--seed", type=non_negative_int, metavar="N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch lines")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field (see 'python -m cvlab presets --fields'); repeatable")
-    add_data_options(p)
+    handout = make_config("handout")
+    main = p.add_argument_group("main options (override the preset or --config file; defaults: the handout preset)")
+    add_config_options(main, MAIN_FIELDS, handout)
+    rest = p.add_argument_group("every other config field (same rules; also settable with --set KEY=VALUE)")
+    add_config_options(rest, [n for n in FIELDS if n not in MAIN_FIELDS and n != "preset"], handout)
+    add_set_option(p)
 
 
 def config_from_args(args: argparse.Namespace):
-    """Preset or config file, then the named options, then --set; validated."""
-    from ..core.config import apply_overrides, load_config, make_config
+    """Preset or config file, then the config fields given on the command line (`explicit_overrides`:
+    options, then --set); validated."""
+    from ..core.config import load_config, make_config, with_overrides
 
     if args.config and args.preset:
         raise UsageError("give --preset or --config, not both")
     cfg = load_config(args.config) if args.config else make_config(args.preset or "handout")
-    named = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
-             "subset": args.subset, "seed": args.seed, "data_root": args.data_root}
-    pairs = [f"{k}={v}" for k, v in named.items() if v is not None]
-    if args.synthetic:
-        pairs.append("synthetic=true")
-    if args.no_progress:
-        pairs.append("progress=false")
-    return apply_overrides(cfg, pairs + list(args.set))
+    return with_overrides(cfg, explicit_overrides(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,12 +68,12 @@ def register_train(sub) -> None:
 # ---------------------------------------------------------------------------- presets, models
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ..core.config import PRESETS, Config
-    import dataclasses
+    from ..core.config import FIELDS, PRESETS
 
     if args.fields:
-        for f in dataclasses.fields(Config):
-            print(f"{f.name:<18} {f.type:<6} default {f.default!r}")
+        for spec in FIELDS.values():
+            allowed = "|".join(spec.choices) if spec.choices else spec.range.text() if spec.range else ""
+            print(f"{spec.name:<20} {spec.type.__name__:<5} default {spec.default!r:<20} {allowed:<14} {spec.help}")
         return 0
     width = max(len(n) for n in PRESETS)
     for name, (description, _) in PRESETS.items():

@@ -1,92 +1,147 @@
-"""One dataclass for a run, the presets, validation, and load/save.
+"""One dataclass for a run, its field metadata, the presets, one typed override path, load/save.
 
-Every hyperparameter of a run lives in `Config`; presets are named sets of overrides on
-top of its defaults; `--set key=value` on the command line goes through `apply_overrides`,
-which checks the key exists and converts the value to the field's type.
+Every hyperparameter of a run is a `Config` field declared with `option(...)`: its default, its help
+text (with the unit) and, where they apply, its choices and its range live on that one line. The
+command line is generated from these (`cvlab.cli.common.add_config_options`), `presets --fields`
+prints them, and `validate` checks them.
+
+Every way of changing a config goes through `with_overrides(cfg, values)`: typed values from
+command-line options, `--set key=value` (text, parsed by `parse_value`), a `--config` file, a preset,
+an ablation budget, and `report -p` for notebook parameters named after a field.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ConfigError
 from .paths import resolve_data_root
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": ("adam", "adamw", "sgd"),
-    "optimizer_impl": ("auto", "fused", "foreach", "forloop"),
-    "schedule": ("constant", "cosine", "onecycle"),
-    "normalization": ("cifar100", "handout"),
-    "device": ("auto", "cpu", "cuda", "npu", "mps"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "mix": ("none", "mixup", "cutmix", "mixup_cutmix"),
-    "policy": ("none", "trivialaugment", "randaugment", "autoaugment"),
-}
+# The accelerators in the order `device=auto` tries them (cvlab.core.device); cpu is always there.
+ACCELERATORS: tuple[str, ...] = ("cuda", "npu", "mps")
+DEVICES: tuple[str, ...] = ("auto", "cpu", *ACCELERATORS)
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZER_IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numeric values: low/high bounds (None = unbounded), each open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """'positive', 'not negative' or an interval such as 'in [0, 1)'."""
+        if self.high is None:
+            if self.low == 0:
+                return "positive" if self.low_open else "not negative"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE, NON_NEGATIVE = Range(0, low_open=True), Range(0)
+FRACTION, FRACTION_BELOW_1 = Range(0, 1), Range(0, 1, high_open=True)
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, range: Range | None = None,
+           metavar: str | None = None) -> Any:
+    """A Config field: its default, help text (with the unit), and its allowed values when limited."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "metavar": metavar})
 
 
 @dataclass
 class Config:
-    """Everything that defines a training run. Units are in the comments."""
+    """Everything that defines a training run: one `option(default, help, ...)` per field."""
 
-    preset: str = "custom"              # name of the preset this config started from
+    preset: str = option("custom", "name of the preset this config started from")
     # --- model ---
-    model: str = "handout_resnet18"     # a name from cvlab.models.MODELS
-    num_classes: int = 100
-    zero_init_last_bn: bool = False     # start each residual branch's last BN at gamma = 0, so every block starts as the identity
-    dropout: float = 0.0                # dropout probability before the classifier (0 = none)
+    model: str = option("handout_resnet18", "model name, see 'python -m cvlab models'", metavar="NAME")
+    num_classes: int = option(100, "number of output classes", range=POSITIVE)
+    zero_init_last_bn: bool = option(False, "start each residual branch's last BN at gamma = 0, so every block "
+                                            "starts as the identity")
+    dropout: float = option(0.0, "dropout probability before the classifier (0 = none)", range=FRACTION_BELOW_1)
     # --- data ---
-    data_root: str = ""                 # folder with cifar-100-python/ or the .tar.gz; "" -> $CVLAB_DATA, else the repository's data/
-    download: bool = True               # fetch the official archive when the data root has none
-    subset: int = 0                     # first N training images (0 = all 50,000)
-    subset_balanced: bool = True        # True: N/100 per class, original order kept; False: the first N
-    test_subset: int = 0                # first N test images, class-balanced like `subset` (0 = all 10,000)
-    synthetic: bool = False             # generated images in the official format instead of CIFAR-100
-    synthetic_train: int = 5000         # images in the synthetic training set
-    synthetic_test: int = 1000          # images in the synthetic test set
-    normalization: str = "cifar100"     # "cifar100": per-channel mean/std; "handout": MNIST's (0.1307,), (0.3081,)
-    shuffle: bool = True                # reshuffle the training set every epoch (the handout does not)
-    crop_padding: int = 0               # random crop after zero padding by this many pixels (0 = off)
-    hflip: bool = False                 # random horizontal flip with probability 1/2
-    policy: str = "none"                # torchvision policy on the uint8 batch: trivialaugment (wide), randaugment (2 ops,
-                                        # magnitude 9), autoaugment (CIFAR-10 policy); applied after crop/flip
-    policy_group: int = 1               # images that share one sampled policy op (1 = every image its own; larger is faster on GPUs)
-    cutout: int = 0                     # side in pixels of one square per image filled with the mean colour (0 = off; 8 for CIFAR-100)
-    mix: str = "none"                   # batch mixing into soft targets: mixup, cutmix, or mixup_cutmix (one of the two per batch)
-    mix_alpha: float = 1.0              # mixing weight lambda ~ Beta(alpha, alpha)
-    mix_prob: float = 1.0               # probability that a batch is mixed (0..1)
-    val_size: int = 0                   # training images held out for validation: the last val_size/100 of each class (0 = none)
+    data_root: str = option("", "folder holding cifar-100-python/ or cifar-100-python.tar.gz "
+                                "(empty: $CVLAB_DATA, else the repository's data/)", metavar="DIR")
+    download: bool = option(True, "fetch the official archive when the data root has none")
+    subset: int = option(0, "train on N images: the first N/100 of each class, original order "
+                            "(see subset_balanced; 0 = all 50,000)", range=NON_NEGATIVE)
+    subset_balanced: bool = option(True, "true: N/100 images per class, original order kept; false: the first N")
+    test_subset: int = option(0, "test on N images, class-balanced like subset (0 = all 10,000)", range=NON_NEGATIVE)
+    synthetic: bool = option(False, "generated images in the official format instead of CIFAR-100 (demos, tests)")
+    synthetic_train: int = option(5000, "images in the synthetic training set", range=POSITIVE)
+    synthetic_test: int = option(1000, "images in the synthetic test set", range=POSITIVE)
+    normalization: str = option("cifar100", "cifar100: per-channel mean/std; handout: MNIST's (0.1307,), (0.3081,)",
+                                choices=("cifar100", "handout"))
+    shuffle: bool = option(True, "reshuffle the training set every epoch (the handout does not)")
+    crop_padding: int = option(0, "random crop after zero padding by this many pixels (0 = off)", range=Range(0, 16))
+    hflip: bool = option(False, "random horizontal flip with probability 1/2")
+    policy: str = option("none", "torchvision policy on the uint8 batch, after crop/flip: trivialaugment (wide), "
+                                 "randaugment (2 ops, magnitude 9), autoaugment (CIFAR-10 policy)",
+                         choices=("none", "trivialaugment", "randaugment", "autoaugment"))
+    policy_group: int = option(1, "images that share one sampled policy op (1 = each its own; larger is faster "
+                                  "on GPUs)", range=POSITIVE)
+    cutout: int = option(0, "side in pixels of one square per image filled with the mean colour (0 = off; 8 for "
+                            "CIFAR-100)", range=Range(0, 32))
+    mix: str = option("none", "batch mixing into soft targets: mixup, cutmix, or mixup_cutmix (one of the two per "
+                              "batch)", choices=("none", "mixup", "cutmix", "mixup_cutmix"))
+    mix_alpha: float = option(1.0, "mixing weight lambda ~ Beta(alpha, alpha)", range=POSITIVE)
+    mix_prob: float = option(1.0, "probability that a batch is mixed", range=FRACTION)
+    val_size: int = option(0, "training images held out for validation: the last val_size/100 of each class "
+                              "(0 = none)", range=NON_NEGATIVE)
     # --- optimization ---
-    epochs: int = 100
-    batch_size: int = 1024              # images per training step
-    eval_batch_size: int = 1024         # images per evaluation step (no gradients, so it can be larger)
-    optimizer: str = "adam"
-    lr: float = 1e-4                    # peak learning rate (after warmup)
-    momentum: float = 0.9               # SGD momentum; Adam/AdamW beta1
-    nesterov: bool = False              # SGD only
-    weight_decay: float = 0.0           # L2 (SGD, Adam) or decoupled (AdamW) weight decay
-    wd_exclude_norm_bias: bool = False  # no weight decay on BN weights and biases or on any bias (1-D parameters)
-    schedule: str = "constant"          # LR shape after warmup; stepped every batch
-    warmup_epochs: float = 0.0          # linear warmup from 0 to `lr`, in epochs (fractions allowed)
-    label_smoothing: float = 0.0        # 0..1, passed to cross_entropy
-    ema_decay: float = 0.0              # per-step decay of an exponential moving average of the weights, which is then
-                                        # the model evaluated and checkpointed beside the raw one (0 = off; e.g. 0.999)
-    tta_flip: bool = False              # evaluate on each image and its mirror image, averaging the logits
+    epochs: int = option(100, "passes over the training set", range=POSITIVE)
+    batch_size: int = option(1024, "images per training step", range=POSITIVE)
+    eval_batch_size: int = option(1024, "images per evaluation step (no gradients, so it can be larger)",
+                                  range=POSITIVE)
+    optimizer: str = option("adam", "optimizer", choices=("adam", "adamw", "sgd"))
+    lr: float = option(1e-4, "peak learning rate (after warmup)", range=POSITIVE)
+    momentum: float = option(0.9, "SGD momentum; Adam/AdamW beta1", range=FRACTION_BELOW_1)
+    nesterov: bool = option(False, "Nesterov momentum (SGD only)")
+    weight_decay: float = option(0.0, "L2 (SGD, Adam) or decoupled (AdamW) weight decay", range=NON_NEGATIVE)
+    wd_exclude_norm_bias: bool = option(False, "no weight decay on BN weights and biases or on any bias "
+                                               "(1-D parameters)")
+    schedule: str = option("constant", "LR shape after warmup, stepped every batch: constant, cosine to 0, or "
+                                       "onecycle (linear to 0)", choices=("constant", "cosine", "onecycle"))
+    warmup: float = option(0.0, "fraction of the run's steps spent in linear warmup from 0 to lr (0 = none; "
+                                "0.15 = the first 15%)", range=FRACTION)
+    label_smoothing: float = option(0.0, "label smoothing passed to cross_entropy", range=FRACTION_BELOW_1)
+    ema_decay: float = option(0.0, "per-step decay of an exponential moving average of the weights, which is then "
+                                   "evaluated and checkpointed beside the raw model (0 = off; e.g. 0.999)",
+                              range=FRACTION_BELOW_1)
+    tta_flip: bool = option(False, "evaluate on each image and its mirror image, averaging the logits")
     # --- execution ---
-    device: str = "auto"                # auto picks cuda > npu > mps > cpu
-    precision: str = "fp32"             # autocast dtype; "auto" = bf16 where supported, else fp16 on GPU, fp32 on CPU
-    channels_last: bool = False         # NHWC memory format (faster convolutions on tensor cores)
-    compile: bool = False               # torch.compile the model
-    compile_warmup: bool = True         # compiled models: run the train/eval steps once per batch shape before epoch 1,
-                                        # then restore model and optimizer, so compile time stays out of epoch timings
-    optimizer_impl: str = "auto"        # "fused" kernels, "foreach" (multi-tensor) or "forloop"; auto = fused on CUDA
-    cudnn_benchmark: bool = True        # CUDA only: let cuDNN time its convolution algorithms for each input shape
-    seed: int = 0
-    log_every: int = 10                 # steps between live-loss updates of the progress bar (each one syncs the device)
-    progress: bool = True               # per-epoch progress bar
+    device: str = option("auto", "where to run; auto picks " + " > ".join((*ACCELERATORS, "cpu")), choices=DEVICES)
+    precision: str = option("fp32", "autocast dtype; auto = bf16 where supported, else fp16 on GPU, fp32 on CPU",
+                            choices=PRECISIONS)
+    channels_last: bool = option(False, "NHWC memory format (faster convolutions on tensor cores)")
+    compile: bool = option(False, "torch.compile the model")
+    compile_warmup: bool = option(True, "compiled models: run the train/eval steps once per batch shape before "
+                                        "epoch 1, then restore model and optimizer, so compile time stays out of "
+                                        "epoch timings")
+    optimizer_impl: str = option("auto", "optimizer kernels: fused, foreach (multi-tensor) or forloop; auto = fused "
+                                         "on CUDA", choices=OPTIMIZER_IMPLS)
+    cudnn_benchmark: bool = option(True, "CUDA only: let cuDNN time its convolution algorithms for each input shape")
+    seed: int = option(0, "random seed for weights, data order and augmentation", range=NON_NEGATIVE)
+    log_every: int = option(10, "steps between live-loss updates of the progress bar (each one syncs the device)",
+                            range=POSITIVE)
+    progress: bool = option(True, "per-epoch progress bar")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +149,29 @@ class Config:
     def resolved_data_root(self) -> Path:
         return resolve_data_root(self.data_root)
 
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What `option(...)` declared for one Config field, with its Python type."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    range: Range | None
+    metavar: str | None
+
+
+def _field_specs() -> dict[str, FieldSpec]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["choices"],
+                              f.metadata["range"], f.metadata["metavar"]) for f in fields(Config)}
+
+
+FIELDS: dict[str, FieldSpec] = _field_specs()
+# Keys of older config files and what they became (see `_upgrade`).
+RENAMED = {"warmup_epochs": "warmup"}
 
 # A preset: a one-line description and the fields it changes from the defaults above.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -127,9 +205,9 @@ _derive("+crop-flip", "+norm-shuffle", "+ random crop with 4-pixel zero padding 
 _derive("+cifar-stem", "+crop-flip", "+ the CIFAR ResNet-18: padded 3x3 stem without max-pool (32x32 feature maps "
         "in stage 1), BN in the projection shortcuts", model="cifar_resnet18")
 _derive("+sgd-onecycle", "+cifar-stem", "+ SGD with Nesterov momentum 0.9 and weight decay 5e-4, batch 256 with lr 0.2 "
-        "(0.1 per 128 images), linear warmup for 15% of the epochs then linear decay to 0",
+        "(0.1 per 128 images), linear warmup for the first 15% of the steps then linear decay to 0",
         optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=256, lr=0.2,
-        schedule="onecycle", warmup_epochs=15.0)
+        schedule="onecycle", warmup=0.15)
 _derive("+no-bn-decay", "+sgd-onecycle", "+ no weight decay on BN parameters and biases", wd_exclude_norm_bias=True)
 _derive("+label-smoothing", "+no-bn-decay", "+ label smoothing 0.1", label_smoothing=0.1)
 _derive("+zero-init", "+label-smoothing", "+ zero-initialized last BN in every residual block", zero_init_last_bn=True)
@@ -150,21 +228,19 @@ _derive("alt-autoaugment", "+cutmix", "+ AutoAugment's CIFAR-10 policy, an alter
 _derive("alt-dropout", "+zero-init", "+ dropout 0.2 before the classifier", rung=False, dropout=0.2)
 # The two end points. Their accuracy figures in the docs are TARGETS until measured on the full data set.
 _derive("fast", "+tta-flip", "without CutMix and TrivialAugment (too strong for 30 epochs), batch 512 with lr 0.4, "
-        "30 epochs (warmup 4.5), bf16 autocast where supported, channels_last; target >= 75% top-1 on an H100",
-        rung=False, mix="none", policy="none", batch_size=512, lr=0.4, epochs=30, warmup_epochs=4.5,
+        "30 epochs, bf16 autocast where supported, channels_last; target >= 75% top-1 on an H100",
+        rung=False, mix="none", policy="none", batch_size=512, lr=0.4, epochs=30,
         precision="auto", channels_last=True)
-_derive("best", "+tta-flip", "for 200 epochs (warmup 30), bf16 autocast where supported, channels_last, policy ops "
+_derive("best", "+tta-flip", "for 200 epochs, bf16 autocast where supported, channels_last, policy ops "
         "shared by groups of 16 images; target >= 80% top-1, mean of 3 seeds", rung=False,
-        epochs=200, warmup_epochs=30.0, precision="auto", channels_last=True, policy_group=16)
+        epochs=200, precision="auto", channels_last=True, policy_group=16)
 LADDER += ["fast", "best"]
 
 
-def _field_types() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in fields(Config)}
-
+# ---------------------------------------------------------------------------- text and typed values
 
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
 def parse_bool(text: str) -> bool | None:
@@ -173,29 +249,101 @@ def parse_bool(text: str) -> bool | None:
     return True if low in TRUE_WORDS else False if low in FALSE_WORDS else None
 
 
-def parse_value(key: str, text: str) -> Any:
-    """Convert the string `text` to the type of Config field `key`."""
-    types = _field_types()
-    if key not in types:
-        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
-    kind = types[key]
+def parse_text(text: str, kind: type, what: str) -> Any:
+    """`text` as a bool, int, float (finite) or str; ConfigError naming `what` otherwise.
+
+    The one text-to-value rule of the project: `--set`, generated options, ablation pairs and `report -p`."""
     if kind is bool:
         value = parse_bool(text)
         if value is None:
-            raise ConfigError(f"{key} must be true or false, got {text!r}")
+            raise ConfigError(f"{what} must be true or false ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), "
+                              f"got {text!r}")
         return value
+    if kind is str:
+        return text
     try:
-        return kind(text)
+        value = kind(text.strip())
     except ValueError:
-        raise ConfigError(f"{key} must be {kind.__name__}, got {text!r}") from None
-
-
-def _check_type(key: str, value: Any, kind: type) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{what} must be {KIND_NAMES[kind]}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {text!r}")
     return value
+
+
+def _unknown_key(key: str) -> ConfigError:
+    return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(FIELDS))}")
+
+
+def check_value(key: str, value: Any) -> Any:
+    """`value` for field `key`, of the field's type (text is parsed, an int is taken for a float),
+    within its choices and range; ConfigError naming the field otherwise. Cross-field rules: `validate`."""
+    spec = FIELDS.get(key)
+    if spec is None:
+        raise _unknown_key(key)
+    if isinstance(value, str) and spec.type is not str:
+        value = parse_text(value, spec.type, key)
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {KIND_NAMES[spec.type]}, got {value!r}")
+    if spec.type is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ConfigError(f"{key} must be one of {', '.join(spec.choices)}, got {value!r}")
+    if spec.range and value not in spec.range:
+        raise ConfigError(f"{key} must be {spec.range.text()}, got {value!r}")
+    return value
+
+
+def parse_value(key: str, text: str) -> Any:
+    """The text `text` as a value of Config field `key` (type, choices and range checked)."""
+    if key not in FIELDS:
+        raise _unknown_key(key)
+    return check_value(key, parse_text(text, FIELDS[key].type, key))
+
+
+def parse_pairs(pairs: Iterable[str], what: str = "--set") -> dict[str, Any]:
+    """["key=value", ...] -> {key: typed value}, each checked by `parse_value`; later pairs win."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{what} expects key=value, got {pair!r}")
+        key, text = (s.strip() for s in pair.split("=", 1))
+        values[key] = parse_value(key, text) if key not in RENAMED else text
+    return values
+
+
+# ---------------------------------------------------------------------------- building configs
+
+def _upgrade(values: dict[str, Any], base: Config) -> dict[str, Any]:
+    """Convert keys of older config files: `warmup_epochs` (absolute) becomes `warmup` (a fraction of
+    the run), with a one-line note."""
+    if "warmup_epochs" not in values:
+        return values
+    values = dict(values)
+    old = values.pop("warmup_epochs")
+    if isinstance(old, str):
+        old = parse_text(old, float, "warmup_epochs")
+    if isinstance(old, bool) or not isinstance(old, (int, float)) or not math.isfinite(old) or old < 0:
+        raise ConfigError(f"warmup_epochs must be a finite number >= 0, got {old!r}")
+    if "warmup" in values:
+        raise ConfigError("give warmup (a fraction of the run) or the older warmup_epochs, not both")
+    epochs = check_value("epochs", values.get("epochs", base.epochs))
+    values["warmup"] = old / epochs
+    warnings.warn(f"warmup_epochs={old:g} is an older key: read as warmup={values['warmup']:g} "
+                  f"(a fraction of the {epochs} epochs); write warmup from now on", stacklevel=3)
+    return values
+
+
+def with_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of `cfg` with `values` (field -> value, typed or text) applied, checked and validated.
+
+    The one way into a Config: presets, config files, command-line options, `--set`, ablation budgets."""
+    values = _upgrade(values, cfg)
+    checked = {key: check_value(key, value) for key, value in values.items()}
+    new = dataclasses.replace(cfg, **checked)
+    validate(new)
+    return new
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> Config:
@@ -206,91 +354,52 @@ def make_config(preset: str | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"unknown preset {preset!r}; run 'python -m cvlab presets' to list them")
         values.update(PRESETS[preset][1], preset=preset)
     values.update(overrides)
-    return from_dict(values)
+    return with_overrides(Config(), values)
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    types = _field_types()
-    unknown = sorted(set(values) - set(types))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(types))}")
-    checked = {k: _check_type(k, v, types[k]) for k, v in values.items()}
-    cfg = Config(**checked)
-    validate(cfg)
-    return cfg
+    """The defaults with `values` applied (a saved config.json, a config file)."""
+    return with_overrides(Config(), values)
 
 
-def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+def apply_overrides(cfg: Config, pairs: Iterable[str]) -> Config:
     """Apply `key=value` strings (from `--set`) to a copy of `cfg`."""
-    values = cfg.to_dict()
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, text = pair.split("=", 1)
-        values[key.strip()] = parse_value(key.strip(), text)
-    return from_dict(values)
+    return with_overrides(cfg, parse_pairs(pairs))
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first impossible value."""
+    """Raise ConfigError naming the first impossible value: each field's type, choices, range and
+    finiteness (see `option`), the model name, then the rules that involve two fields."""
     from .models import MODELS  # local import: models does not depend on config
 
-    for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key in FIELDS:
+        check_value(key, getattr(cfg, key))
     if cfg.model not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; choose from {', '.join(MODELS)}")
-    positive = ("epochs", "batch_size", "eval_batch_size", "num_classes", "log_every",
-                "synthetic_train", "synthetic_test")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.policy_group <= 0:
-        raise ConfigError(f"policy_group must be positive, got {cfg.policy_group}")
-    for key in ("subset", "test_subset", "crop_padding", "weight_decay", "warmup_epochs", "seed", "cutout",
-                "val_size"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
         raise ConfigError("nesterov needs optimizer=sgd with momentum > 0")
     if cfg.subset and cfg.subset_balanced and cfg.subset < cfg.num_classes:
         raise ConfigError(f"a class-balanced subset needs at least {cfg.num_classes} images, got {cfg.subset}")
-    if cfg.cutout > 32:
-        raise ConfigError(f"cutout must be at most 32 pixels (the image side), got {cfg.cutout}")
-    if not cfg.mix_alpha > 0:
-        raise ConfigError(f"mix_alpha must be positive, got {cfg.mix_alpha}")
-    for key in ("mix_prob",):
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("dropout", "ema_decay"):
-        if not 0 <= getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
     if cfg.val_size and cfg.val_size < cfg.num_classes:
         raise ConfigError(f"a class-balanced validation split needs at least {cfg.num_classes} images, "
                           f"got val_size={cfg.val_size}")
-    if cfg.crop_padding > 16:
-        raise ConfigError(f"crop_padding must be at most 16 pixels, got {cfg.crop_padding}")
 
+
+# ---------------------------------------------------------------------------- files
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a config from JSON or YAML (by extension)."""
+    """Read a config from JSON or YAML (by extension): the defaults with the file's keys applied."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -298,7 +407,8 @@ def load_config(path: str | Path) -> Config:
         else:
             values = json.loads(text)
     except Exception as exc:  # yaml and json raise different error types
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        first = " ".join(str(exc).split())  # yaml's messages span several lines
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {first}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys")
     return from_dict(values)

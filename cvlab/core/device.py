@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 
+from .config import ACCELERATORS
 from .errors import UsageError
 
 
@@ -33,9 +34,10 @@ def _available(kind: str) -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks the first available of cuda, npu, mps, cpu; an explicit name must exist."""
+    """'auto' picks the first available of ACCELERATORS (cuda, npu, mps), else the cpu; an explicit
+    name must exist."""
     if name == "auto":
-        for kind in ("cuda", "npu", "mps"):
+        for kind in ACCELERATORS:
             if _available(kind):
                 return torch.device(kind)
         return torch.device("cpu")

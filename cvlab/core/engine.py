@@ -97,7 +97,8 @@ class LRShape:
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    shape = LRShape(cfg.schedule, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    total_steps = cfg.epochs * steps_per_epoch
+    shape = LRShape(cfg.schedule, total_steps, round(cfg.warmup * total_steps))  # warmup: a fraction of the run
     return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
 

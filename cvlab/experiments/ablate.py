@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..core.config import LADDER, PARENT, PRESETS, Config, from_dict, make_config, parse_value
-from ..core.errors import ConfigError, RunDirError, UsageError
+from ..core.config import LADDER, PARENT, Config, from_dict, make_config, parse_pairs, with_overrides
+from ..core.errors import RunDirError, UsageError
 from ..core.runs import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_run
 
 LADDER_CSV, LADDER_MD, RUNS_CSV = "ladder.csv", "ladder.md", "runs.csv"
@@ -74,28 +74,10 @@ class Ablation:
 
 # ---------------------------------------------------------------------------- planning
 
-def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
-    """["key=value", ...] -> {key: typed value}, checked against Config."""
-    values = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, text = pair.split("=", 1)
-        values[key.strip()] = parse_value(key.strip(), text)
-    return values
-
-
 def budget_config(preset: str, budget: Budget, overrides: dict[str, Any] | None = None, seed: int = 0) -> Config:
-    """The preset, then the budget's overrides, then `overrides`, with `seed`. When the epochs change,
-    the warmup keeps its share of the schedule unless it is overridden too."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; run 'python -m cvlab presets' to list them")
-    base = make_config(preset)
-    changes = {**budget.overrides, **(overrides or {}), "seed": seed}
-    values = {**base.to_dict(), **changes}
-    if "epochs" in changes and "warmup_epochs" not in changes:
-        values["warmup_epochs"] = base.warmup_epochs * values["epochs"] / base.epochs
-    return from_dict(values)
+    """The preset, then the budget's overrides, then `overrides`, with `seed`. The warmup is a fraction
+    of the run, so it keeps its share of the schedule when the budget changes the epochs."""
+    return with_overrides(make_config(preset), {**budget.overrides, **(overrides or {}), "seed": seed})
 
 
 def comparable(cfg: Config) -> dict:

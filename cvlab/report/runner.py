@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..core.config import parse_bool
-from ..core.errors import UsageError
+from ..core.config import FIELDS, parse_text, parse_value
+from ..core.errors import ConfigError, UsageError
 from ..core.paths import REPO_ROOT
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -115,26 +115,18 @@ def read_parameters(path: Path) -> dict[str, Any]:
 
 
 def coerce(key: str, text: str, default: Any) -> Any:
-    """Convert a `-p` value to the type of the parameter's default (str stays as typed)."""
+    """Convert a `-p` value with the rules of a config's `--set`: a parameter named after a Config
+    field (EPOCHS -> epochs) is parsed as that field (type, choices, range); any other bool, int,
+    float or str parameter takes the type of its default (config.parse_text); the rest is read as YAML."""
     import yaml
 
-    if isinstance(default, bool):
-        value = parse_bool(text)
-        if value is None:
-            raise UsageError(f"-p {key}: expected true or false, got {text!r}")
-        return value
-    if isinstance(default, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"-p {key}: expected an integer, got {text!r}") from None
-    if isinstance(default, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise UsageError(f"-p {key}: expected a number, got {text!r}") from None
-    if isinstance(default, str):
-        return text
+    try:
+        if key.lower() in FIELDS and isinstance(default, FIELDS[key.lower()].type):
+            return parse_value(key.lower(), text)
+        if isinstance(default, (bool, int, float, str)):
+            return parse_text(text, type(default), key)
+    except ConfigError as exc:
+        raise UsageError(f"-p {key}: {exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
