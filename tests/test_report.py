@@ -295,18 +295,19 @@ def test_pdf_export_with_chromium(smoke, tmp_path):
 def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    path = _notebook(folder / "01_fails.ipynb", "EPOCHS = 2")
+    path = _notebook(folder / "01_fails.ipynb", "STEPS = 2")
     nb = nbformat.read(str(path), as_version=4)
     nb.cells += [nbformat.v4.new_code_cell("print('setup')"),
-                 nbformat.v4.new_code_cell("if EPOCHS <= 0:\n    raise ValueError(f'EPOCHS must be positive, got {EPOCHS}')"),
+                 nbformat.v4.new_code_cell("if STEPS <= 0:\n    raise ValueError(f'STEPS must be positive, got {STEPS}')"),
                  nbformat.v4.new_code_cell("print('never reached')")]
     nbformat.write(nb, str(path))
-    done = _report(tmp_path, "--profile", "smoke", "-p", "EPOCHS", "-1")
+    # STEPS is not a Config field: only the notebook itself can refuse -1 (EPOCHS -1 is refused before running)
+    done = _report(tmp_path, "--profile", "smoke", "-p", "STEPS", "-1")
     assert done.returncode == 1
     err = done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr and err.startswith("cvlab: error: "), done.stderr
     assert "01_fails.ipynb failed in cell In [4]" in err  # parameters, injected parameters, setup, then this
-    assert "ValueError: EPOCHS must be positive, got -1" in err
+    assert "ValueError: STEPS must be positive, got -1" in err
     partial = nbformat.read(str(tmp_path / "reports" / "smoke" / "01_fails.ipynb"), as_version=4)
     assert [c.execution_count for c in partial.cells if c.cell_type == "code"][-1] is None  # kept, stopped there
     manifest = json.loads((tmp_path / "reports" / "smoke" / "report.json").read_text(encoding="utf-8"))
