@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _PUBLIC = {
     "Config": "cvlab.core.config", "make_config": "cvlab.core.config", "load_config": "cvlab.core.config",
-    "PRESETS": "cvlab.core.config",
+    "PRESETS": "cvlab.core.config", "with_overrides": "cvlab.core.config",
     "fit": "cvlab.core.engine", "build_trainer": "cvlab.core.engine",
     "load_run": "cvlab.core.runs", "load_runs": "cvlab.core.runs",
     "build_model": "cvlab.core.models", "load_cifar100": "cvlab.core.data",
