@@ -175,3 +175,13 @@ def test_fast_preset_runs_one_epoch(tmp_path, capsys):
     import json
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (saved["preset"], saved["epochs"], saved["warmup"]) == ("fast", 1, 0.15)
+
+
+def test_device_names_are_listed_once():
+    """Every --device option offers config.DEVICES (the tuple cvlab.core.device resolves)."""
+    from cvlab.core.config import DEVICES
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    offered = {name: a.choices for name, p in commands.items() for a in p._actions if a.dest == "device"}
+    assert {"train", "ablate", "bench"} <= set(offered)
+    assert all(tuple(c) == DEVICES for c in offered.values()), offered

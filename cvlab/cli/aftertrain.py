@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..core.config import DEVICES
 from .common import positive_int
 
 WEIGHTS_HELP = ("last: last.pt as the run evaluated it (its EMA when it kept one; reproduces metrics.json's final "
@@ -103,7 +104,7 @@ def register_evaluate(sub) -> None:
                    help="also fine-class and superclass accuracy for each of the 20 superclasses")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': print only the JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing --json FILE")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -141,7 +142,7 @@ def register_predict(sub) -> None:
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
     p.add_argument("--grid", metavar="FILE", help="save a PNG of the images with their top prediction")
     p.add_argument("--force", action="store_true", help="replace an existing --grid FILE")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "npu", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_predict)
 
 
