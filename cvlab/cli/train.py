@@ -13,8 +13,8 @@ from .common import add_config_options, add_data_options, add_set_option, explic
 
 # ---------------------------------------------------------------------------- train
 
-# The options every training command has, in this order at the top of `train --help`; the other
-# Config fields follow in the order of the dataclass.
+# The fields whose options README lists, first in `train --help`; the other Config fields follow
+# in the order of the dataclass.
 MAIN_FIELDS = ("epochs", "batch_size", "lr", "device", "subset", "seed", "data_root", "synthetic", "progress")
 
 
