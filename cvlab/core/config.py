@@ -330,8 +330,8 @@ def _upgrade(values: dict[str, Any], base: Config) -> dict[str, Any]:
         raise ConfigError("give warmup (a fraction of the run) or the older warmup_epochs, not both")
     epochs = check_value("epochs", values.get("epochs", base.epochs))
     values["warmup"] = old / epochs
-    warnings.warn(f"warmup_epochs={old:g} is an older key: read as warmup={values['warmup']:g} "
-                  f"(a fraction of the {epochs} epochs); write warmup from now on", stacklevel=3)
+    warnings.warn(f"older config key warmup_epochs={old:g} read as warmup={values['warmup']:g} "
+                  f"(the same share of the run's {epochs} epochs)", stacklevel=3)
     return values
 
 
