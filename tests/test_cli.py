@@ -100,7 +100,9 @@ def test_train_help_lists_every_config_field(capsys):
                        "{auto,cpu,cuda,npu,mps}", "{adam,adamw,sgd}", "(default: 1024)"):
         assert documented in out, documented
     code, out, _ = run_main(capsys, "presets", "--fields")
-    assert code == 0 and len(out.strip().splitlines()) == len(FIELDS) and "sgd" in out
+    lines = [line for line in out.strip().splitlines() if not line.startswith("# ")]  # "# data": a section
+    assert code == 0 and [line.split()[0] for line in lines] == list(FIELDS) and "sgd" in out
+    assert {spec.section for spec in FIELDS.values()} == {"run", "model", "data", "optimization", "execution"}
 
 
 def test_only_the_options_given_override_the_preset():

@@ -26,10 +26,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help=f"start from a preset: {', '.join(PRESETS)} (default: handout; see 'python -m cvlab presets')")
     p.add_argument("--config", metavar="FILE", help="start from a JSON/YAML config file instead of a preset")
     handout = make_config("handout")
-    main = p.add_argument_group("main options (override the preset or --config file; defaults: the handout preset)")
+    main = p.add_argument_group("main options (these and the config options below override the preset or "
+                                "--config file; defaults shown: the handout preset's)")
     add_config_options(main, MAIN_FIELDS, handout)
-    rest = p.add_argument_group("every other config field (same rules; also settable with --set KEY=VALUE)")
-    add_config_options(rest, [n for n in FIELDS if n not in MAIN_FIELDS and n != "preset"], handout)
+    others = [s for s in FIELDS.values() if s.name not in MAIN_FIELDS and s.name != "preset"]
+    for section in dict.fromkeys(s.section for s in others):
+        group = p.add_argument_group(f"{section} options")
+        add_config_options(group, [s.name for s in others if s.section == section], handout)
     add_set_option(p)
 
 
@@ -72,6 +75,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
     if args.fields:
         for spec in FIELDS.values():
+            if spec.name == next(s for s in FIELDS.values() if s.section == spec.section).name:
+                print(f"# {spec.section}")
             allowed = "|".join(spec.choices) if spec.choices else spec.range.text() if spec.range else ""
             print(f"{spec.name:<20} {spec.type.__name__:<5} default {spec.default!r:<20} {allowed:<14} {spec.help}")
         return 0

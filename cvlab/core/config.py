@@ -60,25 +60,26 @@ FRACTION, FRACTION_BELOW_1 = Range(0, 1), Range(0, 1, high_open=True)
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, range: Range | None = None,
-           metavar: str | None = None) -> Any:
-    """A Config field: its default, help text (with the unit), and its allowed values when limited."""
-    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "metavar": metavar})
+           metavar: str | None = None, section: str | None = None) -> Any:
+    """A Config field: its default, help text (with the unit), its allowed values when limited, and the
+    section it opens (model, data, ...; the fields after it belong to it until the next one opens)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "metavar": metavar,
+                                            "section": section})
 
 
 @dataclass
 class Config:
     """Everything that defines a training run: one `option(default, help, ...)` per field."""
 
-    preset: str = option("custom", "name of the preset this config started from")
-    # --- model ---
-    model: str = option("handout_resnet18", "model name, see 'python -m cvlab models'", metavar="NAME")
+    preset: str = option("custom", "name of the preset this config started from", section="run")
+    model: str = option("handout_resnet18", "model name, see 'python -m cvlab models'", metavar="NAME",
+                        section="model")
     num_classes: int = option(100, "number of output classes", range=POSITIVE)
     zero_init_last_bn: bool = option(False, "start each residual branch's last BN at gamma = 0, so every block "
                                             "starts as the identity")
     dropout: float = option(0.0, "dropout probability before the classifier (0 = none)", range=FRACTION_BELOW_1)
-    # --- data ---
     data_root: str = option("", "folder holding cifar-100-python/ or cifar-100-python.tar.gz "
-                                "(empty: $CVLAB_DATA, else the repository's data/)", metavar="DIR")
+                                "(empty: $CVLAB_DATA, else the repository's data/)", metavar="DIR", section="data")
     download: bool = option(True, "fetch the official archive when the data root has none")
     subset: int = option(0, "train on N images: the first N/100 of each class, original order "
                             "(see subset_balanced; 0 = all 50,000)", range=NON_NEGATIVE)
@@ -105,8 +106,7 @@ class Config:
     mix_prob: float = option(1.0, "probability that a batch is mixed", range=FRACTION)
     val_size: int = option(0, "training images held out for validation: the last val_size/100 of each class "
                               "(0 = none)", range=NON_NEGATIVE)
-    # --- optimization ---
-    epochs: int = option(100, "passes over the training set", range=POSITIVE)
+    epochs: int = option(100, "passes over the training set", range=POSITIVE, section="optimization")
     batch_size: int = option(1024, "images per training step", range=POSITIVE)
     eval_batch_size: int = option(1024, "images per evaluation step (no gradients, so it can be larger)",
                                   range=POSITIVE)
@@ -126,8 +126,8 @@ class Config:
                                    "evaluated and checkpointed beside the raw model (0 = off; e.g. 0.999)",
                               range=FRACTION_BELOW_1)
     tta_flip: bool = option(False, "evaluate on each image and its mirror image, averaging the logits")
-    # --- execution ---
-    device: str = option("auto", "where to run; auto picks " + " > ".join((*ACCELERATORS, "cpu")), choices=DEVICES)
+    device: str = option("auto", "where to run; auto picks " + " > ".join((*ACCELERATORS, "cpu")), choices=DEVICES,
+                         section="execution")
     precision: str = option("fp32", "autocast dtype; auto = bf16 where supported, else fp16 on GPU, fp32 on CPU",
                             choices=PRECISIONS)
     channels_last: bool = option(False, "NHWC memory format (faster convolutions on tensor cores)")
@@ -161,12 +161,16 @@ class FieldSpec:
     choices: tuple[str, ...] | None
     range: Range | None
     metavar: str | None
+    section: str
 
 
 def _field_specs() -> dict[str, FieldSpec]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["choices"],
-                              f.metadata["range"], f.metadata["metavar"]) for f in fields(Config)}
+    hints, specs, section = typing.get_type_hints(Config), {}, ""
+    for f in fields(Config):
+        section = f.metadata["section"] or section
+        specs[f.name] = FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["choices"],
+                                  f.metadata["range"], f.metadata["metavar"], section)
+    return specs
 
 
 FIELDS: dict[str, FieldSpec] = _field_specs()
