@@ -89,7 +89,7 @@ def test_resume_with_ema_mixing_policy_and_validation_repeats_history(tmp_path):
     assert best["selected_by"] == "val_acc" and best["val_acc"] == h["val_acc"].max()
     assert best["test_acc"] == h.loc[h["val_acc"].idxmax(), "test_acc"]
     assert whole.metrics["evaluated_weights"] == "ema" and whole.metrics["dataset"]["n_val"] == 100
-    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     assert state["ema"]["updates"] == 2 * 4  # 100 images / batch 25, two epochs
     # the checkpointed EMA, re-evaluated, gives the logged final test figures
     pred = predict_run(tmp_path / "whole", device="cpu")

@@ -106,7 +106,7 @@ def test_a_crafted_checkpoint_never_runs_code(runs, tmp_path, capsys):
     marker = tmp_path / "pwned"
     torch.save({"model": _Payload(marker), "config": {}}, run / "last.pt")
     code, _, err = cli(capsys, "evaluate", run, "--device", "cpu")
-    one_error_line(code, err, "cannot load")
+    one_error_line(code, err, "refusing to load")
     assert not marker.exists()
 
 

@@ -7,8 +7,9 @@
     python -m cvlab data check --data-root ./data
     python -m cvlab presets
 
-Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 1 anything unexpected;
-130 interrupted (the run directory stays valid and can be resumed).
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 3 training diverged (a non-finite
+loss; the run directory keeps its last good epoch); 1 anything unexpected; 130 interrupted (the run
+directory stays valid and can be resumed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import argparse
 import sys
 import warnings
 
-from ..core.errors import UsageError
+from ..core.errors import Diverged, UsageError
 from . import ablate, aftertrain, bench, report, train
 from .common import Parser
 
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return 2
+    except Diverged as exc:
+        sys.stderr.write(f"cvlab: error: {exc}\n")
+        return Diverged.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("cvlab: interrupted\n")
         return 130

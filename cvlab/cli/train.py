@@ -47,13 +47,30 @@ def config_from_args(args: argparse.Namespace):
     return with_overrides(cfg, explicit_overrides(args))
 
 
+def resume_config_from_args(args: argparse.Namespace):
+    """The run's own config.json with the options given explicitly; fit checks which of them a
+    resumption may change (where it runs; the epochs of a constant-schedule run)."""
+    from ..core.config import with_overrides
+    from ..core.runs import RunDir
+
+    if args.config or args.preset:
+        raise UsageError("--resume continues the run with its own config.json; drop --preset/--config")
+    return with_overrides(RunDir(args.out).config(), explicit_overrides(args))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core.engine import fit
 
-    cfg = config_from_args(args)
-    if args.resume and not args.out:
-        raise UsageError("--resume needs --out DIR, the run directory to continue")
-    out = args.out or str(Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out DIR, the run directory to continue")
+        from ..core.runs import RunDir
+        RunDir(args.out).check_start(resume=True)
+        cfg = resume_config_from_args(args)
+        out = args.out
+    else:
+        cfg = config_from_args(args)
+        out = args.out or str(Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = fit(cfg, out, resume=args.resume)
     print(f"run directory: {run_dir}")
     return 0
@@ -64,7 +81,9 @@ def register_train(sub) -> None:
                        description="Train one run. Without options: the handout's experiment, exactly.")
     add_run_options(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-s<seed>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its own config.json; options given with it may change only "
+                        "where it runs, or extend a constant-schedule run (--epochs N)")
     p.set_defaults(func=cmd_train)
 
 

@@ -157,7 +157,14 @@ def _split_from_entry(entry: object, split: str, source: str, expected: int | No
     labels = {}
     for key, classes in (("fine_labels", NUM_FINE), ("coarse_labels", NUM_COARSE)):
         try:
-            values = np.asarray(entry[key], dtype=np.int64)
+            raw = np.asarray(entry[key])
+            if raw.dtype.kind == "f":  # e.g. 3.5 would otherwise be truncated to 3 without a word
+                fractional = raw[~np.isfinite(raw) | (raw != np.round(raw))]
+                if fractional.size:
+                    raise DataError(f"{source}: '{key}' holds {fractional.flat[0]}, not an integer class index")
+            elif raw.dtype.kind not in "iu":
+                raise ValueError(raw.dtype)
+            values = raw.astype(np.int64)
         except (TypeError, ValueError):
             raise DataError(f"{source}: '{key}' must be a list of integers") from None
         if values.shape != (n,):
@@ -217,6 +224,17 @@ def md5_of(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def check_data_root(root: Path) -> None:
+    """Refuse (one line) a data root that is a file, or lies under one: it can hold no data set."""
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == root else f"lies under {folder}, which is a file"
+                raise DataError(f"data root {root} {what}, not a folder; give the folder that holds {FOLDER}/ "
+                                f"or {ARCHIVE}")
+            return
+
+
 def load_cifar100(root: str | Path, download: bool = False, check_md5: bool = True,
                   expected_sizes: dict[str, int] | None = SPLIT_SIZES) -> Cifar100:
     """Read CIFAR-100 from `root` (folder or archive), downloading it first when allowed.
@@ -224,6 +242,7 @@ def load_cifar100(root: str | Path, download: bool = False, check_md5: bool = Tr
     MD5 mismatches only warn: copies re-packed from other sources are structurally valid.
     """
     root = Path(root)
+    check_data_root(root)
     found = locate(root)
     if found is None:
         if not download:
@@ -274,6 +293,14 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
 
 # ---------------------------------------------------------------------------- download
 
+def _partial_note(part: Path) -> str:
+    """What the error says about the partial download: kept when it holds bytes, otherwise removed."""
+    if part.is_file() and part.stat().st_size > 0:
+        return f"partial file kept at {part} and resumed next time; "
+    part.unlink(missing_ok=True)
+    return ""
+
+
 def download_archive(root: str | Path, url: str = URL, expected_md5: str | None = OFFICIAL_MD5[ARCHIVE],
                      timeout: float = 30.0) -> Path:
     """Fetch the archive into `root` with a progress bar, resuming a partial `.part` file.
@@ -284,12 +311,13 @@ def download_archive(root: str | Path, url: str = URL, expected_md5: str | None 
     from tqdm.auto import tqdm
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    check_data_root(root)
     target, part = root / ARCHIVE, root / (ARCHIVE + ".part")
-    have = part.stat().st_size if part.exists() else 0
+    have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            root.mkdir(parents=True, exist_ok=True)  # only once the server answers: a failed start creates nothing
             resumed = have and response.status == 206
             total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
             with open(part, "ab" if resumed else "wb") as out, tqdm(
@@ -300,11 +328,11 @@ def download_archive(root: str | Path, url: str = URL, expected_md5: str | None 
                     bar.update(len(block))
     except urllib.error.HTTPError as exc:
         if not (exc.code == 416 and have):  # 416: the .part file is already complete; verify it below
-            raise DataError(f"download of {url} failed (HTTP {exc.code}); partial file kept at {part}; "
+            raise DataError(f"download of {url} failed (HTTP {exc.code}); {_partial_note(part)}"
                             + MANUAL_HINT.format(url=URL, archive=ARCHIVE, folder=FOLDER, root=root.resolve())) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DataError(f"download of {url} failed ({reason}); partial file kept at {part} and resumed next time; "
+        raise DataError(f"download of {url} failed ({reason}); {_partial_note(part)}"
                         + MANUAL_HINT.format(url=URL, archive=ARCHIVE, folder=FOLDER, root=root.resolve())) from None
     if expected_md5 and file_md5(part) != expected_md5:
         bad = part.with_suffix(".bad")
@@ -427,9 +455,13 @@ def split_validation(split: Split, n: int) -> tuple[Split, Split | None]:
     return split.take(torch.nonzero(keep).flatten()), split.take(val_index)
 
 
-def subset(split: Split, n: int, balanced: bool = True) -> Split:
-    """A subset of `split`: class-balanced (first n/100 per class) or the first n; order kept."""
-    if n <= 0 or n >= len(split):
+def subset(split: Split, n: int, balanced: bool = True, name: str = "subset") -> Split:
+    """A subset of `split`: class-balanced (first n/100 per class) or the first n; order kept.
+    n = 0 (or n = all) keeps the whole split; more images than the split holds is refused."""
+    if n > len(split):
+        raise DataError(f"{name} = {n:,} asks for more images than the {len(split):,} there are; "
+                        f"give at most {len(split):,} (0 = all)")
+    if n <= 0 or n == len(split):
         return split
     index = balanced_indices(split.fine, n) if balanced else torch.arange(n)
     return split.take(index)
@@ -546,6 +578,6 @@ def load_for_config(cfg) -> Cifar100:
     else:
         data = load_cifar100(cfg.resolved_data_root(), download=cfg.download)
     data.train, data.val = split_validation(data.train, cfg.val_size)
-    data.train = subset(data.train, cfg.subset, cfg.subset_balanced)
-    data.test = subset(data.test, cfg.test_subset, cfg.subset_balanced)
+    data.train = subset(data.train, cfg.subset, cfg.subset_balanced, "subset")
+    data.test = subset(data.test, cfg.test_subset, cfg.subset_balanced, "test_subset")
     return data

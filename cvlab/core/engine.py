@@ -27,18 +27,13 @@ from torch import nn
 from .. import __version__
 from . import device as devices
 from .augment import build_augment, build_mix
-from .config import Config, from_dict, save_config
+from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, load_for_config
 from .ema import WeightEMA
-from .errors import RunDirError
+from .errors import Diverged, RunDirError
 from .models import build_model, count_parameters
 from .paths import REPO_ROOT
-from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
-                   write_json)
-
-# Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
-RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile", "compile_warmup",
-                    "optimizer_impl", "cudnn_benchmark"}
+from .runs import RESUMABLE_FIELDS, RunDir, disk_error, select_best, summarize_history  # noqa: F401 (re-exported)
 
 
 # ---------------------------------------------------------------------------- optimizer and schedule
@@ -171,12 +166,16 @@ def _progress(loader, desc: str, enabled: bool):
 
 def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = False, log_every: int = 10,
                     desc: str = "train") -> dict:
-    """One pass of `step` over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds.
+    """One pass of `step` over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds,
+    and `nonfinite_step`: None, or the (1-based) step of the first non-finite loss, where the pass stopped early.
     Metrics stay on the device until the end (one read per epoch, plus one every `log_every` steps with `progress`)."""
     step.model.train()
     loss_sum = torch.zeros((), device=step.device)
     correct = torch.zeros((), device=step.device, dtype=torch.long)
     correct5 = torch.zeros((), device=step.device, dtype=torch.long)
+    # Non-finite losses are tracked on the device (no host sync per step) and read where the loop syncs anyway.
+    finite = torch.ones((), device=step.device, dtype=torch.bool)
+    finite_steps = torch.zeros((), device=step.device, dtype=torch.long)  # steps before the first non-finite loss
     seen = 0
     devices.synchronize(step.device)
     start = time.perf_counter()
@@ -188,12 +187,17 @@ def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = Fals
         correct += (logits.argmax(dim=1) == labels).sum()
         correct5 += _top_k_correct(logits, labels, 5)
         seen += labels.shape[0]
+        finite &= torch.isfinite(loss)
+        finite_steps += finite
         if progress and i % log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if not finite.item():
+                break  # diverged: the rest of the epoch would train on NaN
     devices.synchronize(step.device)
     seconds = time.perf_counter() - start
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen,
-            "images": seen, "seconds": seconds}
+            "images": seen, "seconds": seconds,
+            "nonfinite_step": None if finite.item() else int(finite_steps.item()) + 1}
 
 
 @torch.inference_mode()
@@ -222,18 +226,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states as tensors and plain values (a checkpoint must hold nothing else)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def git_commit() -> str | None:
@@ -391,6 +400,7 @@ def warm_up(t: Trainer) -> float:
 
 
 def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
+    """Everything a resumption needs, as tensors and plain values only (see runs.load_checkpoint)."""
     return {
         "epoch": epoch,
         "model": t.model.state_dict(),
@@ -406,14 +416,39 @@ def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
     }
 
 
+def best_state(t: Trainer, row: dict) -> dict:
+    """best.pt: the weights of the epoch with the highest validation accuracy so far (model and, when the
+    run keeps one, the EMA it was evaluated with), with the config; the same format as last.pt."""
+    return {
+        "epoch": row["epoch"],
+        "model": t.model.state_dict(),
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "config": t.cfg.to_dict(),
+        "selected_by": "val_acc",
+        "val_acc": row["val_acc"],
+        "cvlab_version": __version__,
+    }
+
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "config", "history", "rng", "loader")
+
+
 def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    if t.scaler is not None and state.get("scaler"):
-        t.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    t.train_loader.load_state_dict(state["loader"])
+    """Load a last.pt state into the trainer; (epochs done, history). One line when it is incomplete."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise RunDirError(f"the checkpoint lacks {', '.join(missing)}; it cannot be resumed")
+    try:
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        if t.scaler is not None and state.get("scaler"):
+            t.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        t.train_loader.load_state_dict(state["loader"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first})") from None
     if t.ema is not None:
         if not state.get("ema"):
             raise RunDirError("the checkpoint has no EMA state to resume the weight average from")
@@ -422,25 +457,25 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
 
 
 def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> dict:
-    last = history[-1] if history else {}
-    best = max(history, key=lambda r: r["test_acc"]) if history else {}
-    final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
-    final.update({k: last[k] for k in ("val_loss", "val_acc", "val_top5") if k in last})
+    """metrics.json: status, final and best figures (see runs.summarize_history), time, device, versions."""
+    s = summarize_history(history)
+    final = {k: None for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
+    final.update({k: v for k, v in s["final"].items() if k != "epoch"})
     return {
         "status": status,
-        "epochs_done": len(history),
+        "epochs_done": s["epochs"],
         "epochs_planned": t.cfg.epochs,
         "final": final,
         # The epoch a user should pick: chosen on the validation split only; its test figures are reported, not used.
-        "best": select_best(history),
+        "best": s["best"],
         # For reference only: picking the epoch by test accuracy would overfit the test set.
-        "best_test_acc": best.get("test_acc"),
-        "best_test_acc_epoch": best.get("epoch"),
+        "best_test_acc": s["best_test_acc"],
+        "best_test_acc_epoch": s["best_test_acc_epoch"],
         "evaluated_weights": "ema" if t.ema is not None else "model",
         "tta_flip": t.cfg.tta_flip,
         "total_seconds": round(seconds, 2),
         "compile_warmup_seconds": round(t.warmup_seconds, 2),
-        "mean_images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
+        "mean_images_per_second": s["mean_images_per_second"],
         "device": devices.device_name(t.device),
         "device_type": t.device.type,
         "precision": t.precision,
@@ -452,23 +487,23 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
     }
 
 
-def select_best(history: list[dict]) -> dict | None:
-    """The epoch with the highest validation accuracy (first on ties) and its figures; None without a
-    validation split. The test set never takes part in the choice."""
-    rows = [r for r in history if r.get("val_acc") is not None]
-    if not rows:
-        return None
-    row = max(rows, key=lambda r: r["val_acc"])
-    return {"selected_by": "val_acc", "epoch": row["epoch"], "val_acc": row["val_acc"], "val_loss": row["val_loss"],
-            "test_acc": row["test_acc"], "test_top5": row["test_top5"]}
+class NonFiniteLoss(Exception):
+    """Raised by `run_epoch` when a training loss was NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, steps: int):
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}/{steps}")
+        self.epoch, self.step, self.steps = epoch, step, steps
 
 
 def run_epoch(t: Trainer, epoch: int) -> dict:
-    """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row."""
+    """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row.
+    Raises NonFiniteLoss (before evaluating) when a training loss was not finite."""
     lr = t.optimizer.param_groups[0]["lr"]
     epoch_start = time.perf_counter()
     train = train_one_epoch(t.train_step, t.train_loader, t.cfg.progress, t.cfg.log_every,
                             desc=f"epoch {epoch}/{t.cfg.epochs}")
+    if train.get("nonfinite_step") is not None:
+        raise NonFiniteLoss(epoch, train["nonfinite_step"], len(t.train_loader))
     val = evaluate(t.eval_step, t.val_loader, t.cfg.progress, desc="val") if t.val_loader is not None else None
     test = evaluate(t.eval_step, t.test_loader, t.cfg.progress)
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
@@ -481,63 +516,92 @@ def run_epoch(t: Trainer, epoch: int) -> dict:
 
 
 def resolve_resume_config(run_dir: Path, requested: Config | None) -> Config:
-    """The saved config of `run_dir`, with only RESUMABLE_FIELDS taken from `requested`."""
-    import json
-    saved = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-    if requested is None:
-        return from_dict(saved)
-    changed = {k: v for k, v in requested.to_dict().items()
-               if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v and k != "preset"}
-    if changed:
-        names = ", ".join(f"{k} ({saved[k]!r} -> {v!r})" for k, v in changed.items())
-        raise RunDirError(f"cannot change {names} when resuming {run_dir}; resume with the run's own settings "
-                          "or start a new run")
-    saved.update({k: getattr(requested, k) for k in RESUMABLE_FIELDS})
-    return from_dict(saved)
+    """The saved config of `run_dir`, with only what a resumption may change taken from `requested`
+    (see runs.resume_changes)."""
+    return RunDir(run_dir).resume_config(requested)
 
 
-def fit(cfg: Config, out: str | Path, resume: bool = False,
+def fit(cfg: Config | None, out: str | Path, resume: bool = False,
         on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> Path:
     """Train `cfg` for its epochs, writing the run directory `out` after every epoch.
 
-    With `resume`, continue from `out/last.pt` (its config wins, see RESUMABLE_FIELDS).
-    Ctrl-C (KeyboardInterrupt) leaves the run directory valid up to the last finished epoch.
+    With `resume`, continue from `out/last.pt` (its config.json wins; `cfg` may be None, and may only
+    change what runs.resume_changes allows: where it runs, and the epochs of a constant-schedule run).
+    A run stopped before its first epoch ended starts again from its config.json.
+    Nothing is created before the start is known to be valid (settings, data); one process at a time
+    writes the directory (run.lock). Ctrl-C leaves it valid up to the last finished epoch; a non-finite
+    loss stops training with status "diverged" and raises errors.Diverged.
     """
-    run_dir = prepare_run_dir(out, resume)
+    run = RunDir(out)
+    run.check_start(resume)
     if resume:
-        cfg = resolve_resume_config(run_dir, cfg)
-    t = build_trainer(cfg)
+        cfg = run.resume_config(cfg)
+    elif cfg is None:
+        raise RunDirError("fit needs a config unless it resumes a run")
+    t = build_trainer(cfg)  # loads the data: a start that fails here leaves nothing behind
+    with run.open(resume):
+        return _train(t, run, resume, on_epoch_end, log)
+
+
+def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
+    cfg = t.cfg
     start_epoch, history = 0, []
-    if resume:
-        start_epoch, history = restore(t, torch.load(run_dir / CHECKPOINT, map_location=t.device,
-                                                     weights_only=False))
-        log(f"resuming {run_dir} after epoch {start_epoch}")
-    else:
-        save_config(cfg, run_dir / CONFIG)
+    if resume and run.has_checkpoint("last"):
+        start_epoch, history = restore(t, run.load_checkpoint("last", map_location=t.device))
+        if cfg.epochs < start_epoch:
+            raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
+                              f"{start_epoch} epochs")
+        log(f"resuming {run.path} after epoch {start_epoch}")
+    if not resume or not run.has_checkpoint("last") or run.read_config().get("epochs") != cfg.epochs:
+        # A new run, a restart of one stopped before its first epoch, or an extended run: its config as it now is.
+        saved = run.read_config() if resume else {}
+        run.write_config(cfg if not saved else from_dict({**saved, "epochs": cfg.epochs}))
     log(f"{cfg.preset}: {cfg.model} ({count_parameters(t.model):,} parameters) on {devices.device_name(t.device)}, "
         f"{t.precision}; {t.dataset['n_train']:,} train / {t.dataset['n_test']:,} test images"
-        f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run_dir}")
+        f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run.path}")
     if t.warmup_seconds:
         log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
     log(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
     elapsed = sum(r["epoch_seconds"] for r in history)
+    best = select_best(history)
+    best_val = best["val_acc"] if best else -math.inf
+    resume_hint = f"python -m cvlab train --resume --out {run.path}"
     status = "running"
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             row = run_epoch(t, epoch)
-            history.append(row)
-            elapsed += row["epoch_seconds"]
-            save_checkpoint(run_dir / CHECKPOINT, checkpoint_state(t, epoch, history))
-            write_history(run_dir / HISTORY, history)
-            status = "complete" if epoch == cfg.epochs else "running"
-            write_json(run_dir / METRICS, summarize(t, history, status, elapsed))
+            saved_epochs = len(history)
+            try:
+                if row.get("val_acc") is not None and row["val_acc"] > best_val:
+                    run.save_checkpoint(best_state(t, row), "best")  # before last.pt: a resume redoes this epoch
+                    best_val = row["val_acc"]
+                run.save_checkpoint(checkpoint_state(t, epoch, history + [row]), "last")
+                saved_epochs += 1
+                history.append(row)
+                elapsed += row["epoch_seconds"]
+                run.write_history(history)
+                status = "complete" if epoch == cfg.epochs else "running"
+                run.write_metrics(summarize(t, history, status, elapsed))
+            except OSError as exc:
+                try:
+                    run.write_metrics(summarize(t, history[:saved_epochs], "interrupted", elapsed))
+                except OSError:
+                    pass
+                raise RunDirError(f"cannot save epoch {epoch} in {run.path} ({disk_error(exc)}); the run directory "
+                                  f"keeps epoch {saved_epochs}; make room, then continue with: {resume_hint}") from None
             log(format_row(row))
             if on_epoch_end is not None:
                 on_epoch_end(row)
     except KeyboardInterrupt:
-        write_json(run_dir / METRICS, summarize(t, history, "interrupted", elapsed))
-        log(f"interrupted after epoch {len(history)}; continue with: python -m cvlab train --resume --out {run_dir}")
+        run.write_metrics(summarize(t, history, "interrupted", elapsed))
+        log(f"interrupted after epoch {len(history)}; continue with: {resume_hint}")
         raise
+    except NonFiniteLoss as exc:
+        metrics = summarize(t, history, "diverged", elapsed)
+        metrics["diverged"] = {"epoch": exc.epoch, "step": exc.step, "steps_per_epoch": exc.steps}
+        run.write_metrics(metrics)
+        raise Diverged(f"training diverged: {exc}; {run.path} keeps its last good epoch ({len(history)}); "
+                       "lower the learning rate and start a new run") from None
     if status != "complete":  # nothing left to train (resumed a finished run)
-        write_json(run_dir / METRICS, summarize(t, history, "complete", elapsed))
-    return run_dir
+        run.write_metrics(summarize(t, history, "complete", elapsed))
+    return run.path

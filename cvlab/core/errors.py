@@ -15,3 +15,10 @@ class DataError(UsageError):
 
 class RunDirError(UsageError):
     """A run directory cannot be created, resumed or read."""
+
+
+class Diverged(Exception):
+    """Training met a non-finite loss and stopped; the run directory keeps its last good epoch.
+    The CLI prints the message on one line and exits with code 3."""
+
+    exit_code = 3

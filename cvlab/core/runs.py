@@ -1,13 +1,24 @@
-"""A run directory on disk: config.json, history.csv, metrics.json, last.pt; and loading
-runs back into pandas for notebooks, plots and tables.
+"""A run directory on disk and its lifecycle: config.json, history.csv, metrics.json, last.pt, best.pt.
+
+`RunDir` is the one home of what happens to a run directory: preparing it (refusing to reuse a
+run unless resuming), one writer at a time (a lock file), its status, which settings a resumption
+may change, and the one checkpoint loader (`torch.load(..., weights_only=True)`: a checkpoint is
+data, never code). `summarize_history` is the one summary of a history (final, best-by-validation,
+lowest test loss). `load_run` / `load_runs` read runs back into pandas for notebooks and tables.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import math
 import os
-import tempfile
+import pickle
+import re
+import secrets
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,18 +29,34 @@ from .errors import RunDirError
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                    "lr", "epoch_seconds", "images_per_second"]
-CONFIG, HISTORY, METRICS, CHECKPOINT = "config.json", "history.csv", "metrics.json", "last.pt"
+CONFIG, HISTORY, METRICS, CHECKPOINT, BEST, LOCK = ("config.json", "history.csv", "metrics.json", "last.pt",
+                                                    "best.pt", "run.lock")
+CHECKPOINTS = {"last": CHECKPOINT, "best": BEST}
+RUN_FILES = (CONFIG, HISTORY, METRICS, CHECKPOINT, BEST)
 
+# Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
+RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile", "compile_warmup",
+                    "optimizer_impl", "cudnn_benchmark"}
+# Learning-rate schedules whose shape does not depend on the number of epochs: such runs may be extended.
+EXTENDABLE_SCHEDULES = ("constant",)
+
+
+# ---------------------------------------------------------------------------- files
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write to a temp file in the same folder, then rename: readers never see half a file.
+
+    The file gets the mode any new file gets (0666 minus the umask), and the temp file is removed
+    when the write fails (disk full, Ctrl-C); a `kill -9` can leave one, which `RunDir` cleans up."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -37,8 +64,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinity replaced by None, so it serializes as strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Strict JSON (non-finite numbers become null), written atomically."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -51,27 +90,415 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically. `state` must hold only tensors and plain Python values
+    (dict, list, tuple, str, int, float, bool, None), so that `load_checkpoint` can read it."""
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def prepare_run_dir(path: str | Path, resume: bool) -> Path:
-    """Create the run directory, refusing to reuse one that holds a run unless resuming."""
-    path = Path(path)
-    # A folder whose run was stopped before its first epoch ended holds no result: it may be started again.
-    has_run = (path / CHECKPOINT).exists() or (path / HISTORY).exists()
-    if resume:
-        if not (path / CHECKPOINT).exists():
-            raise RunDirError(f"cannot resume: {path} has no {CHECKPOINT}; start a new run without --resume")
-        return path
-    if has_run:
-        raise RunDirError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path} exists and is not a directory; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _legacy_globals() -> list:
+    """Types that checkpoints written before cvlab stored the numpy RNG state as a list hold:
+    numpy arrays (reconstructed from raw bytes, no code of the file's choosing runs)."""
+    import numpy as np
+    try:
+        reconstruct = np._core.multiarray._reconstruct
+    except AttributeError:  # numpy < 2
+        reconstruct = np.core.multiarray._reconstruct
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint written by `save_checkpoint`, as data only.
+
+    `torch.load(weights_only=True)` with an explicit allow-list: a file that holds any other object
+    (e.g. one whose unpickling would call a function) is refused and nothing of it runs. A missing,
+    empty, truncated or foreign file raises RunDirError with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist")
+    try:
+        with torch.serialization.safe_globals(_legacy_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise RunDirError(f"refusing to load {path}: it holds an object of type {found.group(1)}, not only "
+                              "tensors and plain values (not a checkpoint cvlab wrote; it may try to run code)") from None
+        reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
+        raise RunDirError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint: "
+                          f"{reason.group(1).strip() if reason else _first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad input
+        raise RunDirError(f"{path} is not a readable checkpoint (empty, truncated or corrupt: "
+                          f"{type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise RunDirError(f"{path} is not a cvlab checkpoint (expected a dict with model weights)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- the history summary
+
+def select_best(history: list[dict]) -> dict | None:
+    """The epoch with the highest validation accuracy (first on ties) and its figures; None without a
+    validation split. The test set never takes part in the choice."""
+    rows = [r for r in history if _finite(r.get("val_acc"))]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: r["val_acc"])
+    return {"selected_by": "val_acc", "epoch": row["epoch"], "val_acc": row["val_acc"], "val_loss": row["val_loss"],
+            "test_acc": row["test_acc"], "test_top5": row["test_top5"]}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def summarize_history(history: Iterable[dict]) -> dict:
+    """The one summary of a run's per-epoch rows (in epoch order): first and final figures, the best epoch
+    by validation accuracy (`best`, None without a validation split), the epoch with the lowest test loss,
+    and, for reference only, the highest test accuracy (choosing an epoch by it would overfit the test set)."""
+    rows = sorted(history, key=lambda r: r["epoch"])
+    if not rows:
+        return {"epochs": 0, "first": {}, "final": {}, "best": None, "min_test_loss": None,
+                "min_test_loss_epoch": None, "best_test_acc": None, "best_test_acc_epoch": None,
+                "total_seconds": 0.0, "mean_images_per_second": None}
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "val_loss", "val_acc", "val_top5")
+    scored = [r for r in rows if _finite(r.get("test_loss"))] or rows
+    low = min(scored, key=lambda r: r["test_loss"] if _finite(r.get("test_loss")) else math.inf)
+    top = max(scored, key=lambda r: r["test_acc"] if _finite(r.get("test_acc")) else -math.inf)
+    return {
+        "epochs": len(rows),
+        "first": {k: rows[0][k] for k in keys if k in rows[0]},
+        "final": {k: rows[-1][k] for k in keys if k in rows[-1]},
+        "best": select_best(rows),
+        "min_test_loss": low.get("test_loss"), "min_test_loss_epoch": low.get("epoch"),
+        "best_test_acc": top.get("test_acc"), "best_test_acc_epoch": top.get("epoch"),
+        "total_seconds": float(sum(r.get("epoch_seconds", 0.0) for r in rows)),
+        "mean_images_per_second": sum(r.get("images_per_second", 0.0) for r in rows) / len(rows),
+    }
+
+
+# ---------------------------------------------------------------------------- resuming
+
+def resume_changes(saved: dict, requested: dict, run: Path | str = "the run") -> dict:
+    """The fields of `requested` that a resumption of the run saved as `saved` may take: the
+    RESUMABLE_FIELDS, and `epochs` (extending the run) when its schedule does not depend on the length.
+    Any other difference raises RunDirError with one line."""
+    changes = {k: v for k, v in requested.items() if k in saved and saved[k] != v and k != "preset"}
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_FIELDS and k != "epochs"}
+    if refused:
+        names = ", ".join(f"{k} ({saved[k]!r} -> {v!r})" for k, v in refused.items())
+        raise RunDirError(f"cannot change {names} when resuming {run}; resume with the run's own settings "
+                          "(python -m cvlab train --resume --out DIR) or start a new run")
+    if "epochs" in changes:
+        check_extension(saved, changes["epochs"], run)
+    return changes
+
+
+def check_extension(saved: dict, epochs: int, run: Path | str = "the run") -> None:
+    """Refuse (one line) to change a run's length when its learning-rate schedule depends on it."""
+    if saved.get("schedule") not in EXTENDABLE_SCHEDULES:
+        raise RunDirError(
+            f"cannot change epochs ({saved.get('epochs')} -> {epochs}) when resuming {run}: its "
+            f"{saved.get('schedule')!r} schedule is shaped by the total number of epochs, so a longer run would "
+            f"have had other learning rates from the start; start a new run with --epochs {epochs} instead")
+    for key in ("warmup", "warmup_fraction"):  # a warmup given as a share of the run also depends on its length
+        if saved.get(key):
+            raise RunDirError(f"cannot change epochs ({saved.get('epochs')} -> {epochs}) when resuming {run}: its "
+                              f"warmup ({key}={saved[key]}) is a share of the run's length; start a new run with "
+                              f"--epochs {epochs} instead")
+
+
+# ---------------------------------------------------------------------------- the run directory
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+class RunDir:
+    """One run directory and what may happen to it.
+
+        run = RunDir("runs/demo")
+        run.status()                                   # "new", "started", "running", "complete", ...
+        state = run.load_checkpoint("last", map_location="cpu")   # data only, never code
+        with run.open(resume=False):                   # lock held; created only now
+            ...
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_held = False
+        self._created = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def checkpoint_path(self, which: str = "last") -> Path:
+        if which not in CHECKPOINTS:
+            raise RunDirError(f"unknown checkpoint {which!r}; choose from {', '.join(CHECKPOINTS)}")
+        return self.path / CHECKPOINTS[which]
+
+    # ------------------------------------------------------------ reading
+
+    def has_checkpoint(self, which: str = "last") -> bool:
+        return self.checkpoint_path(which).is_file()
+
+    def load_checkpoint(self, which: str = "last", map_location: Any = "cpu") -> dict:
+        """The checkpoint `which` ("last" or "best") as data (see `load_checkpoint`); one-line errors."""
+        path = self.checkpoint_path(which)
+        if not path.is_file():
+            hint = ("best.pt is written only for runs with a validation split (val_size > 0)" if which == "best"
+                    else f"train it first with 'python -m cvlab train --out {self.path}'")
+            raise RunDirError(f"{self.path} has no {path.name}; {hint}")
+        return load_checkpoint(path, map_location)
+
+    def read_config(self) -> dict:
+        """config.json as a dict; one line when it is missing or not a JSON object."""
+        path = self.file(CONFIG)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path} has no {CONFIG}; it is not a run directory") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{path} is unreadable or not valid JSON ({_first_line(exc)}); "
+                              "restore it or start a new run") from None
+        if not isinstance(values, dict):
+            raise RunDirError(f"{path} must hold a JSON object of config keys")
+        return values
+
+    def config(self):
+        """config.json as a validated Config (one line when it is not one)."""
+        from .config import from_dict
+        from .errors import ConfigError
+        try:
+            return from_dict(self.read_config())
+        except ConfigError as exc:
+            raise RunDirError(f"{self.file(CONFIG)} does not hold a valid config: {exc}") from None
+
+    def read_metrics(self) -> dict:
+        """metrics.json as a dict, {} when there is none; one line when it is corrupt."""
+        path = self.file(METRICS)
+        if not path.exists():
+            return {}
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{path} is unreadable or not valid JSON ({_first_line(exc)})") from None
+        return values if isinstance(values, dict) else {}
+
+    def has_run(self) -> bool:
+        """Whether a finished epoch exists here (a checkpoint or a history)."""
+        return self.has_checkpoint("last") or self.file(HISTORY).exists()
+
+    def status(self) -> str:
+        """"new" (no run), "started" (config only: stopped before its first epoch), or the status in
+        metrics.json: "running", "complete", "interrupted", "diverged". A run that says "running"
+        while no live process holds its lock was killed: "interrupted"."""
+        if not self.file(CONFIG).exists() and not self.has_run():
+            return "new"
+        if not self.has_run():
+            return "started"
+        status = self.read_metrics().get("status") or "interrupted"
+        if status == "running" and self.lock_holder() is None:
+            return "interrupted"
+        return status
+
+    # ------------------------------------------------------------ preparing
+
+    def check_start(self, resume: bool) -> None:
+        """Raise RunDirError (one line) when a run cannot start (or resume) here; creates nothing."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} exists and is not a directory; choose another --out")
+        if resume:
+            if not self.has_checkpoint("last") and not self.file(CONFIG).exists():
+                raise RunDirError(f"cannot resume: {path} has no {CHECKPOINT}; start a new run without --resume")
+            return
+        if self.has_run():
+            raise RunDirError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
+        ancestor = path
+        while not ancestor.exists():
+            if ancestor.is_symlink():
+                raise RunDirError(f"cannot create {path}: {ancestor} is a broken symbolic link")
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise RunDirError(f"cannot create {path}: {ancestor} is a file, not a directory; choose another --out")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise RunDirError(f"cannot create {path}: {ancestor} is not writable; choose another --out")
+
+    def create(self) -> None:
+        """Make the folder (and its parents); one line when the system refuses."""
+        if self.path.is_dir():
+            return
+        try:
+            self.path.mkdir(parents=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create {self.path}: {exc.strerror or exc}; choose another --out") from None
+        self._created = True
+
+    def open(self, resume: bool) -> "RunDir":
+        """Check the start, create the folder, take the lock and clean up temp files from a killed run.
+        Use as a context manager: the lock is released on exit, and a folder this call created is
+        removed again when nothing was written into it."""
+        self.check_start(resume)
+        self.create()
+        try:
+            self.acquire_lock()
+            self.check_start(resume)  # again, now that no one else writes here
+            self.remove_temp_files()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock; remove the folder when this RunDir created it and it stayed empty."""
+        self.release_lock()
+        if self._created:
+            try:
+                self.path.rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+            self._created = False
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete temp files that an interrupted atomic write (kill -9) left behind."""
+        removed = []
+        for name in RUN_FILES:
+            for tmp in self.path.glob(f".{name}.*"):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+    # ------------------------------------------------------------ one writer
+
+    def lock_holder(self) -> dict | None:
+        """The lock's content {pid, host, started} when a live process (or another host) holds it, else None."""
+        info = self._read_lock()
+        if info is None:
+            return None
+        if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
+            return None
+        return info
+
+    def _read_lock(self) -> dict | None:
+        try:
+            info = json.loads(self.file(LOCK).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written, or damaged: treated as stale below
+        return info if isinstance(info, dict) else {}
+
+    def acquire_lock(self) -> None:
+        """Take run.lock (pid, host, start time); a stale lock of a dead process on this host is taken
+        over; a live holder gets a one-line RunDirError naming it."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.file(LOCK), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                info = self._read_lock()
+                if info is None:
+                    continue  # released meanwhile
+                live = self.lock_holder()
+                if live is None or (live == {} and self._lock_age() > 10):
+                    self.file(LOCK).unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                if live == {}:
+                    time.sleep(0.2)
+                    continue
+                raise RunDirError(f"{self.path} is in use by process {live.get('pid')} on {live.get('host')} "
+                                  f"(since {live.get('started')}); wait for it to finish, or delete "
+                                  f"{self.file(LOCK)} if that process is gone") from None
+            except OSError as exc:
+                raise RunDirError(f"cannot write in {self.path}: {exc.strerror or exc}") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(me) + "\n")
+            self._lock_held = True
+            return
+        raise RunDirError(f"cannot take the lock {self.file(LOCK)}; another process keeps changing it")
+
+    def _lock_age(self) -> float:
+        try:
+            return time.time() - self.file(LOCK).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def release_lock(self) -> None:
+        if self._lock_held:
+            info = self._read_lock()
+            if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+                self.file(LOCK).unlink(missing_ok=True)
+            self._lock_held = False
+
+    # ------------------------------------------------------------ resuming
+
+    def resume_config(self, requested=None):
+        """The Config to resume with: config.json, with the fields of `requested` (a Config, or a dict of
+        fields) that a resumption may change (see `resume_changes`); None = the run's own config."""
+        from .config import from_dict
+        saved = self.read_config()
+        if requested is None:
+            return self.config()
+        values = requested if isinstance(requested, dict) else requested.to_dict()
+        changes = resume_changes(saved, values, self.path)
+        resumable = {k: values[k] for k in RESUMABLE_FIELDS if k in values}
+        return from_dict({**saved, **resumable, **changes})
+
+    # ------------------------------------------------------------ writing
+
+    def write_config(self, cfg) -> None:
+        write_json(self.file(CONFIG), cfg.to_dict())
+
+    def write_history(self, rows: list[dict]) -> None:
+        write_history(self.file(HISTORY), rows)
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.file(METRICS), metrics)
+
+    def save_checkpoint(self, state: dict, which: str = "last") -> None:
+        save_checkpoint(self.checkpoint_path(which), state)
+
+
+def disk_error(exc: OSError) -> str:
+    """A short reason for a failed write, e.g. 'No space left on device'."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    return exc.strerror or str(exc)
+
+
+def prepare_run_dir(path: str | Path, resume: bool) -> Path:
+    """Check that a run can start (or resume) in `path`, then create it. Prefer `RunDir(path).open(...)`,
+    which also takes the lock."""
+    run = RunDir(path)
+    run.check_start(resume)
+    run.create()
+    return run.path
+
+
+# ---------------------------------------------------------------------------- reading runs back
 
 @dataclass
 class Run:
@@ -90,19 +517,24 @@ class Run:
     def synthetic(self) -> bool:
         return bool(self.metrics.get("dataset", {}).get("synthetic", self.config.get("synthetic", False)))
 
+    def summary(self) -> dict:
+        """`summarize_history` of this run's history."""
+        return summarize_history(self.history.to_dict("records"))
+
 
 def load_run(path: str | Path) -> Run:
     """Read config, history and metrics of a run directory."""
     import pandas as pd
 
-    path = Path(path)
-    if not (path / HISTORY).exists() or not (path / CONFIG).exists():
-        raise RunDirError(f"{path} is not a run directory (needs {CONFIG} and {HISTORY}); "
+    run = RunDir(path)
+    if not run.file(HISTORY).exists() or not run.file(CONFIG).exists():
+        raise RunDirError(f"{run.path} is not a run directory (needs {CONFIG} and {HISTORY}); "
                           "train one with 'python -m cvlab train'")
-    config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    metrics = json.loads((path / METRICS).read_text(encoding="utf-8")) if (path / METRICS).exists() else {}
-    history = pd.read_csv(path / HISTORY)
-    return Run(path, config, history, metrics)
+    try:
+        history = pd.read_csv(run.file(HISTORY))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{run.file(HISTORY)} is unreadable ({_first_line(exc)})") from None
+    return Run(run.path, run.read_config(), history, run.read_metrics())
 
 
 def load_runs(paths: Iterable[str | Path]) -> "Any":

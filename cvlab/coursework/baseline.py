@@ -208,23 +208,24 @@ TURN_UP_TOLERANCE = 0.01  # a rise of the test loss under 1% of its minimum coun
 
 
 def curve_summary(history) -> dict:
-    """Facts about a run's curves: where the test loss is lowest, whether it turned up, the train/test gap."""
-    h = history.sort_values("epoch").reset_index(drop=True)
-    first, last = h.iloc[0], h.iloc[-1]
-    low = h.loc[h["test_loss"].idxmin()]
-    best = h.loc[h["test_acc"].idxmax()]
+    """Facts about a run's curves (from runs.summarize_history): where the test loss is lowest, whether it
+    turned up, the train/test gap."""
+    from ..core.runs import summarize_history
+
+    s = summarize_history(history.to_dict("records"))
+    first, last = s["first"], s["final"]
     return {
-        "epochs": int(len(h)),
+        "epochs": s["epochs"],
         "first_train_loss": float(first["train_loss"]), "final_train_loss": float(last["train_loss"]),
         "first_test_loss": float(first["test_loss"]), "final_test_loss": float(last["test_loss"]),
-        "min_test_loss": float(low["test_loss"]), "min_test_loss_epoch": int(low["epoch"]),
-        "test_loss_rise": float(last["test_loss"] - low["test_loss"]),
+        "min_test_loss": float(s["min_test_loss"]), "min_test_loss_epoch": int(s["min_test_loss_epoch"]),
+        "test_loss_rise": float(last["test_loss"] - s["min_test_loss"]),
         # "turned up": the last test loss is more than TURN_UP_TOLERANCE (relative) above its minimum
-        "turned_up": bool(last["test_loss"] > low["test_loss"] * (1 + TURN_UP_TOLERANCE)),
+        "turned_up": bool(last["test_loss"] > s["min_test_loss"] * (1 + TURN_UP_TOLERANCE)),
         "final_train_acc": float(last["train_acc"]), "final_test_acc": float(last["test_acc"]),
         "acc_gap": float(last["train_acc"] - last["test_acc"]),
         "loss_gap": float(last["test_loss"] - last["train_loss"]),
-        "best_test_acc": float(best["test_acc"]), "best_test_acc_epoch": int(best["epoch"]),
+        "best_test_acc": float(s["best_test_acc"]), "best_test_acc_epoch": int(s["best_test_acc_epoch"]),
         "final_epoch": int(last["epoch"]),
     }
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from ..core.config import LADDER, PARENT, Config, from_dict, make_config, parse_pairs, with_overrides
 from ..core.errors import RunDirError, UsageError
-from ..core.runs import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_run
+from ..core.runs import RESUMABLE_FIELDS, RunDir, atomic_write_text, load_run
 
 LADDER_CSV, LADDER_MD, RUNS_CSV = "ladder.csv", "ladder.md", "runs.csv"
 
@@ -82,7 +82,6 @@ def budget_config(preset: str, budget: Budget, overrides: dict[str, Any] | None 
 
 def comparable(cfg: Config) -> dict:
     """What makes two runs the same computation: the config without its name and how it executes."""
-    from ..core.engine import RESUMABLE_FIELDS
     return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_FIELDS and k != "preset"}
 
 
@@ -113,21 +112,18 @@ def plan(presets: Iterable[str], seeds: Iterable[int], out: str | Path, budget: 
 # ---------------------------------------------------------------------------- running
 
 def run_status(run_dir: Path, cfg: Config) -> str:
-    """'new', 'complete' (same config, finished), or 'resume'; raises when the folder holds another run."""
-    import json
-    if not (run_dir / CONFIG).exists():
+    """'new', 'complete' (same config, finished), or 'resume' (including a run stopped before its first
+    epoch, which then starts again); raises when the folder holds another run or is in use."""
+    run = RunDir(run_dir)
+    status = run.status()
+    if status == "new":
         return "new"
-    saved = from_dict(json.loads((run_dir / CONFIG).read_text(encoding="utf-8")))
+    saved = run.config()
     if comparable(saved) != comparable(cfg):
         diff = sorted(k for k, v in comparable(cfg).items() if comparable(saved).get(k) != v)
         raise RunDirError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                           "choose another output folder or delete it")
-    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8")) if (run_dir / METRICS).exists() else {}
-    if metrics.get("status") == "complete":
-        return "complete"
-    if not (run_dir / CHECKPOINT).exists():
-        raise RunDirError(f"{run_dir} holds a run that stopped before its first epoch; delete it and run again")
-    return "resume"
+    return "complete" if status == "complete" else "resume"
 
 
 def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0,), out: str | Path = "runs/ablate",
@@ -167,12 +163,10 @@ def get_budget(budget: str | Budget) -> Budget:
 def run_row(run_dir: str | Path) -> dict:
     """One run's figures, read from its run directory: final epoch, best validation epoch, time, speed."""
     run = load_run(run_dir)
-    h = run.history
-    if h.empty:
+    s = run.summary()
+    if not s["epochs"]:
         raise RunDirError(f"{run_dir} has no finished epoch")
-    last = h.iloc[-1]
-    has_val = "val_acc" in h.columns and h["val_acc"].notna().any()
-    best = h.loc[h["val_acc"].idxmax()] if has_val else None
+    last, best = s["final"], s["best"]
     return {
         "preset": run.config.get("preset"), "seed": run.config.get("seed"), "run": str(run.path),
         "status": run.metrics.get("status"), "synthetic": run.synthetic,
@@ -181,11 +175,11 @@ def run_row(run_dir: str | Path) -> dict:
         "test_acc": float(last["test_acc"]), "test_top5": float(last["test_top5"]),
         "test_loss": float(last["test_loss"]), "train_acc": float(last["train_acc"]),
         "train_loss": float(last["train_loss"]),
-        "best_val_acc": float(best["val_acc"]) if has_val else math.nan,
-        "best_val_epoch": int(best["epoch"]) if has_val else None,
-        "test_acc_at_best_val": float(best["test_acc"]) if has_val else math.nan,
-        "seconds": float(h["epoch_seconds"].sum()),
-        "images_per_second": float(h["images_per_second"].mean()),
+        "best_val_acc": float(best["val_acc"]) if best else math.nan,
+        "best_val_epoch": int(best["epoch"]) if best else None,
+        "test_acc_at_best_val": float(best["test_acc"]) if best else math.nan,
+        "seconds": s["total_seconds"],
+        "images_per_second": float(s["mean_images_per_second"]),
     }
 
 

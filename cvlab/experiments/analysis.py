@@ -26,10 +26,9 @@ from ..core.data import Split, TensorLoader, load_for_config
 from ..core.engine import EvalStep
 from ..core.errors import RunDirError
 from ..core.models import build_model
-from ..core.runs import CHECKPOINT, CONFIG
+from ..core.runs import BEST as BEST_CHECKPOINT, CHECKPOINT, CONFIG, RunDir, load_checkpoint  # noqa: F401
 
 WEIGHTS = ("last", "best", "ema", "raw")
-BEST_CHECKPOINT = "best.pt"
 
 
 @dataclass
@@ -78,28 +77,6 @@ class TrainedModel:
     checkpoint: Path
 
 
-def _numpy_globals() -> list:
-    """What a checkpoint's saved NumPy RNG state needs: plain arrays and dtypes, nothing that runs code."""
-    import numpy as np
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint's state, read with weights_only=True: tensors and plain containers only, never code."""
-    if not path.is_file():
-        raise RunDirError(f"{path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # pickle refusals, truncated or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunDirError(f"cannot load {path} safely (weights only): {first}") from None
-
-
 def _checkpoint_for(run_dir: Path, weights: str) -> Path:
     if weights not in WEIGHTS:
         raise RunDirError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -117,8 +94,7 @@ def _checkpoint_for(run_dir: Path, weights: str) -> Path:
 
 
 def _config_value(run_dir: Path, key: str, default):
-    import json
-    return json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get(key, default)
+    return RunDir(run_dir).read_config().get(key, default)
 
 
 def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu", weights: str = "last") -> TrainedModel:

@@ -56,9 +56,9 @@ def loss_curves(run: Run | str | Path) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(h["epoch"], h["train_loss"], "o-", color=COLORS["train"], ms=4, label="train loss (epoch mean)")
     ax.plot(h["epoch"], h["test_loss"], "s-", color=COLORS["test"], ms=4, label="test loss (end of epoch)")
-    best = h.loc[h["test_loss"].idxmin()]
-    ax.axvline(best["epoch"], color="0.5", ls="--", lw=1,
-               label=f"lowest test loss {best['test_loss']:.3f} (epoch {int(best['epoch'])})")
+    low = run.summary()
+    ax.axvline(low["min_test_loss_epoch"], color="0.5", ls="--", lw=1,
+               label=f"lowest test loss {low['min_test_loss']:.3f} (epoch {int(low['min_test_loss_epoch'])})")
     _epoch_axes(ax, h["epoch"], "cross-entropy loss")
     return _finish(fig, run, "Train and test loss per epoch")
 

@@ -1,0 +1,394 @@
+"""Fault injection: each probe of issue 10 (and the run-directory parts of issue 13) as a test.
+
+Bad input or a fault in the environment ends with one line on stderr and exit 2 (3 for a diverged
+run); nothing the user had is lost; a checkpoint is read as data and never runs code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cvlab.core.engine as engine
+from cvlab.cli import main
+from cvlab.core.engine import fit
+from cvlab.core.errors import Diverged, RunDirError
+from cvlab.core.runs import RunDir, load_checkpoint, load_run
+
+from conftest import StopAfter, tiny_config
+
+QUIET = dict(log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 1-epoch run, copied by tests that damage it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(tiny_config(epochs=1), out, **QUIET)
+    return out
+
+
+def copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def cli(capsys, *argv):
+    """Run the CLI in-process: (exit code, stderr lines)."""
+    code = main([str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, err
+
+
+class Payload:
+    """Unpickling this object would create a file: the proof that a checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def craft(run_dir, marker, key="scheduler"):
+    """Replace one value of last.pt with an object whose unpickling runs a shell command."""
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    state[key] = Payload(marker)
+    torch.save(state, run_dir / "last.pt")
+
+
+# ---------------------------------------------------------------------------- checkpoints never run code
+
+def test_crafted_checkpoint_is_refused_on_resume(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    craft(run, marker)
+    code, err = cli(capsys, "train", "--resume", "--out", run)
+    assert code == 2 and len(err) == 1 and "refusing to load" in err[0]
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_is_refused_by_every_reader(trained, tmp_path):
+    from cvlab.coursework.baseline import bn_mode_check
+    from cvlab.core.data import load_for_config
+    from cvlab.experiments.ablate import run_ablation
+    from cvlab.experiments.analysis import predict_run
+
+    run = copy_run(trained, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    craft(run, marker, key="model")
+    with pytest.raises(RunDirError, match="refusing to load"):
+        predict_run(run, device="cpu")
+    with pytest.raises(RunDirError, match="refusing to load"):
+        bn_mode_check(run, load_for_config(tiny_config()).train, n=10)
+    with pytest.raises(RunDirError, match="refusing to load"):
+        RunDir(run).load_checkpoint("last")
+    with pytest.raises(RunDirError, match="refusing to load"):
+        fit(None, run, resume=True, **QUIET)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, "truncate"])
+def test_damaged_checkpoint_is_one_line(trained, tmp_path, capsys, content):
+    run = copy_run(trained, tmp_path / "run")
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2] if content == "truncate" else content)
+    code, err = cli(capsys, "train", "--resume", "--out", run)
+    assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0]
+
+
+def test_checkpoint_holds_only_tensors_and_plain_values(trained):
+    state = torch.load(trained / "last.pt", weights_only=True)  # no allow-list needed
+    assert state["epoch"] == 1 and isinstance(state["rng"]["numpy"][1], list)
+
+
+# ---------------------------------------------------------------------------- one writer per run directory
+
+def test_second_writer_is_refused_naming_the_holder(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                  "started": "2026-01-01T00:00:00"}))
+        before = (run / "last.pt").read_bytes()
+        code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+        assert code == 2 and len(err) == 1 and f"in use by process {holder.pid}" in err[0]
+        assert (run / "last.pt").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale and the next start takes it over.
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    assert code == 0 and not (run / "run.lock").exists()
+    assert load_run(run).metrics["epochs_done"] == 2
+
+
+def test_two_new_runs_into_one_folder(tmp_path):
+    out = tmp_path / "run"
+    with RunDir(out).open(resume=False):  # another writer, in this process, holds the folder
+        with pytest.raises(RunDirError, match=f"in use by process {os.getpid()}"):
+            fit(tiny_config(epochs=1), out, **QUIET)
+    assert not out.exists()  # the holder created it and wrote nothing: it is gone again
+    fit(tiny_config(epochs=1), out, **QUIET)
+    assert not (out / "run.lock").exists()
+
+
+def test_status_of_a_killed_run_is_interrupted(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    (run / "run.lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname()}))  # no such pid
+    assert RunDir(run).status() == "interrupted"
+    assert RunDir(trained).status() == "complete" and RunDir(tmp_path / "none").status() == "new"
+
+
+# ---------------------------------------------------------------------------- non-finite values
+
+def poison_after(epoch, trainers):
+    """on_epoch_end: after `epoch`, fill the weights with NaN, so the next step's loss is NaN."""
+    def callback(row):
+        if row["epoch"] == epoch:
+            with torch.no_grad():
+                for p in trainers[-1].model.parameters():
+                    p.fill_(float("nan"))
+    return callback
+
+
+def test_nonfinite_loss_stops_training_as_diverged(tmp_path, monkeypatch):
+    trainers = []
+    real = engine.build_trainer
+    monkeypatch.setattr(engine, "build_trainer", lambda cfg, *a, **k: trainers.append(real(cfg, *a, **k)) or trainers[-1])
+    out = tmp_path / "run"
+    with pytest.raises(Diverged, match=r"non-finite loss at epoch 2, step 1/6"):
+        fit(tiny_config(epochs=3), out, on_epoch_end=poison_after(1, trainers), **QUIET)
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["status"] == "diverged" and metrics["epochs_done"] == 1
+    assert metrics["diverged"] == {"epoch": 2, "step": 1, "steps_per_epoch": 6}
+    assert RunDir(out).load_checkpoint()["epoch"] == 1 and len(load_run(out).history) == 1
+    assert not (out / "run.lock").exists()
+
+
+def test_diverging_learning_rate_exits_3_with_strict_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = cli(capsys, "train", *TINY_ARGS, "--lr", "1e6", "--set", "optimizer=sgd", "--out", out)
+    assert code == 3 and len(err) == 1 and "non-finite loss at epoch" in err[0]
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["status"] == "diverged"
+
+
+def test_metrics_are_strict_json(tmp_path):
+    from cvlab.core.runs import write_json
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"a": None, "b": [None, 1.0]}
+
+
+# ---------------------------------------------------------------------------- resume as documented
+
+TINY_ARGS = ["--synthetic", "--epochs", "2", "--device", "cpu", "--no-progress", "--batch-size", "50",
+             "--set", "model=tiny_resnet18", "--set", "synthetic_train=300", "--set", "synthetic_test=100",
+             "--set", "eval_batch_size=100", "--set", "shuffle=true", "--set", "normalization=cifar100",
+             "--set", "download=false"]
+
+
+def test_documented_resume_command_continues_with_the_runs_own_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(epochs=2, crop_padding=4, hflip=True), out, on_epoch_end=StopAfter(1), **QUIET)
+    code, err = cli(capsys, "train", "--resume", "--out", out, "--lr", "0.5")
+    assert code == 2 and len(err) == 1 and "cannot change lr" in err[0]
+    code, err = cli(capsys, "train", "--resume", "--out", out, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    run = load_run(out)
+    assert run.metrics["status"] == "complete" and len(run.history) == 2
+
+
+def test_the_hint_after_an_early_ctrl_c_works(tmp_path, capsys, monkeypatch):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    lines = []
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "run_epoch", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            fit(tiny_config(epochs=1), tmp_path / "run", log=lines.append)
+    hint = lines[-1].split("continue with: python -m cvlab ")[1].split()
+    assert hint[:2] == ["train", "--resume"]
+    assert main(hint) == 0
+    assert load_run(tmp_path / "run").metrics["status"] == "complete"
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "not a config"])
+def test_bad_config_json_on_resume_is_one_line(trained, tmp_path, capsys, damage):
+    run = copy_run(trained, tmp_path / "run")
+    if damage == "missing":
+        (run / "config.json").unlink()
+    else:
+        (run / "config.json").write_text("{not json" if damage == "corrupt" else '{"lr": "fast"}')
+    code, err = cli(capsys, "train", "--resume", "--out", run)
+    assert code == 2 and len(err) == 1 and "config.json" in err[0]
+
+
+# ---------------------------------------------------------------------------- extending a run
+
+def test_extending_a_constant_schedule_run_equals_a_straight_run(tmp_path, capsys):
+    import pandas as pd
+    timing = ["epoch_seconds", "images_per_second"]
+    fit(tiny_config(epochs=2, crop_padding=4, hflip=True), tmp_path / "straight", **QUIET)
+    fit(tiny_config(epochs=1, crop_padding=4, hflip=True), tmp_path / "extended", **QUIET)
+    code, err = cli(capsys, "train", "--resume", "--out", tmp_path / "extended", "--epochs", 2)
+    assert code == 0, err
+    straight, extended = load_run(tmp_path / "straight"), load_run(tmp_path / "extended")
+    pd.testing.assert_frame_equal(straight.history.drop(columns=timing), extended.history.drop(columns=timing))
+    assert extended.config["epochs"] == 2 and extended.metrics["epochs_planned"] == 2
+    a, b = (RunDir(tmp_path / n).load_checkpoint()["model"] for n in ("straight", "extended"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_extending_a_length_shaped_schedule_is_refused(tmp_path, capsys):
+    fit(tiny_config(epochs=1, schedule="cosine"), tmp_path / "run", **QUIET)
+    code, err = cli(capsys, "train", "--resume", "--out", tmp_path / "run", "--epochs", 2)
+    assert code == 2 and len(err) == 1 and "'cosine' schedule" in err[0] and "start a new run" in err[0]
+    fit(tiny_config(epochs=2), tmp_path / "two", **QUIET)
+    with pytest.raises(RunDirError, match="already trained 2 epochs"):
+        fit(tiny_config(epochs=1), tmp_path / "two", resume=True, **QUIET)
+
+
+# ---------------------------------------------------------------------------- best.pt
+
+def test_best_checkpoint_is_chosen_by_validation_accuracy(tmp_path):
+    out = tmp_path / "run"
+    fit(tiny_config(epochs=3, val_size=100, lr=3e-3), out, **QUIET)
+    run = load_run(out)
+    best = RunDir(out).load_checkpoint("best")
+    assert best["epoch"] == run.metrics["best"]["epoch"] and best["selected_by"] == "val_acc"
+    assert best["val_acc"] == run.history["val_acc"].max()
+    torch.load(out / "best.pt", weights_only=True)
+    fit(tiny_config(epochs=1), tmp_path / "noval", **QUIET)
+    assert not (tmp_path / "noval" / "best.pt").exists()
+    with pytest.raises(RunDirError, match="validation split"):
+        RunDir(tmp_path / "noval").load_checkpoint("best")
+
+
+# ---------------------------------------------------------------------------- bad input and the environment
+
+@pytest.mark.parametrize("where", ["proc", "under a file"])
+def test_unusable_out_is_one_line_and_creates_nothing(tmp_path, capsys, where):
+    (tmp_path / "file.txt").write_text("x")
+    out = "/proc/cvlab-run" if where == "proc" else tmp_path / "file.txt" / "run"
+    code, err = cli(capsys, "train", *TINY_ARGS, "--out", out)
+    assert code == 2 and len(err) == 1 and "cannot create" in err[0]
+    assert not os.path.exists(out)
+
+
+def test_data_root_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    for argv in (["train", "--data-root", tmp_path / "file.txt", "--out", tmp_path / "run"],
+                 ["data", "download", "--data-root", tmp_path / "file.txt"],
+                 ["data", "download", "--data-root", tmp_path / "file.txt" / "sub"]):
+        code, err = cli(capsys, *argv)
+        assert code == 2 and len(err) == 1 and ("is a file" in err[0] or "lies under" in err[0]), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_offline_download_creates_nothing_and_names_no_part_file(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root, out = tmp_path / "data", tmp_path / "run"
+    code, err = cli(capsys, "train", "--data-root", root, "--out", out)
+    assert code == 2 and len(err) == 1 and "no network" in err[0] and ".part" not in err[0]
+    assert not root.exists() and not out.exists()
+    code, err = cli(capsys, "data", "download", "--data-root", root)
+    assert code == 2 and len(err) == 1 and ".part" not in err[0] and not root.exists()
+
+
+@pytest.mark.parametrize("text", [b"epochs: 2\nlr: \xff\xfe\n", b"epochs: [1,\n  lr: 3\n"])
+def test_bad_config_file_is_one_line(tmp_path, capsys, text):
+    (tmp_path / "c.yaml").write_bytes(text)
+    code, err = cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert code == 2 and len(err) == 1 and "c.yaml" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_subset_larger_than_the_data_is_refused(tmp_path):
+    from cvlab.core.errors import DataError
+    with pytest.raises(DataError, match="subset = 1,000 asks for more images than the 300"):
+        fit(tiny_config(subset=1000), tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fractional_labels_are_refused(cifar_folder, tmp_path):
+    from cvlab.core.errors import DataError
+    from test_data import corrupt_copy, edit_entry, load
+
+    def edit(entry):
+        entry["fine_labels"] = [float(v) for v in entry["fine_labels"]]
+        entry["fine_labels"][3] = 2.5
+    root = corrupt_copy(cifar_folder, tmp_path, "train", edit_entry(edit))
+    with pytest.raises(DataError, match=r"'fine_labels' holds 2.5, not an integer"):
+        load(root, check_md5=False)
+
+
+def test_disk_full_while_saving_keeps_a_status_and_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import cvlab.core.runs as runs
+
+    out = tmp_path / "run"
+    real = runs.atomic_write_bytes
+
+    def full(path, data):
+        if path.name == "last.pt" and (path.parent / "last.pt").exists():  # the second save fails
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "atomic_write_bytes", full)
+        with pytest.raises(RunDirError, match="no space left on device.*keeps epoch 1"):
+            fit(tiny_config(epochs=2), out, **QUIET)
+    assert RunDir(out).status() == "interrupted" and RunDir(out).load_checkpoint()["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")] and not (out / "run.lock").exists()
+    fit(None, out, resume=True, **QUIET)
+    assert load_run(out).metrics["status"] == "complete"
+
+
+def test_orphan_temp_files_are_cleaned_at_the_next_start(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    for name in (".last.pt.k3j4h5", ".metrics.json.0badc0de.tmp"):
+        (run / name).write_bytes(b"half a file")
+    fit(tiny_config(epochs=2), run, resume=True, **QUIET)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_run_files_share_one_mode_that_honors_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fit(tiny_config(epochs=1, val_size=100), tmp_path / "run", **QUIET)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert set(modes) == {"config.json", "history.csv", "metrics.json", "last.pt", "best.pt"}
+    assert set(modes.values()) == {0o640}
+
+
+def test_ablate_reads_run_directories_safely(trained, tmp_path, capsys):
+    from cvlab.experiments.ablate import run_status
+    from cvlab.core.config import from_dict
+
+    run = copy_run(trained, tmp_path / "ablate" / "handout-s0")
+    (run / "metrics.json").write_text("{broken")
+    code, err = cli(capsys, "ablate", "--budget", "smoke", "--presets", "handout", "--out", tmp_path / "ablate",
+                    "--table-only")
+    assert code == 2 and len(err) == 1 and "metrics.json" in err[0]
+    # a run stopped before its first epoch is resumed (started again), as `train` does
+    cfg = from_dict(json.loads((trained / "config.json").read_text()))
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text((trained / "config.json").read_text())
+    assert run_status(started, cfg) == "resume"
