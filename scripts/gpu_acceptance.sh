@@ -14,6 +14,7 @@
 #   handout  LIMIT_HANDOUT=150 the `handout` preset for as many of its 100 epochs as its limit allows (stopped
 #                              with Ctrl-C, so its run directory stays valid and says "interrupted")
 # With several stages the handout stage gets at most TOTAL_S=600 minus the time already spent.
+# --dry-run: limits LIMIT_*_DRY (300 each), TOTAL_S_DRY=1800, one CPU thread.
 # Other stages: env (always written first), data (join the parts of .devdata/ into data/, see below).
 #
 # Writes to --out DIR (default docs/results/gpu/<date>-<gpu>/), meant to be committed: env.txt (GPU, driver,
@@ -61,9 +62,12 @@ LIMIT_HANDOUT=${LIMIT_HANDOUT:-150}
 
 if [ "$DRY" = 1 ]; then  # the flow on a CPU in a few minutes: synthetic data, tiny sizes, no compile
   DEVICE=cpu; GPU=cpu-dry-run
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread: a shared CPU slows several threads down many times
+  LIMIT_TESTS=${LIMIT_TESTS_DRY:-300}; LIMIT_FAST=${LIMIT_FAST_DRY:-300}; LIMIT_BENCH=${LIMIT_BENCH_DRY:-300}
+  LIMIT_HANDOUT=${LIMIT_HANDOUT_DRY:-300}; TOTAL_S=${TOTAL_S_DRY:-1800}
   DATA_ARGS=(--synthetic --set synthetic_train=200 --set synthetic_test=100)
   FAST_ARGS=(--epochs 2 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18 --set warmup_epochs=0.3)
-  HANDOUT_ARGS=(--epochs 3 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18)
+  HANDOUT_ARGS=(--epochs 2 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18)
   BENCH_SIZE=(--batch-size 8 --eval-batch-size 16 --steps 1 --windows 1 --warmup 0 --threads 1)
   BENCH_MODELS=handout_resnet18; COMPILE=no; DOCTOR_ARGS=(--no-selftest)
 else
