@@ -66,7 +66,7 @@ if [ "$DRY" = 1 ]; then  # the flow on a CPU in a few minutes: synthetic data, t
   LIMIT_TESTS=${LIMIT_TESTS_DRY:-300}; LIMIT_FAST=${LIMIT_FAST_DRY:-300}; LIMIT_BENCH=${LIMIT_BENCH_DRY:-300}
   LIMIT_HANDOUT=${LIMIT_HANDOUT_DRY:-300}; TOTAL_S=${TOTAL_S_DRY:-1800}
   DATA_ARGS=(--synthetic --set synthetic_train=200 --set synthetic_test=100)
-  FAST_ARGS=(--epochs 2 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18 --set warmup_epochs=0.3)
+  FAST_ARGS=(--epochs 2 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18)
   HANDOUT_ARGS=(--epochs 2 --batch-size 50 --set eval_batch_size=100 --set model=tiny_resnet18)
   BENCH_SIZE=(--batch-size 8 --eval-batch-size 16 --steps 1 --windows 1 --warmup 0 --threads 1)
   BENCH_MODELS=handout_resnet18; COMPILE=no; DOCTOR_ARGS=(--no-selftest)

@@ -171,7 +171,7 @@ def test_exact_resume_on_the_device(tmp_path, deterministic):
     import pandas as pd
     from cvlab.core.engine import fit
     from cvlab.core.runs import load_run
-    cfg = gpu_config(epochs=3, schedule="cosine", warmup_epochs=1, optimizer="sgd", lr=0.05, nesterov=True,
+    cfg = gpu_config(epochs=3, schedule="cosine", warmup=0.3, optimizer="sgd", lr=0.05, nesterov=True,
                      weight_decay=5e-4, crop_padding=4, hflip=True, ema_decay=0.9, precision="auto")
     quiet = lambda s: None  # noqa: E731
     timing = ["epoch_seconds", "images_per_second"]

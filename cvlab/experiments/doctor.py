@@ -192,7 +192,7 @@ def selftest_config(device: torch.device, sizes: Sizes, model: str, **changes):
     lower the loss."""
     values = dict(model=model, device=device.type, synthetic=True, synthetic_train=sizes.batch,
                   synthetic_test=sizes.batch, batch_size=sizes.batch, eval_batch_size=sizes.batch,
-                  epochs=sizes.steps, schedule="constant", warmup_epochs=0.0, lr=sizes.lr, progress=False,
+                  epochs=sizes.steps, schedule="constant", warmup=0.0, lr=sizes.lr, progress=False,
                   download=False)
     values.update(changes)
     return make_config("fast", **values)
