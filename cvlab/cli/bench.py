@@ -105,7 +105,8 @@ def register(sub) -> None:
     p.add_argument("--compile", default="no", nargs="?", const="yes", metavar="LIST",
                    help="cvlab path: torch.compile (warm-up not timed): yes, no or no,yes (default no)")
     p.add_argument("--optimizer-impl", default="auto", metavar="LIST",
-                   help="cvlab path: auto, fused, foreach, forloop; comma-separated (default auto)")
+                   help="cvlab path: auto, default (torch's choice), fused, foreach, forloop; comma-separated "
+                        "(default auto)")
     p.add_argument("--augment", action="store_true",
                    help="cvlab path: shuffle + random crop (padding 4) + flip on the device, as the improved recipes do")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's choice)")

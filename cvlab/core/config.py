@@ -27,7 +27,7 @@ from .paths import resolve_data_root
 ACCELERATORS: tuple[str, ...] = ("cuda", "npu", "mps")
 DEVICES: tuple[str, ...] = ("auto", "cpu", *ACCELERATORS)
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-OPTIMIZER_IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "forloop")
+OPTIMIZER_IMPLS: tuple[str, ...] = ("auto", "default", "fused", "foreach", "forloop")
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,9 @@ class Config:
     compile_warmup: bool = option(True, "compiled models: run the train/eval steps once per batch shape before "
                                         "epoch 1, then restore model and optimizer, so compile time stays out of "
                                         "epoch timings")
-    optimizer_impl: str = option("auto", "optimizer kernels: fused, foreach (multi-tensor) or forloop; auto = fused "
-                                         "on CUDA", choices=OPTIMIZER_IMPLS)
+    optimizer_impl: str = option("auto", "optimizer kernels: fused, foreach (multi-tensor), forloop, or default (torch's "
+                                         "own choice, as a plain torch.optim.Adam gets); auto = fused on CUDA where "
+                                         "torch has it", choices=OPTIMIZER_IMPLS)
     cudnn_benchmark: bool = option(True, "CUDA only: let cuDNN time its convolution algorithms for each input shape")
     seed: int = option(0, "random seed for weights, data order and augmentation", range=NON_NEGATIVE)
     log_every: int = option(10, "steps between live-loss updates of the progress bar (each one syncs the device)",
@@ -181,10 +182,10 @@ RENAMED = {"warmup_epochs": "warmup"}
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "handout": (
         "the handout exactly: its ResNet-18, batch 1024, Adam lr 1e-4, 100 epochs, "
-        "no shuffling, no augmentation, MNIST normalization, fp32",
+        "no shuffling, no augmentation, MNIST normalization, fp32, torch's default Adam kernels, no cuDNN autotuning",
         dict(model="handout_resnet18", batch_size=1024, optimizer="adam", lr=1e-4,
              epochs=100, shuffle=False, normalization="handout", precision="fp32",
-             channels_last=False, compile=False),
+             channels_last=False, compile=False, optimizer_impl="default", cudnn_benchmark=False),
     ),
 }
 
@@ -234,10 +235,10 @@ _derive("alt-dropout", "+zero-init", "+ dropout 0.2 before the classifier", rung
 _derive("fast", "+tta-flip", "without CutMix and TrivialAugment (too strong for 30 epochs), batch 512 with lr 0.4, "
         "30 epochs, bf16 autocast where supported, channels_last; target >= 75% top-1 on an H100",
         rung=False, mix="none", policy="none", batch_size=512, lr=0.4, epochs=30,
-        precision="auto", channels_last=True)
+        precision="auto", channels_last=True, optimizer_impl="auto", cudnn_benchmark=True)
 _derive("best", "+tta-flip", "for 200 epochs, bf16 autocast where supported, channels_last, policy ops "
         "shared by groups of 16 images; target >= 80% top-1, mean of 3 seeds", rung=False,
-        epochs=200, precision="auto", channels_last=True, policy_group=16)
+        epochs=200, precision="auto", channels_last=True, policy_group=16, optimizer_impl="auto", cudnn_benchmark=True)
 LADDER += ["fast", "best"]
 
 

@@ -38,12 +38,12 @@ from .runs import RESUMABLE_FIELDS, RunDir, disk_error, select_best, summarize_h
 
 # ---------------------------------------------------------------------------- optimizer and schedule
 
-def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor]) -> dict:
-    """Constructor flags choosing the update kernels: one fused kernel, multi-tensor (foreach), or a
-    Python loop over parameters. "auto" = fused when every parameter is on a CUDA device, else torch's default."""
-    if impl == "auto":
-        return {"fused": True} if params and all(p.is_cuda for p in params) else {}
-    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[impl]
+def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor], optimizer: str = "adam") -> dict:
+    """Constructor flags choosing the update kernels for parameters on one device: decided in
+    cvlab.core.device (fused/foreach only where the installed torch has them for that device)."""
+    device = params[0].device if params else torch.device("cpu")
+    kernels, _ = devices.decide_optimizer_kernels(impl, optimizer, devices.probe(device))
+    return devices.OPTIMIZER_KWARGS[kernels]
 
 
 def parameter_groups(cfg: Config, model: nn.Module) -> list[dict]:
@@ -58,9 +58,12 @@ def parameter_groups(cfg: Config, model: nn.Module) -> list[dict]:
     return [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module, impl: dict | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer; `impl` = kernel flags from the device plan, else decided here."""
     params = parameter_groups(cfg, model)
-    impl = optimizer_impl_kwargs(cfg.optimizer_impl, [p for group in params for p in group["params"]])
+    if impl is None:
+        impl = optimizer_impl_kwargs(cfg.optimizer_impl, [p for group in params for p in group["params"]],
+                                     cfg.optimizer)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay, **impl)
@@ -293,6 +296,7 @@ class Trainer:
     val_loader: TensorLoader | None = None  # the validation split, when cfg.val_size > 0
     commit: str | None = None               # git commit of the code that built this trainer (read once)
     warmup_seconds: float = 0.0             # untimed compile warm-up before epoch 1 (see `warm_up`)
+    plan: devices.Plan | None = None        # what the device gave the config (precision, kernels, compile)
 
     @property
     def train_model(self) -> nn.Module:
@@ -325,9 +329,9 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     `data` replaces `load_for_config(cfg)` (used as given, no subsets), e.g. in-memory data for benchmarks.
     """
     device = devices.resolve_device(cfg.device)
-    precision = devices.resolve_precision(cfg.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    plan = devices.make_plan(cfg, devices.probe(device))  # precision, kernels, compile: decided by capability
+    devices.apply_plan(plan, device)
+    precision = plan.precision
     data = load_for_config(cfg) if data is None else data
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.num_classes, zero_init_last=cfg.zero_init_last_bn,
@@ -335,7 +339,7 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Static shapes: one graph per batch shape (full and last batch, train and eval) instead of a dynamic one.
-    train_model = torch.compile(model, dynamic=False) if cfg.compile else model
+    train_model = torch.compile(model, dynamic=False) if plan.compile else model
     train_loader = TensorLoader(data.train, cfg.batch_size, device, cfg.normalization, shuffle=cfg.shuffle,
                                 augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last,
                                 mix=build_mix(cfg))
@@ -344,9 +348,9 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     val_loader = None if data.val is None else TensorLoader(data.val, cfg.eval_batch_size, device,
                                                             cfg.normalization, channels_last=cfg.channels_last)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, plan.optimizer_kwargs)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(precision) else None
+    scaler = devices.make_grad_scaler(device) if plan.grad_scaler else None
     train_step = TrainStep(train_model, optimizer, device, precision, scaler, cfg.label_smoothing, scheduler, ema)
     eval_step = EvalStep(ema.module if ema is not None else train_model, device, precision, cfg.tta_flip)
     dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
@@ -354,8 +358,8 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
                "n_val": len(data.val) if data.val is not None else 0, "source": data.source}
     t = Trainer(cfg, device, precision, model, train_step, eval_step, train_loader, test_loader, dataset,
-                val_loader, git_commit())
-    if cfg.compile and cfg.compile_warmup:
+                val_loader, git_commit(), plan=plan)
+    if plan.compile and cfg.compile_warmup:
         t.warmup_seconds = warm_up(t)
     return t
 
@@ -479,6 +483,7 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "device": devices.device_name(t.device),
         "device_type": t.device.type,
         "precision": t.precision,
+        "plan": dataclasses.asdict(t.plan) if t.plan is not None else None,  # kernels, compile, notes
         "parameters": count_parameters(t.model),
         "seed": t.cfg.seed,
         "dataset": t.dataset,

@@ -280,7 +280,7 @@ def handout_contender(s: Settings, model_name: str, data: Cifar100) -> Contender
 def cvlab_config(s: Settings, model_name: str, precision: str, channels_last: bool, compile_: bool, impl: str):
     return make_config("handout", model=model_name, batch_size=s.batch_size, eval_batch_size=s.eval_batch_size,
                        epochs=1, device=s.device.type, precision=precision, channels_last=channels_last,
-                       compile=compile_, optimizer_impl=impl, seed=s.seed, progress=False,
+                       compile=compile_, optimizer_impl=impl, cudnn_benchmark=True, seed=s.seed, progress=False,
                        shuffle=s.augment, crop_padding=4 if s.augment else 0, hflip=s.augment)
 
 
