@@ -64,7 +64,7 @@ def test_baseline_notebook_is_present():
 
 
 def test_profiles_give_every_contract_notebook_its_parameters():
-    for name in ("smoke", "full"):
+    for name in ("smoke", "quick", "full"):
         profile = runner.load_profile(name)
         assert COMMON <= set(profile.common)
         for stem, keys in CONTRACT.items():
@@ -72,10 +72,13 @@ def test_profiles_give_every_contract_notebook_its_parameters():
     smoke = runner.load_profile("smoke")
     assert smoke.common["SYNTHETIC"] is True and smoke.common["DEVICE"] == "cpu"
     assert runner.load_profile("full").common["SYNTHETIC"] is False
+    quick = runner.load_profile("quick")  # real data at a CPU budget, the report's theory setting
+    assert quick.common["SYNTHETIC"] is False and quick.common["DEVICE"] == "cpu"
+    assert quick.notebooks["02_theory"]["QUICK"] is False and quick.notebooks["03_improvements"]["BUDGET"] == "quick"
 
 
 def test_present_notebooks_declare_what_the_profiles_set():
-    for name in ("smoke", "full"):
+    for name in ("smoke", "quick", "full"):
         warnings = []
         runner.resolve_parameters(NOTEBOOKS, runner.load_profile(name), [], warnings.append)
         assert not warnings
