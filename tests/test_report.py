@@ -320,3 +320,19 @@ def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
 def test_bad_parameter_type_is_a_usage_error(smoke):
     done = _report(smoke, "--profile", "smoke", "-p", "EPOCHS", "three")
     assert done.returncode == 2 and "must be an integer" in done.stderr
+
+
+def test_theory_notebook_runs_without_cifar100(smoke, tmp_path):
+    """Q2, Q5 and Q6 need no data: notebook 02 still runs them and says what to do for Q1, Q3 and Q4."""
+    out = tmp_path / "out"
+    done = _report(smoke, "--profile", "smoke", "--only", "02", "--no-estimate", "-p", "SYNTHETIC", "false",
+                   "-p", "DATA_ROOT", str(tmp_path / "empty"), "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    nb = nbformat.read(str(out / "02_theory.ipynb"), as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "没有在" in text and "找到 CIFAR-100" in text
+    rendered = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if "text/markdown" in o.get("data", {})]
+    assert len([r for r in rendered if r.startswith("### (")]) == 6        # all six answers are shown
+    q5 = next(r for r in rendered if r.startswith("### (5)"))
+    assert "〔本次未计算〕" not in q5 and "{{" not in q5

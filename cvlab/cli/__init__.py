@@ -6,6 +6,7 @@
     python -m cvlab train --resume --out runs/demo --epochs 3
     python -m cvlab data check --data-root ./data
     python -m cvlab presets
+    python -m cvlab theory                                      # the numbers behind answers/
 
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 1 anything unexpected;
 130 interrupted (the run directory stays valid and can be resumed).
@@ -17,14 +18,14 @@ import sys
 import warnings
 
 from ..core.errors import UsageError
-from . import ablate, aftertrain, bench, report, train
+from . import ablate, aftertrain, bench, report, theory, train
 from .common import Parser
 
 # ---------------------------------------------------------------------------- main
 
 # One module per command (or family of commands), each with a `register(sub)` that adds its parser.
 REGISTER = [train.register_train, train.register_presets, train.register_data, ablate.register, report.register,
-            bench.register, *aftertrain.REGISTER]
+            bench.register, *aftertrain.REGISTER, theory.register]
 
 
 def build_parser() -> Parser:

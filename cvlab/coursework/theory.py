@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.augment import compose, random_crop, random_hflip
-from ..core.data import Split, TensorLoader, load_for_config, locate, subset
+from ..core.data import SPLIT_SIZES, Split, TensorLoader, load_for_config, locate, subset
 from ..core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
 from ..core.errors import RunDirError
 from ..core.paths import resolve_data_root
 from ..core.runs import load_run
 
-CIFAR_TRAIN_IMAGES = 50_000     # images in the CIFAR-100 training set
+CIFAR_TRAIN_IMAGES = SPLIT_SIZES["train"]  # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size
 HANDOUT_EPOCHS = 100            # the handout's iteration_num (it counts epochs)
 CPU = torch.device("cpu")
@@ -122,6 +122,7 @@ ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     "tanh": (torch.tanh, "(e^x - e^-x) / (e^x + e^-x)"),
     "ReLU": (F.relu, "max(0, x)"),
     "LeakyReLU": (lambda x: F.leaky_relu(x, 0.01), "max(0.01x, x)"),
+    "PReLU": (lambda x: F.prelu(x, torch.full((1,), 0.25, dtype=x.dtype)), "max(ax, x), a learned (init 0.25)"),
     "ELU": (F.elu, "x if x > 0 else e^x - 1"),
     "GELU": (F.gelu, "x * Phi(x)"),
     "SiLU": (F.silu, "x * sigmoid(x)"),
@@ -175,14 +176,37 @@ def depth_gradients(depth: int = 20, width: int = 256, batch: int = 512, seed: i
     return out
 
 
+def mean_field(fn: Callable[[torch.Tensor], torch.Tensor], depth: int, weight_var: float = 2.0,
+               input_var: float = 1.0) -> dict[str, float]:
+    """Mean-field prediction for a wide `depth`-layer MLP with Var(w) = weight_var / n_in, zero bias
+    (Poole et al. 2016; Schoenholz et al. 2017): the pre-activation variance q_l = weight_var * E[f(h)^2],
+    h ~ N(0, q_{l-1}), the gradient factor per layer chi_l = weight_var * E[f'(h)^2] (> 1: gradients grow
+    toward the input, < 1: they vanish), and the predicted |dL/dW_1| / |dL/dW_depth| =
+    sqrt(chi_2 ... chi_depth) * sqrt(E[x^2] / E[f(h_{depth-1})^2])."""
+    z = torch.linspace(-10, 10, 200001, dtype=torch.float64)
+    density = torch.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+    expect = lambda v: torch.trapezoid(v * density, z).item()  # noqa: E731
+    q, chis, second_moments = weight_var * input_var, [], [input_var]
+    for _ in range(depth):
+        h = (math.sqrt(q) * z).requires_grad_()
+        y = fn(h)
+        (grad,) = torch.autograd.grad(y.sum(), h)
+        chis.append(weight_var * expect(grad.detach() ** 2))
+        second_moments.append(expect(y.detach() ** 2))
+        q = weight_var * second_moments[-1]
+    ratio = math.sqrt(math.prod(chis[1:]) * second_moments[0] / second_moments[depth - 1])
+    return {"q_last": q, "chi_last": chis[-1], "predicted_ratio": ratio}
+
+
 def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> dict:
     """Activation functions and their derivatives (saturating regions shaded), plus how the
-    gradient reaching each layer of an MLP (20 layers; 50 when not quick) depends on the activation."""
+    gradient reaching each layer of a 20-layer MLP depends on the activation, beside its mean-field
+    prediction (`quick` is accepted for a uniform signature: this demo takes seconds either way)."""
     import pandas as pd
 
     with single_thread():
         table = activation_table()
-        grads = depth_gradients(depth=20 if quick else 50, seed=seed)
+        grads = depth_gradients(depth=20, seed=seed)  # deeper, float32 sigmoid gradients underflow to 0
     depth = len(next(iter(grads.values())))
     fig, ax = _figure(3, panel=(4.8, 3.8))
     x = torch.linspace(-6, 6, 1201, requires_grad=True)
@@ -210,8 +234,10 @@ def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> d
     for a in ax[0]:
         a.grid(alpha=0.3)
     ratio = pd.Series({k: v[0] / v[-1] for k, v in grads.items()}, name="first/last layer gradient")
+    theory = {k: mean_field(ACTIVATIONS[k][0], depth) for k in ("sigmoid", "tanh", "ReLU")}
+    mean = pd.DataFrame(theory).T.assign(measured_ratio=ratio[list(theory)])
     return {"figure": _save(fig, fig_dir, "activations.png"), "table": table,
-            "depth": depth, "gradient_ratio": ratio}
+            "depth": depth, "gradient_ratio": ratio, "mean_field": mean}
 
 
 # ============================================================================ (6) optimizers
@@ -551,7 +577,8 @@ def batch_size_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, see
                           "steps_per_epoch": [steps_per_epoch(CIFAR_TRAIN_IMAGES, b) for b in sizes_epoch]})
     epoch["steps_in_100_epochs"] = epoch.steps_per_epoch * HANDOUT_EPOCHS
     figure = _plot_batch(fig_dir, noise, epoch, n, draws, data)
-    return {"figure": figure, "noise": noise, "steps": epoch, "n_examples": n, "parameters": grads.shape[1],
+    return {"figure": figure, "noise": noise, "steps": epoch, "n_examples": n, "draws": draws,
+            "parameters": grads.shape[1],
             "trace_sigma": trace, "full_grad_sq_norm": full_sq, "noise_scale_B_simple": trace / full_sq,
             "data": data.description}
 
@@ -566,8 +593,8 @@ def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Pa
     bars = ax[0, 2].bar([str(b) for b in epoch.batch_size], epoch.steps_per_epoch,
                         color=["C1" if b == HANDOUT_BATCH_SIZE else "C0" for b in epoch.batch_size])
     ax[0, 2].bar_label(bars, fontsize=8)
-    ax[0, 2].set(title="steps per epoch, 50,000 images (orange: handout)", xlabel="batch size",
-                 ylabel="ceil(50000 / B)")
+    ax[0, 2].set(title=f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)", xlabel="batch size",
+                 ylabel=f"ceil({CIFAR_TRAIN_IMAGES} / B)")
     ax[0, 2].set_yscale("log")
     for a in ax[0]:
         a.grid(alpha=0.3)
