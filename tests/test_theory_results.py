@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from cvlab.coursework import theory_results as tr
+from cvlab.coursework.theory import results as tr
 
 
 def test_answers_agree_with_the_committed_results():
@@ -80,3 +80,10 @@ def test_templates_keep_the_handouts_numbers_out_of_typed_text():
         body = text.split("**参考文献**")[0]
         typed = set(re.findall(r"(?<![\w.])\d+\.\d{2,}(?![\w.])", body)) - allowed
         assert not typed, f"{name}: typed-in numbers {sorted(typed)}; take them from the results"
+
+
+def test_one_theory_module_per_answer():
+    from pathlib import Path
+    package = Path(tr.__file__).parent
+    for name in tr.QUESTIONS:
+        assert (package / f"{name}.py").is_file(), f"cvlab/coursework/theory/{name}.py mirrors answers/{name}.md"

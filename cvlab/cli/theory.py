@@ -8,7 +8,8 @@ from .common import add_data_options
 
 
 def cmd_theory(args) -> int:
-    from ..coursework import theory, theory_results as tr
+    from ..coursework import theory
+    from ..coursework.theory import results as tr
     from ..core.data import locate
     from ..core.paths import resolve_data_root
 

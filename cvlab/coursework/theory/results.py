@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.data import CIFAR100_MEAN, HANDOUT_MEAN, HANDOUT_STD, SPLIT_SIZES
-from ..core.paths import REPO_ROOT
+from ...core.data import CIFAR100_MEAN, HANDOUT_MEAN, HANDOUT_STD, SPLIT_SIZES
+from ...core.paths import REPO_ROOT
 
 QUESTIONS = ("q1_batch_size", "q2_epoch", "q3_overfitting", "q4_resnet", "q5_activations", "q6_optimizers")
 RESULTS_FILE = REPO_ROOT / "docs" / "results" / "theory.json"
@@ -49,7 +49,7 @@ def data_zh(description: str) -> str:
 
 
 def q1_numbers(r: dict) -> dict[str, Any]:
-    """Gradient noise vs batch size (theory.batch_size_demo), and the epoch arithmetic of its table."""
+    """Gradient noise vs batch size (batch_size_demo), and the epoch arithmetic of its table."""
     noise = r["noise"]
     ratio = noise.measured_sq_error / noise.theory_sq_error
     steps = r["steps"].set_index("batch_size")
@@ -63,7 +63,7 @@ def q1_numbers(r: dict) -> dict[str, Any]:
 
 
 def q2_numbers(r: dict) -> dict[str, Any]:
-    """One epoch on cvlab's TensorLoader (theory.epoch_demo)."""
+    """One epoch on cvlab's TensorLoader (epoch_demo)."""
     n, b = r["n_images"], r["batch_size"]
     plain, shuffled = r["no_shuffle"], r["shuffle"]
     return {"n_images": n, "batch_size": b, "epochs": r["epochs"], "steps": plain["steps_per_epoch"],
@@ -82,7 +82,7 @@ BASELINE_KEYS = ("run", "synthetic", "n_train", "epochs", "train_acc", "test_acc
 
 
 def baseline_numbers(gap: dict | None) -> dict[str, Any]:
-    """The handout ResNet-18's own train/test gap from notebook 01's run directory (theory.run_gap);
+    """The handout ResNet-18's own train/test gap from notebook 01's run directory (run_gap);
     every value None when there is no such run."""
     if gap is None:
         return {f"baseline_{k}": None for k in BASELINE_KEYS}
@@ -95,9 +95,9 @@ def baseline_numbers(gap: dict | None) -> dict[str, Any]:
 
 
 def q3_numbers(r: dict, baseline: dict | None = None) -> dict[str, Any]:
-    """The small CNN with and without regularization (theory.regularization_demo), and the handout
+    """The small CNN with and without regularization (regularization_demo), and the handout
     ResNet-18's own train/test gap from a baseline run (`baseline`: theory.run_gap's dict, or None)."""
-    from ..core.models import build_model, count_parameters
+    from ...core.models import build_model, count_parameters
 
     out: dict[str, Any] = {"n_train": r["n_train"], "n_test": r["n_test"], "epochs": r["epochs"],
                            "data": r["data"], "data_zh": data_zh(r["data"]), "wd": 0.5, "lr": 1e-3, "wd_factor": 1 - 1e-3 * 0.5}
@@ -114,7 +114,7 @@ def q3_numbers(r: dict, baseline: dict | None = None) -> dict[str, Any]:
 
 
 def q4_numbers(r: dict) -> dict[str, Any]:
-    """Plain vs residual: gradients at initialisation and a short training run (theory.residual_demo)."""
+    """Plain vs residual: gradients at initialisation and a short training run (residual_demo)."""
     grads = {(row.network, bool(row.batchnorm)): row for row in r["gradients"].itertuples()}
     training = r["training"].set_index("model")
     loss_column = next(c for c in training.columns if c.startswith("mean_loss_last_"))
@@ -131,7 +131,7 @@ def q4_numbers(r: dict) -> dict[str, Any]:
 
 
 def q5_numbers(r: dict) -> dict[str, Any]:
-    """Activation functions, their saturation and the gradient through a deep MLP (theory.activation_demo)."""
+    """Activation functions, their saturation and the gradient through a deep MLP (activation_demo)."""
     t = r["table"].set_index("activation")
     ratio, field = r["gradient_ratio"], r["mean_field"]
     out: dict[str, Any] = {"depth": int(r["depth"]), "relu_mean": _f(t.loc["ReLU", "E[f(z)], z~N(0,1)"]),
@@ -155,7 +155,7 @@ SURFACE_KEYS = {"quadratic, kappa=100": "quad", "same, rotated 30 deg": "rot", "
 
 
 def q6_numbers(r: dict) -> dict[str, Any]:
-    """torch.optim on three 2-D surfaces (theory.optimizer_demo), plus the closed forms the answer compares with."""
+    """torch.optim on three 2-D surfaces (optimizer_demo), plus the closed forms the answer compares with."""
     kappa = 100.0
     out: dict[str, Any] = {"lr_min": min(r["lr_grid"]), "lr_max": max(r["lr_grid"]), "n_lr": len(r["lr_grid"]),
                            "rate_gd": (kappa - 1) / (kappa + 1),
@@ -175,7 +175,7 @@ def q6_numbers(r: dict) -> dict[str, Any]:
 
 def recipe_numbers(preset: str = "+sgd-onecycle") -> dict[str, Any]:
     """The project's own optimizer recipe (the ladder rung that switches from Adam), from its preset."""
-    from ..core.config import make_config
+    from ...core.config import make_config
 
     cfg, handout = make_config(preset), make_config("handout")
     return {"recipe_preset": preset, "recipe_momentum": cfg.momentum, "recipe_wd": cfg.weight_decay,
@@ -195,7 +195,7 @@ def setting(data, quick: bool, seed: int) -> dict[str, Any]:
     """What the numbers depend on: the demos' setting, the data, the software and the machine."""
     import torch
 
-    from .. import __version__
+    from ... import __version__
     return {"quick": quick, "seed": seed, "data": data.description if data is not None else "none",
             "synthetic": bool(data is not None and data.synthetic), "device": "cpu, 1 thread",
             "torch": torch.__version__, "cvlab": __version__, "python": platform.python_version(),
@@ -203,14 +203,14 @@ def setting(data, quick: bool, seed: int) -> dict[str, Any]:
 
 
 def baseline_gap(run_dir: str | Path | None) -> dict | None:
-    """theory.run_gap of notebook 01's run directory, None when it is missing or unreadable."""
-    from ..core.errors import RunDirError
-    from . import theory
+    """run_gap of notebook 01's run directory, None when it is missing or unreadable."""
+    from ...core.errors import RunDirError
+    from .q3_overfitting import run_gap
 
     if run_dir is None:
         return None
     try:
-        return theory.run_gap(run_dir)
+        return run_gap(run_dir)
     except (RunDirError, OSError, KeyError, ValueError):
         return None
 
@@ -219,14 +219,14 @@ def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, basel
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the six demos at one setting (`data` None: q1, q3 and q4 are skipped) and return their numbers;
     `baseline_run` (notebook 01's run directory) adds the handout ResNet-18's own gap to q3."""
-    from . import theory
+    from . import q1_batch_size, q2_epoch, q3_overfitting, q4_resnet, q5_activations, q6_optimizers
 
-    demos = {"q1": lambda: theory.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
-             "q2": lambda: theory.epoch_demo(fig_dir, seed=seed),
-             "q3": lambda: theory.regularization_demo(fig_dir, data, quick=quick, seed=seed),
-             "q4": lambda: theory.residual_demo(fig_dir, data, quick=quick, seed=seed),
-             "q5": lambda: theory.activation_demo(fig_dir, quick=quick, seed=seed),
-             "q6": lambda: theory.optimizer_demo(fig_dir, quick=quick)}
+    demos = {"q1": lambda: q1_batch_size.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
+             "q2": lambda: q2_epoch.epoch_demo(fig_dir, seed=seed),
+             "q3": lambda: q3_overfitting.regularization_demo(fig_dir, data, quick=quick, seed=seed),
+             "q4": lambda: q4_resnet.residual_demo(fig_dir, data, quick=quick, seed=seed),
+             "q5": lambda: q5_activations.activation_demo(fig_dir, quick=quick, seed=seed),
+             "q6": lambda: q6_optimizers.optimizer_demo(fig_dir, quick=quick)}
     results: dict[str, Any] = {"setting": setting(data, quick, seed)}
     for key, demo in demos.items():
         if data is None and key in NEEDS_DATA:
@@ -239,7 +239,7 @@ def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, basel
 
 
 def write_results(results: dict[str, Any], path: str | Path = RESULTS_FILE) -> Path:
-    from ..core.runs import write_json
+    from ...core.runs import write_json
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, results)
