@@ -5,8 +5,6 @@ save them with plots.save_figure, the one figure helper.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..core import augment as aug
