@@ -314,9 +314,13 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
   body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", "Microsoft YaHei",
          "PingFang SC", "WenQuanYi Micro Hei", sans-serif; }
   math[display="block"] { margin: 0.6em 0; }
-  @media print {  /* the PDF: wrap long code lines, shrink wide tables instead of cutting them */
+  @media print {  /* the PDF: wrap long code lines, shrink and wrap wide tables instead of cutting them */
+    @page { size: A4; margin: 12mm 10mm; }
+    :root { --jp-cell-prompt-width: 44px; }
     pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
-    .jp-RenderedHTMLCommon table { font-size: 0.75em; }
+    .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
+    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em; }
+    .jp-RenderedHTMLCommon th { overflow-wrap: anywhere; }  /* long column names wrap; numbers stay whole */
     .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   }
 </style>
