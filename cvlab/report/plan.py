@@ -20,9 +20,10 @@ import torch
 from ..core.config import Config, make_config
 from ..core.data import SPLIT_SIZES
 
-# Notebook 02 trains no ResNet-18: its demos (small networks, on the CPU) took these many seconds on
-# the 2-core shared CPU where they were measured (QUICK=True / QUICK=False, real data, seed 0).
-THEORY_SECONDS = {True: 20, False: 150}
+# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds where they
+# were measured, a shared 2-core CPU under heavy load (load average ~10): QUICK=False on real data 569 s
+# (report --profile quick), QUICK=True 103 s (without data: q2, q5, q6 only). An idle CPU is faster.
+THEORY_SECONDS = {True: 100, False: 570}
 
 
 @dataclass
@@ -75,7 +76,7 @@ def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
     if stem.startswith("02"):
         quick = bool(params.get("QUICK", True))
         return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU (QUICK={quick}), no ResNet-18: "
-                                                     f"about {THEORY_SECONDS[quick]} s where measured (2-core CPU)")]
+                                                     f"~{THEORY_SECONDS[quick]} s where measured (shared 2-core CPU)")]
     if stem.startswith("03"):
         from ..experiments import ablate
 

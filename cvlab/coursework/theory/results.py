@@ -346,13 +346,17 @@ def _flatten(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def differences(results: dict[str, Any], committed: dict[str, Any], rel: float = 1e-6) -> list[tuple[str, Any, Any]]:
+def differences(results: dict[str, Any], committed: dict[str, Any], rel: float = 1e-6,
+                skip: tuple[str, ...] = ("q3.baseline_",)) -> list[tuple[str, Any, Any]]:
     """(name, this value, committed value) for every number or text of the questions that differs
-    (relative tolerance `rel` for numbers; a question not computed in either counts as different)."""
+    (relative tolerance `rel` for numbers; a question not computed in either counts as different).
+    Names starting with `skip` are left out: the baseline's gap comes from notebook 01's run, not the demos."""
     mine = _flatten({k: v for k, v in results.items() if k != "setting"})
     theirs = _flatten({k: v for k, v in committed.items() if k != "setting"})
     out = []
     for name in sorted(set(mine) | set(theirs)):
+        if name.startswith(skip):
+            continue
         a, b = mine.get(name), theirs.get(name)
         same = (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
                 and math.isclose(a, b, rel_tol=rel, abs_tol=1e-300)) or a == b
