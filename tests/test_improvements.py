@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cvlab.core import augment as aug
-from cvlab.report.ablation_plots import augmentation_gallery, save
+from cvlab.report.ablation_plots import augmentation_gallery
+from cvlab.report.plots import save_figure
 from cvlab.core.config import make_config
 from cvlab.core.data import Split, split_validation, subset
 from cvlab.core.ema import WeightEMA
@@ -111,7 +112,7 @@ def test_visual_sanity_figure_is_written(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     fig = augmentation_gallery(images(4), seed=0, synthetic=True)
-    path = save(fig, tmp_path / "augmentations.png")
+    path = save_figure(fig, tmp_path / "augmentations.png")
     assert path.stat().st_size > 10_000
     rows = len(fig.axes) // 4
     assert rows == 8  # original + crop/flip + cutout + 3 policies + mixup + cutmix

@@ -64,7 +64,7 @@ def test_baseline_notebook_is_present():
 
 
 def test_profiles_give_every_contract_notebook_its_parameters():
-    for name in ("smoke", "full"):
+    for name in ("smoke", "quick", "full"):
         profile = runner.load_profile(name)
         assert COMMON <= set(profile.common)
         for stem, keys in CONTRACT.items():
@@ -72,10 +72,13 @@ def test_profiles_give_every_contract_notebook_its_parameters():
     smoke = runner.load_profile("smoke")
     assert smoke.common["SYNTHETIC"] is True and smoke.common["DEVICE"] == "cpu"
     assert runner.load_profile("full").common["SYNTHETIC"] is False
+    quick = runner.load_profile("quick")  # real data at a CPU budget, the report's theory setting
+    assert quick.common["SYNTHETIC"] is False and quick.common["DEVICE"] == "cpu"
+    assert quick.notebooks["02_theory"]["QUICK"] is False and quick.notebooks["03_improvements"]["BUDGET"] == "quick"
 
 
 def test_present_notebooks_declare_what_the_profiles_set():
-    for name in ("smoke", "full"):
+    for name in ("smoke", "quick", "full"):
         warnings = []
         runner.resolve_parameters(NOTEBOOKS, runner.load_profile(name), [], warnings.append)
         assert not warnings
@@ -317,3 +320,19 @@ def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
 def test_bad_parameter_type_is_a_usage_error(smoke):
     done = _report(smoke, "--profile", "smoke", "-p", "EPOCHS", "three")
     assert done.returncode == 2 and "must be an integer" in done.stderr
+
+
+def test_theory_notebook_runs_without_cifar100(smoke, tmp_path):
+    """Q2, Q5 and Q6 need no data: notebook 02 still runs them and says what to do for Q1, Q3 and Q4."""
+    out = tmp_path / "out"
+    done = _report(smoke, "--profile", "smoke", "--only", "02", "--no-estimate", "-p", "SYNTHETIC", "false",
+                   "-p", "DATA_ROOT", str(tmp_path / "empty"), "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    nb = nbformat.read(str(out / "02_theory.ipynb"), as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "没有在" in text and "找到 CIFAR-100" in text
+    rendered = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if "text/markdown" in o.get("data", {})]
+    assert len([r for r in rendered if r.startswith("### (")]) == 6        # all six answers are shown
+    q5 = next(r for r in rendered if r.startswith("### (5)"))
+    assert "〔本次未计算〕" not in q5 and "{{" not in q5

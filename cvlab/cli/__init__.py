@@ -7,6 +7,7 @@
     python -m cvlab data check --data-root ./data
     python -m cvlab presets
     python -m cvlab doctor                                      # check this machine first
+    python -m cvlab theory                                      # the numbers behind answers/
 
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 3 training diverged (a non-finite
 loss; the run directory keeps its last good epoch); 1 anything unexpected; 130 interrupted (the run
@@ -19,14 +20,14 @@ import sys
 import warnings
 
 from ..core.errors import Diverged, UsageError
-from . import ablate, aftertrain, bench, doctor, report, train
+from . import ablate, aftertrain, bench, doctor, report, theory, train
 from .common import Parser
 
 # ---------------------------------------------------------------------------- main
 
 # One module per command (or family of commands), each with a `register(sub)` that adds its parser.
 REGISTER = [train.register_train, train.register_presets, train.register_data, ablate.register, report.register,
-            bench.register, doctor.register, *aftertrain.REGISTER]
+            bench.register, doctor.register, *aftertrain.REGISTER, theory.register]
 
 
 def build_parser() -> Parser:

@@ -126,7 +126,7 @@ def register_presets(sub) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from ..core.config import Config
-    from ..core.data import describe, download_archive, load_cifar100, locate, synthetic_root
+    from ..core.data import SPLIT_SIZES, describe, download_archive, load_cifar100, locate, synthetic_root
 
     if args.synthetic:
         root = synthetic_root(Config.synthetic_train, Config.synthetic_test, seed=0)
@@ -142,7 +142,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # md5 status is reported below
         data = load_cifar100(root, download=False, check_md5=not args.synthetic,
-                             expected_sizes=None if args.synthetic else {"train": 50000, "test": 10000})
+                             expected_sizes=None if args.synthetic else SPLIT_SIZES)
     info = describe(data)
     info["synthetic"] = bool(args.synthetic)
     if args.json:

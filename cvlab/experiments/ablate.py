@@ -36,6 +36,7 @@ class Budget:
 
 RUNGS = tuple(LADDER[:-2])  # the ladder without its two end points, fast and best
 SMOKE_RUNGS = ("handout", "+crop-flip", "+sgd-onecycle", "+cutmix", "+tta-flip")
+QUICK_RUNGS = ("handout", "+norm-shuffle", "+crop-flip", "+sgd-onecycle", "+label-smoothing")
 
 BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("smoke", "SYNTHETIC data (100 train / 100 validation / 100 test images), 2 epochs, five rungs of the "
@@ -48,6 +49,11 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
            "3 epochs, the rungs of the ladder with the handout model for every rung (the CIFAR ResNet-18 is "
            "~3.5x slower on a CPU, so +cifar-stem is the same run as +crop-flip and is skipped); a CPU budget",
            dict(subset=4000, val_size=1000, test_subset=2000, epochs=3, model="handout_resnet18"), RUNGS),
+    Budget("quick", "real CIFAR-100, class-balanced: 2,000 training images (20 per class) taken after holding "
+           "out 1,000 for validation (the last 10 of each class), 1,000 test images (the first 10 of each class), "
+           "2 epochs, five rungs of the ladder with the handout model for every rung: checks the whole pipeline on "
+           "real data in a few minutes on a CPU; near-chance accuracies that cannot rank the rungs",
+           dict(subset=2000, val_size=1000, test_subset=1000, epochs=2, model="handout_resnet18"), QUICK_RUNGS),
     Budget("full", "real CIFAR-100: 45,000 training / 5,000 validation / 10,000 test images, each preset's own "
            "model and epochs, the whole ladder including fast and best (a GPU job)", dict(val_size=5000)),
 )}

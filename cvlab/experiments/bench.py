@@ -48,13 +48,13 @@ from torch import nn
 from .. import __version__
 from ..core import device as devices
 from ..core.config import make_config
-from ..core.data import HANDOUT_MEAN, HANDOUT_STD, NUM_FINE, Cifar100, Split, TensorLoader
+from ..core.data import HANDOUT_MEAN, HANDOUT_STD, NUM_FINE, SPLIT_SIZES, Cifar100, Split, TensorLoader
 from ..core.models import build_model, count_parameters
 
 SCHEMA = "cvlab.bench/1"
 PATHS = ("handout", "cvlab")
 HANDOUT_LR = 1e-4  # the handout's Adam learning rate
-CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # images per epoch used for the projected epoch times
+CIFAR_TRAIN, CIFAR_TEST = SPLIT_SIZES["train"], SPLIT_SIZES["test"]  # images per epoch for the projected epoch times
 
 # The JSON report's fields (documented in docs/performance.md; tests check both against a real run).
 REPORT_FIELDS = ("schema", "created", "command", "environment", "settings", "flops", "results", "ratios",

@@ -1,27 +1,19 @@
 """Figures for the improvement ladder, all drawn from tensors or run directories (never typed-in numbers):
 what each augmentation does to a few images, overlaid test curves, the gain of each rung, and
-per-superclass accuracy. A figure made from synthetic data says SYNTHETIC on its face.
+per-superclass accuracy. A figure made from synthetic data says SYNTHETIC on its face (plots.stamp_synthetic);
+save them with plots.save_figure, the one figure helper.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
 from ..core import augment as aug
+from .plots import stamp_synthetic
 
 
 def _stamp(fig, synthetic: bool) -> None:
     if synthetic:
-        fig.text(0.99, 0.01, "SYNTHETIC DATA", ha="right", va="bottom", color="crimson", fontsize=11,
-                 fontweight="bold", alpha=0.8)
-
-
-def save(fig, path: str | Path, dpi: int = 120) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+        stamp_synthetic(fig)
 
 
 def augmentation_rows(images: torch.Tensor, seed: int = 0) -> list[tuple[str, torch.Tensor, list[str]]]:

@@ -23,10 +23,14 @@ def _as_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else load_run(run)
 
 
-def stamp_synthetic(fig: Figure) -> None:
-    """Write SYNTHETIC across the figure so it cannot be mistaken for a CIFAR-100 result."""
+def stamp_synthetic(fig: Figure, note: str = "") -> None:
+    """Write SYNTHETIC across the figure so it cannot be mistaken for a CIFAR-100 result; `note` (e.g.
+    which panels) goes in red above the figure. Every figure helper in cvlab stamps with this one."""
     fig.text(0.5, 0.5, "SYNTHETIC", transform=fig.transFigure, rotation=25, fontsize=64, color="red",
              alpha=0.18, ha="center", va="center", weight="bold", zorder=100)
+    if note:
+        fig.text(0.5, 1.0, note, transform=fig.transFigure, ha="center", va="bottom", color="crimson",
+                 fontsize=12, weight="bold")
 
 
 def run_caption(run: Run) -> str:

@@ -156,7 +156,17 @@ def resolve_parameters(notebooks: list[Path], profile: Profile, overrides: list[
                              f"parameters: {', '.join(known)}")
         for nb in targets:
             result[nb][name] = coerce(name, text, declared[nb][name])
+    for params in result.values():
+        absolutize_data_root(params, Path.cwd())
     return result
+
+
+def absolutize_data_root(params: dict[str, Any], cwd: Path) -> None:
+    """A relative DATA_ROOT means relative to where the command was typed, not to notebooks/ (where
+    papermill runs the kernel): make it absolute. Empty stays empty (the one rule in core.paths decides)."""
+    value = params.get("DATA_ROOT")
+    if isinstance(value, str) and value:
+        params["DATA_ROOT"] = str((cwd / Path(value).expanduser()).resolve())
 
 
 # ---------------------------------------------------------------------------- kernel
@@ -304,9 +314,13 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
   body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", "Microsoft YaHei",
          "PingFang SC", "WenQuanYi Micro Hei", sans-serif; }
   math[display="block"] { margin: 0.6em 0; }
-  @media print {  /* the PDF: wrap long code lines, shrink wide tables instead of cutting them */
+  @media print {  /* the PDF: wrap long code lines, shrink and wrap wide tables instead of cutting them */
+    @page { size: A4; margin: 12mm 10mm; }
+    :root { --jp-cell-prompt-width: 44px; }
     pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
-    .jp-RenderedHTMLCommon table { font-size: 0.75em; }
+    .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
+    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em; }
+    .jp-RenderedHTMLCommon th { overflow-wrap: anywhere; }  /* long column names wrap; numbers stay whole */
     .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   }
 </style>
@@ -450,8 +464,10 @@ def default_notebooks_dir() -> Path:
 def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | None = None,
                notebooks_dir: Path | None = None, out: Path | None = None, only: list[str] | None = None,
                log_output: bool = False, no_input: bool = False, pdf: bool = True, kernel: str | None = None,
-               timeout: float | None = None, log: Callable[[str], None] = print) -> list[NotebookResult]:
-    """Execute the notebooks in order and export each; raise NotebookFailed at the first failing one."""
+               timeout: float | None = None, log: Callable[[str], None] = print,
+               estimate: bool = True) -> list[NotebookResult]:
+    """Print what each notebook will train with an estimated time (`estimate`), execute the notebooks in
+    order and export each; raise NotebookFailed at the first failing one."""
     warn = lambda text: log(f"warning: {text}")  # noqa: E731
     require_report_packages()
     profile = load_profile(profile_name)
@@ -470,6 +486,8 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
         logger.setLevel(logging.INFO)
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
+    if estimate:
+        print_plan({nb.stem: params[nb] for nb in notebooks}, log)
     results: list[NotebookResult] = []
     try:
         with kernel_environment(REPO_ROOT):
@@ -492,6 +510,23 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     finally:
         write_manifest(out / "report.json", profile, results, no_input)
     return results
+
+
+def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
+    """Log each notebook's planned training (runs x epochs x images) and a time estimate measured by a
+    short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error."""
+    from ..core.device import device_name, resolve_device
+    from . import plan
+
+    try:
+        plans = plan.plan_report(params)
+        requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
+        device = resolve_device(requested)
+        rates = plan.measure_rates({p.model for p in plans if p.model}, device)
+        for line in plan.describe(plans, rates, device_name(device)):
+            log(line)
+    except Exception as exc:  # the notebooks report real errors themselves
+        log(f"plan: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
 
 
 def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Callable[[str], None]) -> list[str]:

@@ -1,0 +1,134 @@
+"""Question (3), overfitting: the baseline run's train/test gap and a small CNN with and without regularization."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...core.augment import compose, random_crop, random_hflip
+from ...core.data import TensorLoader, subset
+from ...core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
+from ...core.errors import RunDirError
+from ...core.runs import load_run
+from .common import CPU, DemoData, new_figure, save_demo_figure, single_thread
+
+
+MISSING_BASELINE = ("no baseline run at {path}: this part reads the handout run's history. Train it with "
+                    "'python -m cvlab train --preset handout --out {absolute}' (or run notebooks/01_baseline.ipynb)")
+
+
+def run_gap(run_dir: str | Path) -> dict:
+    """Train/test figures of a run directory: the epoch of lowest test loss, the final gap
+    (test loss - train loss, train acc - test acc) and how far test loss rose after its minimum."""
+    run = load_run(run_dir)
+    h = run.history
+    best = int(h.test_loss.idxmin())
+    last = h.iloc[-1]
+    return {"run": str(run.path), "synthetic": run.synthetic, "epochs": int(last.epoch),
+            "n_train": run.metrics.get("dataset", {}).get("n_train"),
+            "min_test_loss": float(h.test_loss.min()), "min_test_loss_epoch": int(h.epoch[best]),
+            "final_train_loss": float(last.train_loss), "final_test_loss": float(last.test_loss),
+            "final_loss_gap": float(last.test_loss - last.train_loss),
+            "test_loss_rise_after_min": float(last.test_loss - h.test_loss.min()),
+            "final_train_acc": float(last.train_acc), "final_test_acc": float(last.test_acc),
+            "final_acc_gap": float(last.train_acc - last.test_acc), "history": h}
+
+
+def overfitting_from_run(run_dir: str | Path, fig_dir: str | Path) -> dict:
+    """The baseline's train/test loss and accuracy per epoch with the minimum of test loss
+    marked; when the run is missing: {"missing": message naming the run and the command}."""
+    from matplotlib.ticker import MaxNLocator
+    try:
+        gap = run_gap(run_dir)
+    except RunDirError:
+        return {"missing": MISSING_BASELINE.format(path=run_dir, absolute=Path(run_dir).resolve())}
+    h = gap["history"]
+    fig, ax = new_figure(2, panel=(4.8, 3.7))
+    ax[0, 0].plot(h.epoch, h.train_loss, label="train loss")
+    ax[0, 0].plot(h.epoch, h.test_loss, label="test loss")
+    ax[0, 0].axvline(gap["min_test_loss_epoch"], color="0.5", ls=":", label="min test loss")
+    ax[0, 0].set(title=f"{Path(gap['run']).name}: loss per epoch", xlabel="epoch", ylabel="cross-entropy")
+    ax[0, 1].plot(h.epoch, h.train_acc, label="train acc")
+    ax[0, 1].plot(h.epoch, h.test_acc, label="test acc")
+    ax[0, 1].set(title=f"{Path(gap['run']).name}: accuracy per epoch", xlabel="epoch", ylabel="top-1 accuracy")
+    for a in ax[0]:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    gap["figure"] = save_demo_figure(fig, fig_dir, "overfitting_baseline.png", synthetic=gap["synthetic"])
+    return gap
+
+
+def small_cnn(num_classes: int = 100, width: int = 16) -> nn.Sequential:
+    """Two conv layers and a wide linear head on 16x16 inputs: quick to train, quick to overfit."""
+    return nn.Sequential(
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * 16, num_classes))
+
+
+# name -> (augmentation of the uint8 batch or None, AdamW weight decay)
+REGULARIZERS = {
+    "none": (None, 0.0),
+    "augment (crop 4 + flip)": (compose(lambda x, g: random_crop(x, 4, g), random_hflip), 0.0),
+    "weight decay 0.5": (None, 0.5),
+}
+
+
+def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed: int = 0,
+                        epochs: int | None = None, n_train: int | None = None) -> dict:
+    """The same small CNN trained on few images with no regularization, with augmentation and
+    with weight decay (AdamW, lr 1e-3); train loss measured on the clean training images.
+    Overrides: `epochs` (quick 12, thorough 40), `n_train` (quick 500, thorough all of data.train)."""
+    import pandas as pd
+
+    epochs = epochs or (12 if quick else 40)
+    n = n_train or (500 if quick else len(data.train))
+    train = subset(data.train, n, balanced=n >= 100)  # n/100 images per class, original order
+    histories = {}
+    with single_thread():
+        for name, (augment, wd) in REGULARIZERS.items():
+            torch.manual_seed(seed)
+            model = small_cnn()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=wd)
+            train_step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)  # constant lr: no schedule
+            loader = TensorLoader(train, 50, CPU, "cifar100", shuffle=True, augment=augment, seed=seed)
+            clean = TensorLoader(train, 500, CPU, "cifar100")
+            test = TensorLoader(data.test, 500, CPU, "cifar100")
+            rows = []
+            for epoch in range(1, epochs + 1):
+                train_one_epoch(train_step, loader)
+                tr, te = evaluate(eval_step, clean), evaluate(eval_step, test)
+                rows.append({"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"],
+                             "train_acc": tr["acc"], "test_acc": te["acc"]})
+            histories[name] = pd.DataFrame(rows)
+    table = pd.DataFrame([{"setting": k, "final_train_loss": h.train_loss.iloc[-1],
+                           "final_test_loss": h.test_loss.iloc[-1],
+                           "loss_gap": h.test_loss.iloc[-1] - h.train_loss.iloc[-1],
+                           "final_train_acc": h.train_acc.iloc[-1], "final_test_acc": h.test_acc.iloc[-1],
+                           "min_test_loss_epoch": int(h.epoch[h.test_loss.idxmin()])}
+                          for k, h in histories.items()])
+    figure = _plot_regularization(fig_dir, histories, data, len(train), epochs)
+    return {"figure": figure, "table": table, "histories": histories, "n_train": len(train),
+            "n_test": len(data.test), "epochs": epochs, "data": data.description}
+
+
+def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int, epochs: int) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = new_figure(2, panel=(5.0, 3.8))
+    for i, (name, h) in enumerate(histories.items()):
+        ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}", label=f"{name}: train")
+        ax[0, 0].plot(h.epoch, h.test_loss, "-", color=f"C{i}", label=f"{name}: test")
+        ax[0, 1].plot(h.epoch, h.test_loss - h.train_loss, "-", color=f"C{i}", label=name)
+    ax[0, 0].set(title=f"small CNN, {n_train} train images, {epochs} epochs", xlabel="epoch",
+                 ylabel="cross-entropy (train: clean images)")
+    ax[0, 1].set(title="generalization gap: test loss - train loss", xlabel="epoch", ylabel="loss gap")
+    for a in ax[0]:
+        a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[0, 0].legend(fontsize=7)
+    ax[0, 1].legend(fontsize=8)
+    return save_demo_figure(fig, fig_dir, "regularization.png", synthetic=data.synthetic)

@@ -1,0 +1,142 @@
+"""Question (4), residual blocks: gradients at initialisation and a short training run, plain against residual."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import DemoData, new_figure, normalized, save_demo_figure, single_thread
+
+
+class DepthBlock(nn.Module):
+    """Two 3x3 convs (same width); with `residual`, the input is added before the last ReLU
+    (the handout's block without a downsample). `bn=False` drops BatchNorm and keeps conv bias."""
+
+    def __init__(self, width: int, residual: bool, bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=not bn)
+        self.bn1 = nn.BatchNorm2d(width) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=not bn)
+        self.bn2 = nn.BatchNorm2d(width) if bn else nn.Identity()
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + x if self.residual else out)
+
+
+class DepthNet(nn.Module):
+    """2 * blocks + 2 weight layers: a `pool` x `pool` average pool of the 32x32 image, a stride-2
+    3x3 stem (feature maps 8x8 for pool=2, 4x4 for pool=4), `blocks` DepthBlocks, global
+    average pool, linear classifier. PyTorch's default initialisation, as a student's nn.Conv2d gets."""
+
+    def __init__(self, blocks: int, residual: bool, bn: bool = True, width: int = 8, num_classes: int = 100,
+                 pool: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.AvgPool2d(pool), nn.Conv2d(3, width, 3, stride=2, padding=1, bias=not bn),
+                                  nn.BatchNorm2d(width) if bn else nn.Identity(), nn.ReLU())
+        self.blocks = nn.Sequential(*[DepthBlock(width, residual, bn) for _ in range(blocks)])
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def conv_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Norm of dL/dW for every conv layer in forward order after one backward pass (train mode)."""
+    model.train()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def residual_gradients(x: torch.Tensor, y: torch.Tensor, blocks: int, seed: int = 0) -> dict:
+    """Conv weight-gradient norms at initialisation for plain/residual, with/without BN."""
+    out = {}
+    for bn in (True, False):
+        for residual in (False, True):
+            torch.manual_seed(seed)
+            model = DepthNet(blocks, residual, bn, width=16)
+            out["residual" if residual else "plain", bn] = conv_gradient_norms(model, x, y)
+    return out
+
+
+def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float,
+                seed: int) -> list[float]:
+    """Adam on random mini-batches (with replacement across steps); the loss of every step."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (batch,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# name -> (blocks, residual): a shallow plain net, a deep plain net, the deep net with shortcuts
+DEGRADATION_MODELS = {"plain, 8 layers": (3, False), "plain, 32 layers": (15, False),
+                      "residual, 32 layers": (15, True)}
+
+
+def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed: int = 0,
+                  steps: int | None = None) -> dict:
+    """(a) dL/dW per conv layer at init, plain vs residual, 32 layers, with and without BN;
+    (b) a short Adam run of a shallow plain, a deep plain and a deep residual net (all with BN).
+    `steps` overrides the training steps (quick: 120, thorough: 600)."""
+    import pandas as pd
+
+    steps = steps or (120 if quick else 600)
+    tail = max(1, steps // 5)
+    x, y = normalized(data.train), data.train.fine
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.randperm(len(y), generator=gen)[:128]
+    with single_thread():
+        grads = residual_gradients(x[probe], y[probe], blocks=15, seed=seed)
+        curves = {}
+        for name, (blocks, residual) in DEGRADATION_MODELS.items():
+            torch.manual_seed(seed)
+            model = DepthNet(blocks, residual, bn=True, width=8, pool=4)
+            curves[name] = train_steps(model, x, y, steps, batch=64, lr=1e-3, seed=seed)
+    grad_rows = [{"network": net, "batchnorm": bn, "first_layer": g[0], "middle_layer": g[len(g) // 2],
+                  "last_conv_layer": g[-1]} for (net, bn), g in grads.items()]
+    train_rows = [{"model": name, "steps": steps, f"mean_loss_last_{tail}_steps": float(np.mean(c[-tail:])),
+                   "initial_loss": c[0]} for name, c in curves.items()]
+    figure = _plot_residual(fig_dir, grads, curves, data, steps)
+    return {"figure": figure, "gradients": pd.DataFrame(grad_rows), "training": pd.DataFrame(train_rows),
+            "gradient_norms": grads, "curves": curves, "data": data.description}
+
+
+def _smooth(values: list[float], window: int = 10) -> np.ndarray:
+    v = np.asarray(values)
+    window = max(1, min(window, len(v)))
+    kernel = np.ones(window) / window
+    return np.convolve(v, kernel, mode="valid")
+
+
+def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: int) -> Path:
+    fig, ax = new_figure(3, panel=(4.8, 3.8))
+    for col, bn in enumerate((True, False)):
+        for (net, has_bn), g in grads.items():
+            if has_bn == bn:
+                ax[0, col].semilogy(range(1, len(g) + 1), np.maximum(g, 1e-30), "o-" if net == "plain" else "s-",
+                                    ms=3, label=net, color="C3" if net == "plain" else "C0")
+        ax[0, col].set(title=f"gradient at init, 32 layers, {'with' if bn else 'no'} BatchNorm",
+                       xlabel="conv layer (1 = input side)", ylabel="|dL/dW|  (floored at 1e-30)")
+        ax[0, col].grid(alpha=0.3)
+        ax[0, col].legend(fontsize=8)
+    for i, (name, c) in enumerate(curves.items()):
+        s = _smooth(c)
+        ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i], label=name)
+    ax[0, 2].set(title="training loss, Adam 1e-3, batch 64 (BN)", xlabel="step",
+                 ylabel="cross-entropy (10-step mean)")
+    ax[0, 2].grid(alpha=0.3)
+    ax[0, 2].legend(fontsize=8)
+    return save_demo_figure(fig, fig_dir, "residual_vs_plain.png", synthetic=data.synthetic, which=", all three panels")

@@ -1,0 +1,139 @@
+"""Question (6), optimizers: torch.optim's optimizers on three 2-D surfaces at their best learning rates."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .common import new_figure, save_demo_figure, single_thread
+
+
+def _quadratic(angle_degrees: float, kappa: float = 100.0):
+    """f(w) = 1/2 (w - w*)^T R diag(1, kappa) R^T (w - w*), w* = (1, 1); rows of W are points."""
+    t = math.radians(angle_degrees)
+    rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+    scale = torch.tensor([1.0, kappa], dtype=torch.float64)
+
+    def f(w: torch.Tensor) -> torch.Tensor:
+        v = (w - 1.0) @ rot.to(w.dtype)
+        return 0.5 * (v ** 2 * scale.to(w.dtype)).sum(-1)
+    return f
+
+
+def rosenbrock(w: torch.Tensor) -> torch.Tensor:
+    """(1 - x)^2 + 100 (y - x^2)^2, minimum 0 at (1, 1)."""
+    return (1 - w[..., 0]) ** 2 + 100 * (w[..., 1] - w[..., 0] ** 2) ** 2
+
+
+# name -> (function, start, (xlim, ylim) of the contour plot, steps quick, steps thorough)
+SURFACES = {
+    "quadratic, kappa=100": (_quadratic(0.0), (-3.0, 2.0), ((-3.5, 2.5), (-0.5, 2.5)), 100, 300),
+    "same, rotated 30 deg": (_quadratic(30.0), (-3.0, 2.0), ((-3.5, 2.5), (-1.5, 2.5)), 100, 300),
+    "Rosenbrock": (rosenbrock, (-1.5, 2.0), ((-2.0, 2.0), (-1.0, 3.0)), 300, 1000),
+}
+
+# name -> torch.optim constructor (params with per-group lr) and the settings it uses
+OPTIMIZERS: dict[str, tuple[Callable, str]] = {
+    "SGD": (lambda p: torch.optim.SGD(p), "no momentum"),
+    "Momentum": (lambda p: torch.optim.SGD(p, momentum=0.9), "SGD, momentum 0.9"),
+    "Nesterov": (lambda p: torch.optim.SGD(p, momentum=0.9, nesterov=True), "SGD, Nesterov momentum 0.9"),
+    "AdaGrad": (lambda p: torch.optim.Adagrad(p), "torch defaults"),
+    "RMSProp": (lambda p: torch.optim.RMSprop(p, alpha=0.99), "alpha 0.99"),
+    "Adam": (lambda p: torch.optim.Adam(p, betas=(0.9, 0.999)), "betas (0.9, 0.999)"),
+    "AdamW": (lambda p: torch.optim.AdamW(p, betas=(0.9, 0.999), weight_decay=0.01), "betas (0.9, 0.999), weight decay 0.01"),
+}
+
+
+def lr_grid(quick: bool) -> list[float]:
+    """Learning rates tried for every optimizer: 1e-3 .. 1, half decades (quick) or quarter decades."""
+    per_decade = 2 if quick else 4
+    return [10 ** (k / per_decade) for k in range(-3 * per_decade, 1)]
+
+
+def optimize(fn: Callable, start: tuple[float, float], name: str, lrs: list[float], steps: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run torch.optim optimizer `name` from `start` once per learning rate (one param group
+    each, so all rates advance together). Returns losses (steps+1, n_lr) and points (steps+1, n_lr, 2)."""
+    points = [torch.tensor(start, dtype=torch.float64, requires_grad=True) for _ in lrs]
+    opt = OPTIMIZERS[name][0]([{"params": [p], "lr": lr} for p, lr in zip(points, lrs)])
+    losses, path = [], []
+    for _ in range(steps):
+        w = torch.stack(points)
+        loss = fn(w)
+        losses.append(loss.detach())
+        path.append(w.detach())
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    w = torch.stack(points).detach()
+    losses.append(fn(w))
+    path.append(w)
+    return torch.stack(losses), torch.stack(path)
+
+
+def _best_lr(losses: torch.Tensor, tail: int = 10) -> int:
+    """Index of the rate with the lowest mean log10 loss over the last `tail` steps (finite only)."""
+    score = torch.log10(losses[-tail:].clamp_min(1e-300)).mean(0)
+    score = torch.where(torch.isfinite(score), score, torch.full_like(score, float("inf")))
+    return int(score.argmin())
+
+
+def optimizer_demo(fig_dir: str | Path, quick: bool = True) -> dict:
+    """Seven torch.optim optimizers on three 2-D surfaces, each with its best learning rate
+    from the same grid at the same step count: trajectories and loss-vs-step curves."""
+    import pandas as pd
+
+    lrs = lr_grid(quick)
+    rows, runs = [], {}
+    with single_thread(), np.errstate(all="ignore"):
+        for surface, (fn, start, _, steps_quick, steps_full) in SURFACES.items():
+            steps = steps_quick if quick else steps_full
+            for name in OPTIMIZERS:
+                losses, path = optimize(fn, start, name, lrs, steps)
+                best = _best_lr(losses)
+                runs[surface, name] = (losses[:, best], path[:, best])
+                rows.append({"surface": surface, "optimizer": name, "settings": OPTIMIZERS[name][1],
+                             "best_lr": lrs[best], "steps": steps, "final_loss": losses[-1, best].item(),
+                             "final_point": tuple(round(v, 4) for v in path[-1, best].tolist())})
+    table = pd.DataFrame(rows)
+    figure = _plot_optimizers(fig_dir, runs, table)
+    return {"figure": figure, "table": table, "lr_grid": lrs}
+
+
+# Trajectory panels: the SGD family and the adaptive family, each with plain SGD for reference.
+FAMILIES = {"SGD family": ("SGD", "Momentum", "Nesterov"),
+            "adaptive": ("SGD", "AdaGrad", "RMSProp", "Adam", "AdamW")}
+
+
+def _plot_optimizers(fig_dir, runs: dict, table) -> Path:
+    fig, ax = new_figure(len(SURFACES), 3, panel=(5.0, 4.0))
+    colors = {n: f"C{i}" for i, n in enumerate(OPTIMIZERS)}
+    for col, (surface, (fn, start, (xlim, ylim), _, _)) in enumerate(SURFACES.items()):
+        gx, gy = torch.meshgrid(torch.linspace(*xlim, 300, dtype=torch.float64),
+                                torch.linspace(*ylim, 300, dtype=torch.float64), indexing="xy")
+        z = fn(torch.stack([gx, gy], -1))
+        levels = np.logspace(-2, math.log10(z.max().item()), 14)
+        rows = table[table.surface == surface].set_index("optimizer")
+        for row, (family, names) in enumerate(FAMILIES.items()):
+            a = ax[row, col]
+            a.contour(gx, gy, z, levels=levels, colors="0.7", linewidths=0.6)
+            for name in names:
+                path = runs[surface, name][1]
+                style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
+                a.plot(path[:, 0], path[:, 1], label=f"{name} (lr {rows.best_lr[name]:.3g})", **style)
+            a.plot(*start, "ko", ms=5)
+            a.plot(1, 1, "k*", ms=12)
+            a.set(xlim=xlim, ylim=ylim, title=f"{surface}: {family}", xlabel="x", ylabel="y")
+            a.legend(fontsize=7, loc="lower right")
+        for name in OPTIMIZERS:
+            style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
+            ax[2, col].semilogy(runs[surface, name][0].clamp_min(1e-16), label=name, **style)
+        ax[2, col].set(title=f"{surface}: loss vs step", xlabel="step", ylabel="f(x, y)  (floored at 1e-16)")
+        ax[2, col].grid(alpha=0.3)
+    ax[2, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), title="lr: see above")
+    fig.suptitle("torch.optim on 2-D surfaces; each optimizer at its best lr from the same grid "
+                 "(start: dot, minimum: star)", fontsize=11)
+    return save_demo_figure(fig, fig_dir, "optimizers.png")

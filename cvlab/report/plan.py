@@ -1,0 +1,170 @@
+"""What a report will train, and about how long that takes here, printed before the notebooks start.
+
+    plans = plan_report({"01_baseline": {...}, "03_improvements": {...}})
+    rates = measure_rates({p.model for p in plans if p.model}, device)   # a few seconds of warm-up
+    for line in describe(plans, rates, device_label): print(line)
+
+Each notebook's parameters give its training runs (runs x epochs x images); a short warm-up on
+random images measures training and evaluation images per second for each model on the device
+the notebooks will use, and the estimate is images / rate. It ignores data loading, figures and
+per-epoch overheads, and a busy machine is slower than its warm-up: read it as an order of magnitude.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..core.config import Config, make_config
+from ..core.data import SPLIT_SIZES
+
+# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds where they
+# were measured, a shared 2-core CPU under heavy load (load average ~10): QUICK=False on real data 569 s
+# (report --profile quick), QUICK=True 103 s (without data: q2, q5, q6 only). An idle CPU is faster.
+THEORY_SECONDS = {True: 100, False: 570}
+
+
+@dataclass
+class PlannedTraining:
+    """Runs of one model in one notebook that share their budget."""
+
+    notebook: str
+    model: str            # "" for notebook 02's demos (no ResNet-18)
+    runs: int
+    epochs: int
+    train_images: int     # per run and epoch
+    eval_images: int      # validation + test images evaluated per run and epoch
+    batch_size: int
+    note: str = ""
+
+    @property
+    def images(self) -> tuple[int, int]:
+        return (self.runs * self.epochs * self.train_images, self.runs * self.epochs * self.eval_images)
+
+
+def split_sizes(cfg: Config) -> tuple[int, int]:
+    """(training images, validation + test images) one epoch of `cfg` touches."""
+    train_total = cfg.synthetic_train if cfg.synthetic else SPLIT_SIZES["train"]
+    test_total = cfg.synthetic_test if cfg.synthetic else SPLIT_SIZES["test"]
+    available = train_total - cfg.val_size
+    train = min(cfg.subset, available) if cfg.subset else available
+    test = min(cfg.test_subset, test_total) if cfg.test_subset else test_total
+    return train, cfg.val_size + test
+
+
+def _planned(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedTraining]:
+    groups: dict[tuple, PlannedTraining] = {}
+    for cfg in cfgs:
+        train, evaluated = split_sizes(cfg)
+        key = (cfg.model, cfg.epochs, train, evaluated, cfg.batch_size)
+        if key in groups:
+            groups[key].runs += 1
+        else:
+            groups[key] = PlannedTraining(notebook, cfg.model, 1, cfg.epochs, train, evaluated, cfg.batch_size, note)
+    return list(groups.values())
+
+
+def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
+    """The training one notebook will do with `params` (its resolved papermill parameters)."""
+    if stem.startswith("01"):
+        cfg = make_config(params.get("PRESET", "handout"), epochs=params.get("EPOCHS", 100),
+                          batch_size=params.get("BATCH_SIZE", 1024), subset=params.get("SUBSET", 0),
+                          test_subset=params.get("TEST_SUBSET", 0), synthetic=params.get("SYNTHETIC", False))
+        return _planned(stem, [cfg])
+    if stem.startswith("02"):
+        quick = bool(params.get("QUICK", True))
+        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU (QUICK={quick}), no ResNet-18: "
+                                                     f"~{THEORY_SECONDS[quick]} s where measured (shared 2-core CPU)")]
+    if stem.startswith("03"):
+        from ..experiments import ablate
+
+        budget = ablate.get_budget(params.get("BUDGET", "subset"))
+        seed, seeds = params.get("SEED", 0), params.get("SEEDS", 1)
+        overrides = {"synthetic": True} if params.get("SYNTHETIC") else {}
+        runs, _ = ablate.plan(budget.presets, range(seed, seed + seeds), "runs", budget, overrides)
+        return _planned(stem, [r.config for r in runs], f"budget {budget.name}")
+    return []
+
+
+def plan_report(params: dict[str, dict[str, Any]]) -> list[PlannedTraining]:
+    """Every notebook's planned training, in notebook order (stem -> its parameters)."""
+    return [p for stem, values in params.items() for p in plan_notebook(stem, values)]
+
+
+def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0
+                  ) -> dict[str, tuple[float, float]]:
+    """model -> (training, evaluation) images per second on `device`, fp32, from `steps` timed steps
+    after one untimed step on random 32x32 images (CPU: batch 32, 1 step; elsewhere: batch 256, 3 steps)."""
+    from ..core.device import synchronize
+    from ..core.models import build_model
+
+    cpu = device.type == "cpu"
+    batch, steps = batch_size or (32 if cpu else 256), steps or (1 if cpu else 3)
+    rates = {}
+    for name in sorted(models):
+        model = build_model(name).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.randn(batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 100, (batch,), device=device)
+
+        def train_step() -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        def eval_step() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        rates[name] = (_rate(train_step, model.train, batch, steps, device, synchronize),
+                       _rate(eval_step, model.eval, batch, steps, device, synchronize))
+    return rates
+
+
+def _rate(step: Callable[[], None], mode: Callable, batch: int, steps: int, device, synchronize) -> float:
+    mode()
+    step()  # untimed: allocations, kernel selection
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return batch * steps / max(time.perf_counter() - start, 1e-9)
+
+
+def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]]) -> float | None:
+    if not plan.model:
+        quick = "QUICK=True" in plan.note
+        return float(THEORY_SECONDS[quick])
+    if plan.model not in rates:
+        return None
+    train, evaluated = plan.images
+    train_rate, eval_rate = rates[plan.model]
+    return train / train_rate + evaluated / eval_rate
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
+def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]], device_label: str) -> list[str]:
+    """Lines for the console: one per planned group, the warm-up rates, and the total estimate."""
+    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32; data loading and figures not "
+             "counted, a busy machine is slower):"]
+    for name, (train, evaluated) in rates.items():
+        lines.append(f"  warm-up {name}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
+    total = 0.0
+    for p in plans:
+        seconds = estimate_seconds(p, rates)
+        total += seconds or 0.0
+        if not p.model:
+            lines.append(f"  {p.notebook}: {p.note}")
+            continue
+        lines.append(f"  {p.notebook}: {p.runs} run(s) x {p.epochs} epoch(s) x {p.train_images:,} train images "
+                     f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
+                     f"{', ' + p.note if p.note else ''}: ~{_duration(seconds) if seconds is not None else '?'}")
+    lines.append(f"  total: ~{_duration(total)}")
+    return lines
