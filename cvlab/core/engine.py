@@ -35,10 +35,11 @@ from .models import build_model, count_parameters
 from .paths import REPO_ROOT
 from .runs import (CHECKPOINT, CONFIG, HISTORY, METRICS, prepare_run_dir, save_checkpoint, write_history,
                    write_json)
+from .tblog import with_tensorboard
 
 # Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
 RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile", "compile_warmup",
-                    "optimizer_impl", "cudnn_benchmark"}
+                    "optimizer_impl", "cudnn_benchmark", "tensorboard"}
 
 
 # ---------------------------------------------------------------------------- optimizer and schedule
@@ -519,6 +520,7 @@ def fit(cfg: Config, out: str | Path, resume: bool = False,
         f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run_dir}")
     if t.warmup_seconds:
         log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
+    on_epoch_end = with_tensorboard(cfg.tensorboard, run_dir, on_epoch_end, log)  # RUN/tb, when asked for
     log(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
     elapsed = sum(r["epoch_seconds"] for r in history)
     status = "running"
