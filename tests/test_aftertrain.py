@@ -248,3 +248,13 @@ def test_tensorboard_may_be_switched_on_when_resuming(tmp_path):
         fit(tiny_config(epochs=2), tmp_path / "run", log=quiet, on_epoch_end=StopAfter(1))
     run = fit(tiny_config(epochs=2, tensorboard=True), tmp_path / "run", resume=True, log=quiet)
     assert len(load_run(run).history) == 2
+
+
+def test_train_tensorboard_option(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    code, stdout, _ = cli(capsys, "train", "--synthetic", "--epochs", "1", "--batch-size", "100", "--device", "cpu",
+                          "--no-progress", "--set", "model=tiny_resnet18", "--set", "synthetic_train=200",
+                          "--set", "synthetic_test=100", "--tensorboard", "--out", tmp_path / "run")
+    assert code == 0 and stdout.count("note: tensorboard is not installed") == 1
+    assert load_run(tmp_path / "run").config["tensorboard"] is True

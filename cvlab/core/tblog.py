@@ -1,7 +1,7 @@
-"""Optional TensorBoard scalars (`tensorboard = true` in the config): after every epoch, each history
-column (losses, accuracies, learning rate, images/s) under RUN/tb, for live curves while a run trains:
+"""Optional TensorBoard scalars (`train --tensorboard`, or `tensorboard = true` in a config): after every
+epoch, each history column (losses, accuracies, learning rate, images/s) under RUN/tb, for live curves:
 
-    python -m cvlab train --preset handout --set tensorboard=true --out runs/demo
+    python -m cvlab train --preset handout --tensorboard --out runs/demo
     tensorboard --logdir runs            # every run's curves side by side
 
 history.csv stays the record; TensorBoard is a view of it. It needs the `tensorboard` package
