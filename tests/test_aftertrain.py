@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -214,3 +213,47 @@ def test_export_onnx_writes_and_checks_or_says_why_not(runs, tmp_path, capsys):
         assert out.with_suffix(".onnx").exists()
         if importlib.util.find_spec("onnxruntime") is not None:
             assert "ONNX Runtime matches torch" in note
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+
+def test_tensorboard_writes_every_history_column_per_epoch(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = fit(tiny_config(epochs=2, val_size=100, tensorboard=True), tmp_path / "run", log=quiet)
+    events = EventAccumulator(str(run / "tb")).Reload()
+    history = load_run(run).history
+    for tag, column in (("loss/train", "train_loss"), ("accuracy/test", "test_acc"), ("accuracy/val", "val_acc"),
+                        ("lr", "lr"), ("speed/images_per_second", "images_per_second")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx(list(history[column]), rel=1e-6)
+
+
+def test_tensorboard_missing_is_one_note_and_training_goes_on(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without the package
+    lines, rows = [], []
+    run = fit(tiny_config(epochs=1, tensorboard=True), tmp_path / "run", log=lines.append, on_epoch_end=rows.append)
+    notes = [line for line in lines if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: tensorboard is not installed")
+    assert len(rows) == 1 and len(load_run(run).history) == 1 and not (run / "tb").exists()
+
+
+def test_tensorboard_may_be_switched_on_when_resuming(tmp_path):
+    from conftest import StopAfter
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(epochs=2), tmp_path / "run", log=quiet, on_epoch_end=StopAfter(1))
+    run = fit(tiny_config(epochs=2, tensorboard=True), tmp_path / "run", resume=True, log=quiet)
+    assert len(load_run(run).history) == 2
+
+
+def test_train_tensorboard_option(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    code, stdout, _ = cli(capsys, "train", "--synthetic", "--epochs", "1", "--batch-size", "100", "--device", "cpu",
+                          "--no-progress", "--set", "model=tiny_resnet18", "--set", "synthetic_train=200",
+                          "--set", "synthetic_test=100", "--tensorboard", "--out", tmp_path / "run")
+    assert code == 0 and stdout.count("note: tensorboard is not installed") == 1
+    assert load_run(tmp_path / "run").config["tensorboard"] is True

@@ -18,7 +18,7 @@ import cvlab.core.engine as engine
 from cvlab.cli import main
 from cvlab.core.engine import fit
 from cvlab.core.errors import Diverged, RunDirError
-from cvlab.core.runs import RunDir, load_checkpoint, load_run
+from cvlab.core.runs import RunDir, load_run
 
 from conftest import StopAfter, tiny_config
 
@@ -77,7 +77,6 @@ def test_crafted_checkpoint_is_refused_on_resume(trained, tmp_path, capsys):
 def test_crafted_checkpoint_is_refused_by_every_reader(trained, tmp_path):
     from cvlab.coursework.baseline import bn_mode_check
     from cvlab.core.data import load_for_config
-    from cvlab.experiments.ablate import run_ablation
     from cvlab.experiments.analysis import predict_run
 
     run = copy_run(trained, tmp_path / "run")

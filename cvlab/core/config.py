@@ -143,6 +143,8 @@ class Config:
     log_every: int = option(10, "steps between live-loss updates of the progress bar (each one syncs the device)",
                             range=POSITIVE)
     progress: bool = option(True, "per-epoch progress bar")
+    tensorboard: bool = option(False, "also write per-epoch scalars (losses, accuracies, lr, images/s) under RUN/tb "
+                                      "for TensorBoard (needs the tensorboard package); history.csv stays the record")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,6 +34,7 @@ from .errors import Diverged, RunDirError
 from .models import build_model, count_parameters
 from .paths import REPO_ROOT
 from .runs import RESUMABLE_FIELDS, RunDir, disk_error, select_best, summarize_history  # noqa: F401 (re-exported)
+from .tblog import with_tensorboard
 
 
 # ---------------------------------------------------------------------------- optimizer and schedule
@@ -566,6 +567,7 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
         f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run.path}")
     if t.warmup_seconds:
         log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
+    on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log)  # RUN/tb, when asked for
     log(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
     elapsed = sum(r["epoch_seconds"] for r in history)
     best = select_best(history)

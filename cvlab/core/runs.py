@@ -36,7 +36,7 @@ RUN_FILES = (CONFIG, HISTORY, METRICS, CHECKPOINT, BEST)
 
 # Fields that may differ between a run and its resumption: where and how it executes, not what it computes.
 RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", "compile", "compile_warmup",
-                    "optimizer_impl", "cudnn_benchmark"}
+                    "optimizer_impl", "cudnn_benchmark", "tensorboard"}
 # Learning-rate schedules whose shape does not depend on the number of epochs: such runs may be extended.
 EXTENDABLE_SCHEDULES = ("constant",)
 

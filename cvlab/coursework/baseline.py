@@ -9,7 +9,6 @@ import io
 import math
 import pickle
 import time
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..core.config import LADDER, PARENT, Config, from_dict, make_config, parse_pairs, with_overrides
+from ..core.config import LADDER, PARENT, Config, make_config, parse_pairs, with_overrides
 from ..core.errors import RunDirError, UsageError
 from ..core.runs import RESUMABLE_FIELDS, RunDir, atomic_write_text, load_run
 
