@@ -180,7 +180,7 @@ def recipe_numbers(preset: str = "+sgd-onecycle") -> dict[str, Any]:
     cfg, handout = make_config(preset), make_config("handout")
     return {"recipe_preset": preset, "recipe_momentum": cfg.momentum, "recipe_wd": cfg.weight_decay,
             "recipe_batch": cfg.batch_size, "recipe_lr": cfg.lr, "recipe_lr_per_256": cfg.lr * 256 / cfg.batch_size,
-            "recipe_warmup_share": cfg.warmup_epochs / cfg.epochs, "handout_lr": handout.lr,
+            "recipe_warmup_share": cfg.warmup, "handout_lr": handout.lr,
             "handout_steps": (steps := handout.epochs * -(-SPLIT_SIZES["train"] // handout.batch_size)),
             "handout_displacement": steps * handout.lr}
 
