@@ -69,6 +69,14 @@ def test_evaluate_by_superclass_and_other_weights(runs, capsys):
     assert ema.trained.parameters == "ema" and ema.top1 == load_run(runs["ema"]).metrics["final"]["test_acc"]
 
 
+def test_evaluate_best_reproduces_metrics_json_best(runs, capsys):
+    code, stdout, _ = cli(capsys, "evaluate", runs["ema"], "--weights", "best", "--device", "cpu", "--json", "-")
+    record = json.loads(stdout)
+    best = load_run(runs["ema"]).metrics["best"]
+    assert code == 0 and record["checkpoint"] == "best.pt" and record["epoch"] == best["epoch"]
+    assert record["test_acc"] == best["test_acc"] and record["test_top5"] == best["test_top5"]
+
+
 @pytest.mark.parametrize("run,weights,fragment", [
     ("plain", "best", "no validation split"),
     ("plain", "ema", "kept no weight EMA"),
