@@ -69,6 +69,7 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
     """Test loss and test accuracy per epoch, one line per preset (mean over seeds), from a long
     DataFrame as returned by cvlab.runs.load_runs."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = list(dict.fromkeys(list(order or []) + list(histories["preset"])))
     names = [n for n in names if n in set(histories["preset"])]
@@ -84,6 +85,7 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, also for a 2-epoch budget
     ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _stamp(fig, synthetic)
     fig.tight_layout()
