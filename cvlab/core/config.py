@@ -139,6 +139,8 @@ class Config:
                                          "own choice, as a plain torch.optim.Adam gets); auto = fused on CUDA where "
                                          "torch has it", choices=OPTIMIZER_IMPLS)
     cudnn_benchmark: bool = option(True, "CUDA only: let cuDNN time its convolution algorithms for each input shape")
+    sync_bn: bool = option(False, "data-parallel runs (torchrun): BatchNorm statistics over the global batch "
+                                  "(SyncBatchNorm) instead of each process's share; no effect in one process")
     seed: int = option(0, "random seed for weights, data order and augmentation", range=NON_NEGATIVE)
     log_every: int = option(10, "steps between live-loss updates of the progress bar (each one syncs the device)",
                             range=POSITIVE)
