@@ -16,6 +16,7 @@ directory stays valid and can be resumed).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -52,16 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.showwarning = _one_line_warning
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
+    if not main_process:
+        warnings.simplefilter("ignore")
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        sys.stderr.write(f"cvlab: error: {exc}\n")
+        if main_process:
+            sys.stderr.write(f"cvlab: error: {exc}\n")
         return 2
     except Diverged as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return Diverged.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("cvlab: interrupted\n")
+        if main_process:
+            sys.stderr.write("cvlab: interrupted\n")
         return 130
 
 

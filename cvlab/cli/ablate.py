@@ -7,7 +7,7 @@ from ..core.errors import UsageError
 from ..core.runs import CONFIG
 from ..experiments import ablate
 from ..experiments.ablate import BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, plan, run_ablation, write_tables
-from .common import add_field_option, add_set_option, explicit_overrides
+from .common import add_field_option, add_set_option, explicit_overrides, positive_int
 
 
 def _csv(text: str) -> list[str]:
@@ -27,7 +27,7 @@ def cmd_ablate(args) -> int:
         dirs = [r.run_dir for r in plan(presets, seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
         write_tables(out, dirs, order=presets, budget=budget)
     else:
-        run_ablation(presets, seeds, out, budget, overrides)
+        run_ablation(presets, seeds, out, budget, overrides, devices=args.devices, parallel=args.parallel)
     print((out / LADDER_MD).read_text(encoding="utf-8"))
     print(f"tables: {out / LADDER_CSV}, {out / LADDER_MD}, {out / RUNS_CSV}")
     return 0
@@ -48,4 +48,9 @@ def register(sub) -> None:
     add_set_option(p, help="config field for every run, after the budget (see 'python -m cvlab presets --fields'); "
                            "repeatable")
     p.add_argument("--table-only", action="store_true", help="only rebuild the tables from existing run directories")
+    p.add_argument("--parallel", type=positive_int, metavar="N",
+                   help="train N runs at once, one process each: on GPUs 0..N-1 (NPUs) of --device, or N CPU "
+                        "processes sharing the cores; logs in OUT/logs/")
+    p.add_argument("--devices", metavar="LIST", help="the devices to place runs on, one run each at a time, "
+                                                     "e.g. cuda:0,cuda:1 or npu:0,npu:1,npu:2,npu:3 or cpu,cpu")
     p.set_defaults(func=cmd_ablate)

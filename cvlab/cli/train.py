@@ -59,6 +59,7 @@ def resume_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..core import distributed
     from ..core.engine import fit
 
     if args.resume:
@@ -72,7 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         out = args.out or str(Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = fit(cfg, out, resume=args.resume)
-    print(f"run directory: {run_dir}")
+    distributed.leave()  # after a failure the process just exits: torchrun ends the others
+    if distributed.is_main_process():
+        print(f"run directory: {run_dir}")
     return 0
 
 

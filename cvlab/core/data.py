@@ -482,19 +482,29 @@ class TensorLoader:
     Yields (images float32 (B,3,32,32), targets int64 (B,)); with `mix` (Mixup/CutMix, applied
     to the normalized batch) the targets are soft, float (B, num_classes). The iteration order depends
     only on the generators, so a run resumed from a saved generator state repeats it exactly.
+
+    Data parallelism: with `shard=(rank, world_size)` every process draws the same permutation and yields
+    its 1/world_size of each global batch of `batch_size` images (contiguous within the batch), so the
+    processes together see exactly the batches one process would. `equal_shards` (training) trims the last
+    batch to a multiple of world_size images (dropping at most world_size - 1 per epoch) so every process
+    takes equal, non-empty shares; otherwise (evaluation) shares differ by at most one and empty ones are
+    skipped. Each process augments its share with its own generator, re-seeded every epoch from
+    (seed, epoch, rank), so a resumed run needs only the epoch count to repeat the draws.
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, normalization: str,
                  shuffle: bool = False, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  seed: int = 0, channels_last: bool = False, drop_last: bool = False,
                  mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-                 | None = None) -> None:
+                 | None = None, shard: tuple[int, int] = (0, 1), equal_shards: bool = False) -> None:
         self.images = split.images.to(device)
         self.labels = split.fine.to(device)
         self.batch_size, self.device = batch_size, device
         self.shuffle, self.augment, self.mix, self.drop_last = shuffle, augment, mix, drop_last
         self.channels_last = channels_last
         self.mean, self.std = normalize_constants(normalization, device)
+        self.seed, self.shard, self.equal_shards = seed, shard, equal_shards
+        self.epoch = 0  # passes started; sharded loaders derive their augmentation seed from it
         # CPU generator for the order (portable state), device generator for augmentation.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -502,7 +512,21 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n = self.labels.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        world = self.shard[1]
+        if world > 1 and self.equal_shards and not self.drop_last and 0 < n % self.batch_size < world:
+            batches -= 1  # the last batch has fewer images than processes
+        return batches
+
+    def _share(self, start: int, stop: int) -> tuple[int, int]:
+        """This process's part [lo, hi) of the global batch [start, stop)."""
+        rank, world = self.shard
+        size = stop - start
+        if self.equal_shards:
+            size -= size % world
+        per, extra = divmod(size, world)
+        lo = start + rank * per + min(rank, extra)
+        return lo, lo + per + (1 if rank < extra else 0)
 
     @property
     def num_images(self) -> int:
@@ -511,8 +535,17 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_images
         order = torch.randperm(n, generator=self.order_generator).to(self.device) if self.shuffle else None
+        if self.shard[1] > 1:
+            self.augment_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, self.shard[0]])
+                                                   .generate_state(1)[0]))
+        self.epoch += 1
         for b in range(len(self)):
-            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
+            if self.shard[1] > 1:
+                start, stop = self._share(start, stop)
+                if start == stop:
+                    continue
+            sl = slice(start, stop)
             idx = order[sl] if order is not None else sl
             x, y = self.images[idx], self.labels[idx]
             if self.augment is not None:
@@ -528,13 +561,14 @@ class TensorLoader:
 
     def state_dict(self) -> dict:
         return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
-                "mix": self.mix_generator.get_state()}
+                "mix": self.mix_generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"])
-        self.augment_generator.set_state(state["augment"])
+        self.augment_generator.set_state(state["augment"])  # a sharded loader re-seeds it at the next pass
         if "mix" in state:  # checkpoints from before batch mixing existed lack it
             self.mix_generator.set_state(state["mix"])
+        self.epoch = int(state.get("epoch", 0))
 
 
 def describe(data: Cifar100) -> dict:

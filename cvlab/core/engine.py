@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import __version__
 from . import device as devices
+from . import distributed
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, load_for_config
@@ -199,7 +200,8 @@ def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = Fals
                 break  # diverged: the rest of the epoch would train on NaN
     devices.synchronize(step.device)
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen,
+    loss_total, correct_total, correct5_total, seen = distributed.sum_counts(loss_sum, correct, correct5, seen)
+    return {"loss": loss_total / seen, "acc": correct_total / seen, "top5": correct5_total / seen,
             "images": seen, "seconds": seconds,
             "nonfinite_step": None if finite.item() else int(finite_steps.item()) + 1}
 
@@ -218,7 +220,8 @@ def evaluate(step: EvalStep, loader: TensorLoader, progress: bool = False, desc:
         correct += (logits.argmax(dim=1) == y).sum()
         correct5 += _top_k_correct(logits, y, 5)
         seen += y.shape[0]
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen}
+    loss_total, correct_total, correct5_total, seen = distributed.sum_counts(loss_sum, correct, correct5, seen)
+    return {"loss": loss_total / seen, "acc": correct_total / seen, "top5": correct5_total / seen}
 
 
 # ---------------------------------------------------------------------------- fit
@@ -298,6 +301,7 @@ class Trainer:
     commit: str | None = None               # git commit of the code that built this trainer (read once)
     warmup_seconds: float = 0.0             # untimed compile warm-up before epoch 1 (see `warm_up`)
     plan: devices.Plan | None = None        # what the device gave the config (precision, kernels, compile)
+    group: distributed.Group = field(default_factory=distributed.Group)  # data-parallel processes (torchrun)
 
     @property
     def train_model(self) -> nn.Module:
@@ -330,6 +334,7 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     `data` replaces `load_for_config(cfg)` (used as given, no subsets), e.g. in-memory data for benchmarks.
     """
     device = devices.resolve_device(cfg.device)
+    group, device = distributed.join(device, cfg.batch_size)  # one process without torchrun
     plan = devices.make_plan(cfg, devices.probe(device))  # precision, kernels, compile: decided by capability
     devices.apply_plan(plan, device)
     precision = plan.precision
@@ -339,27 +344,33 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
                         dropout=cfg.dropout).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    parallel_model, model = distributed.wrap(model, group, device, cfg.sync_bn)  # DDP with several processes
     # Static shapes: one graph per batch shape (full and last batch, train and eval) instead of a dynamic one.
-    train_model = torch.compile(model, dynamic=False) if plan.compile else model
+    train_model = torch.compile(parallel_model, dynamic=False) if plan.compile else parallel_model
+    # Several processes evaluate the bare module: DDP's forward would wait for the others at every batch.
+    plain_eval_model = train_model if not group.parallel else (torch.compile(model, dynamic=False) if plan.compile
+                                                                else model)
+    shard = (group.rank, group.world_size)
     train_loader = TensorLoader(data.train, cfg.batch_size, device, cfg.normalization, shuffle=cfg.shuffle,
                                 augment=build_augment(cfg), seed=cfg.seed, channels_last=cfg.channels_last,
-                                mix=build_mix(cfg))
+                                mix=build_mix(cfg), shard=shard, equal_shards=True)
     test_loader = TensorLoader(data.test, cfg.eval_batch_size, device, cfg.normalization,
-                               channels_last=cfg.channels_last)
+                               channels_last=cfg.channels_last, shard=shard)
     val_loader = None if data.val is None else TensorLoader(data.val, cfg.eval_batch_size, device,
-                                                            cfg.normalization, channels_last=cfg.channels_last)
+                                                            cfg.normalization, channels_last=cfg.channels_last,
+                                                            shard=shard)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     optimizer = build_optimizer(cfg, model, plan.optimizer_kwargs)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = devices.make_grad_scaler(device) if plan.grad_scaler else None
     train_step = TrainStep(train_model, optimizer, device, precision, scaler, cfg.label_smoothing, scheduler, ema)
-    eval_step = EvalStep(ema.module if ema is not None else train_model, device, precision, cfg.tta_flip)
+    eval_step = EvalStep(ema.module if ema is not None else plain_eval_model, device, precision, cfg.tta_flip)
     dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
                "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
                "n_val": len(data.val) if data.val is not None else 0, "source": data.source}
     t = Trainer(cfg, device, precision, model, train_step, eval_step, train_loader, test_loader, dataset,
-                val_loader, git_commit(), plan=plan)
+                val_loader, git_commit(), plan=plan, group=group)
     if plan.compile and cfg.compile_warmup:
         t.warmup_seconds = warm_up(t)
     return t
@@ -384,14 +395,15 @@ def warm_up(t: Trainer) -> float:
     rng = rng_state()  # dropout or random augmentations would otherwise draw from it
     # The schedule must not advance and the EMA must not average warm-up steps; evaluation runs the compiled model.
     train_step = dataclasses.replace(t.train_step, scheduler=None, ema=None)
-    eval_step = dataclasses.replace(t.eval_step, model=t.train_model)
+    eval_step = t.eval_step if t.group.parallel else dataclasses.replace(t.eval_step, model=t.train_model)
     devices.synchronize(t.device)
     start = time.perf_counter()
     train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
                          augment=t.train_loader.augment, channels_last=t.cfg.channels_last,
-                         drop_last=t.train_loader.drop_last, mix=t.train_loader.mix)
+                         drop_last=t.train_loader.drop_last, mix=t.train_loader.mix, shard=t.train_loader.shard,
+                         equal_shards=t.train_loader.equal_shards)
     test = TensorLoader(_shape_probe(t.test_loader), t.test_loader.batch_size, t.device, t.cfg.normalization,
-                        channels_last=t.cfg.channels_last)
+                        channels_last=t.cfg.channels_last, shard=t.test_loader.shard)
     train_one_epoch(train_step, train, desc="warm-up")
     evaluate(eval_step, test, desc="warm-up")
     devices.synchronize(t.device)
@@ -483,6 +495,7 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "mean_images_per_second": s["mean_images_per_second"],
         "device": devices.device_name(t.device),
         "device_type": t.device.type,
+        **t.group.describe(),  # world_size, backend: the data-parallel processes (1, None without torchrun)
         "precision": t.precision,
         "plan": dataclasses.asdict(t.plan) if t.plan is not None else None,  # kernels, compile, notes
         "parameters": count_parameters(t.model),
@@ -510,6 +523,7 @@ def run_epoch(t: Trainer, epoch: int) -> dict:
                             desc=f"epoch {epoch}/{t.cfg.epochs}")
     if train.get("nonfinite_step") is not None:
         raise NonFiniteLoss(epoch, train["nonfinite_step"], len(t.train_loader))
+    distributed.broadcast_buffers(t.model, t.ema.module if t.ema is not None else None)
     val = evaluate(t.eval_step, t.val_loader, t.cfg.progress, desc="val") if t.val_loader is not None else None
     test = evaluate(t.eval_step, t.test_loader, t.cfg.progress)
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
@@ -538,12 +552,21 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     writes the directory (run.lock). Ctrl-C leaves it valid up to the last finished epoch; a non-finite
     loss stops training with status "diverged" and raises errors.Diverged.
     """
+    distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
+                     cfg.batch_size if cfg is not None else None)
+    if not distributed.is_main_process():
+        return _follow()  # under torchrun: rank 0 does all of this, the others train in step with it
     run = RunDir(out)
-    run.check_start(resume)
-    if resume:
-        cfg = run.resume_config(cfg)
-    elif cfg is None:
-        raise RunDirError("fit needs a config unless it resumes a run")
+    try:
+        run.check_start(resume)
+        if resume:
+            cfg = run.resume_config(cfg)
+        elif cfg is None:
+            raise RunDirError("fit needs a config unless it resumes a run")
+    except Exception as exc:
+        distributed.share({"error": str(exc)})  # the others stop with rank 0's message instead of waiting
+        raise
+    distributed.share({"config": cfg.to_dict(), "resume": resume, "run_dir": str(run.path)})
     t = build_trainer(cfg)  # loads the data: a start that fails here leaves nothing behind
     with run.open(resume):
         return _train(t, run, resume, on_epoch_end, log)
@@ -558,6 +581,7 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
             raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
                               f"{start_epoch} epochs")
         log(f"resuming {run.path} after epoch {start_epoch}")
+        distributed.warn_if_resized(run.path / "metrics.json", t.group, log)
     if not resume or not run.has_checkpoint("last") or run.read_config().get("epochs") != cfg.epochs:
         # A new run, a restart of one stopped before its first epoch, or an extended run: its config as it now is.
         saved = run.read_config() if resume else {}
@@ -611,4 +635,20 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
                        "lower the learning rate and start a new run") from None
     if status != "complete":  # nothing left to train (resumed a finished run)
         run.write_metrics(summarize(t, history, "complete", elapsed))
+    return run.path
+
+
+def _follow() -> Path:
+    """A data-parallel process other than rank 0: the same trainer and epochs as rank 0 (its config and
+    checkpoint), every collective in step with it, nothing written and nothing printed."""
+    start = distributed.share()
+    if "error" in start:
+        raise RunDirError(start["error"])
+    cfg, run = from_dict({**start["config"], "progress": False}), RunDir(start["run_dir"])
+    t = build_trainer(cfg)
+    start_epoch = 0
+    if start["resume"] and run.has_checkpoint("last"):
+        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location=t.device))
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        run_epoch(t, epoch)
     return run.path

@@ -134,13 +134,17 @@ def run_status(run_dir: Path, cfg: Config) -> str:
 
 def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0,), out: str | Path = "runs/ablate",
                  budget: str | Budget = "subset", overrides: Iterable[str] | dict[str, Any] = (),
-                 log: Callable[[str], None] = print) -> Ablation:
+                 log: Callable[[str], None] = print, devices: str | None = None,
+                 parallel: int | None = None) -> Ablation:
     """Train every preset x seed under `budget` (skipping finished runs), then build the table.
 
     `overrides` ("key=value" strings or a dict) apply to every run after the budget, e.g. data_root,
     device, progress. Returns an Ablation and writes ladder.csv, ladder.md and runs.csv into `out`.
+    `devices` ("cuda:0,cuda:1") or `parallel` (N devices of the runs' type, or N CPU processes) train
+    several runs at once, one process per run (see experiments.parallel); the table is the same.
     """
     from ..core.engine import fit
+    from .parallel import Job, device_slots, run_jobs
 
     budget = get_budget(budget)
     extra = dict(overrides) if isinstance(overrides, dict) else parse_pairs(overrides)
@@ -148,11 +152,17 @@ def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0
     runs, skipped = plan(presets, seeds, out, budget, extra)
     for name, why in skipped.items():
         log(f"skipping {name}: {why}")
+    slots = device_slots(devices, parallel, runs[0].config.device)
+    jobs = []
     for i, run in enumerate(runs, 1):
         status = run_status(run.run_dir, run.config)
         log(f"[{i}/{len(runs)}] {run.preset} seed {run.seed}: {run.run_dir} ({status})")
-        if status != "complete":
+        if status != "complete" and len(slots) > 1:
+            jobs.append(Job(f"{run.preset}-s{run.seed}", run.config, run.run_dir, status == "resume"))
+        elif status != "complete":
             fit(run.config, run.run_dir, resume=status == "resume", log=log)
+    if jobs:
+        run_jobs(jobs, slots, Path(out) / "logs", log)
     return write_tables(out, [r.run_dir for r in runs], order=presets, skipped=skipped, budget=budget)
 
 
