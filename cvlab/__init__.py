@@ -15,7 +15,8 @@ _PUBLIC = {
     "Config": "cvlab.core.config", "make_config": "cvlab.core.config", "load_config": "cvlab.core.config",
     "PRESETS": "cvlab.core.config", "with_overrides": "cvlab.core.config",
     "fit": "cvlab.core.engine", "build_trainer": "cvlab.core.engine",
-    "load_run": "cvlab.core.runs", "load_runs": "cvlab.core.runs",
+    "load_run": "cvlab.core.runs", "load_runs": "cvlab.core.runs", "RunDir": "cvlab.core.runs",
+    "load_checkpoint": "cvlab.core.runs",
     "build_model": "cvlab.core.models", "load_cifar100": "cvlab.core.data",
 }
 __all__ = ["__version__", *_PUBLIC]

@@ -391,3 +391,23 @@ def test_ablate_reads_run_directories_safely(trained, tmp_path, capsys):
     started.mkdir()
     (started / "config.json").write_text((trained / "config.json").read_text())
     assert run_status(started, cfg) == "resume"
+
+
+def test_ablation_goes_on_after_a_diverged_run(tmp_path, monkeypatch):
+    from cvlab.experiments import ablate
+
+    budget = ablate.Budget("tiny", "test", dict(model="tiny_resnet18", synthetic=True, synthetic_train=300,
+                                                synthetic_test=100, epochs=1, batch_size=50, eval_batch_size=100,
+                                                device="cpu", progress=False, download=False))
+    real = engine.run_epoch
+
+    def diverge_for_seed_1(t, epoch):
+        if t.cfg.seed == 1:
+            raise engine.NonFiniteLoss(epoch, 1, len(t.train_loader))
+        return real(t, epoch)
+    monkeypatch.setattr(engine, "run_epoch", diverge_for_seed_1)
+    result = ablate.run_ablation(["handout"], seeds=[0, 1], out=tmp_path, budget=budget, log=lambda s: None)
+    assert list(result.runs["seed"]) == [0]
+    assert RunDir(tmp_path / "handout-s1").status() == "diverged"
+    assert ablate.run_status(tmp_path / "handout-s1", ablate.budget_config("handout", budget, seed=1)) == "diverged"
+    assert json.loads((tmp_path / "handout-s1" / "metrics.json").read_text())["status"] == "diverged"

@@ -305,13 +305,13 @@ class RunDir:
         return self.has_checkpoint("last") or self.file(HISTORY).exists()
 
     def status(self) -> str:
-        """"new" (no run), "started" (config only: stopped before its first epoch), or the status in
+        """"new" (no run), "started" (config only: stopped before its first epoch ended), or the status in
         metrics.json: "running", "complete", "interrupted", "diverged". A run that says "running"
         while no live process holds its lock was killed: "interrupted"."""
         if not self.file(CONFIG).exists() and not self.has_run():
             return "new"
-        if not self.has_run():
-            return "started"
+        if not self.has_run():  # no finished epoch: stopped early, or diverged in the first one
+            return "diverged" if self.read_metrics().get("status") == "diverged" else "started"
         status = self.read_metrics().get("status") or "interrupted"
         if status == "running" and self.lock_holder() is None:
             return "interrupted"
@@ -487,15 +487,6 @@ def disk_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on device"
     return exc.strerror or str(exc)
-
-
-def prepare_run_dir(path: str | Path, resume: bool) -> Path:
-    """Check that a run can start (or resume) in `path`, then create it. Prefer `RunDir(path).open(...)`,
-    which also takes the lock."""
-    run = RunDir(path)
-    run.check_start(resume)
-    run.create()
-    return run.path
 
 
 # ---------------------------------------------------------------------------- reading runs back

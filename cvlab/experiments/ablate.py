@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..core.config import LADDER, PARENT, Config, make_config, parse_pairs, with_overrides
-from ..core.errors import RunDirError, UsageError
+from ..core.errors import Diverged, RunDirError, UsageError
 from ..core.runs import RESUMABLE_FIELDS, RunDir, atomic_write_text, load_run
 
 LADDER_CSV, LADDER_MD, RUNS_CSV = "ladder.csv", "ladder.md", "runs.csv"
@@ -118,8 +118,9 @@ def plan(presets: Iterable[str], seeds: Iterable[int], out: str | Path, budget: 
 # ---------------------------------------------------------------------------- running
 
 def run_status(run_dir: Path, cfg: Config) -> str:
-    """'new', 'complete' (same config, finished), or 'resume' (including a run stopped before its first
-    epoch, which then starts again); raises when the folder holds another run or is in use."""
+    """'new', 'complete' (same config, finished), 'diverged' (same config, stopped at a non-finite loss: not
+    trained again), or 'resume' (including a run stopped before its first epoch, which then starts again);
+    raises when the folder holds a run with other settings."""
     run = RunDir(run_dir)
     status = run.status()
     if status == "new":
@@ -129,7 +130,7 @@ def run_status(run_dir: Path, cfg: Config) -> str:
         diff = sorted(k for k, v in comparable(cfg).items() if comparable(saved).get(k) != v)
         raise RunDirError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                           "choose another output folder or delete it")
-    return "complete" if status == "complete" else "resume"
+    return status if status in ("complete", "diverged") else "resume"
 
 
 def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0,), out: str | Path = "runs/ablate",
@@ -157,13 +158,17 @@ def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0
     for i, run in enumerate(runs, 1):
         status = run_status(run.run_dir, run.config)
         log(f"[{i}/{len(runs)}] {run.preset} seed {run.seed}: {run.run_dir} ({status})")
-        if status != "complete" and len(slots) > 1:
+        if status in ("new", "resume") and len(slots) > 1:
             jobs.append(Job(f"{run.preset}-s{run.seed}", run.config, run.run_dir, status == "resume"))
-        elif status != "complete":
-            fit(run.config, run.run_dir, resume=status == "resume", log=log)
+        elif status in ("new", "resume"):
+            try:
+                fit(run.config, run.run_dir, resume=status == "resume", log=log)
+            except Diverged as exc:  # the table shows the run with its status; the other runs go on
+                log(f"{run.preset} seed {run.seed}: {exc}")
     if jobs:
         run_jobs(jobs, slots, Path(out) / "logs", log)
-    return write_tables(out, [r.run_dir for r in runs], order=presets, skipped=skipped, budget=budget)
+    done = [r.run_dir for r in runs if RunDir(r.run_dir).has_run()]  # a run that diverged in epoch 1 has no row
+    return write_tables(out, done, order=presets, skipped=skipped, budget=budget)
 
 
 def get_budget(budget: str | Budget) -> Budget:
