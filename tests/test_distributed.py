@@ -2,7 +2,6 @@
 one thread per process; and independent ablation runs placed in 2 processes at once."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -31,10 +31,10 @@ from .augment import build_augment, build_mix
 from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, load_for_config
 from .ema import WeightEMA
-from .errors import Diverged, RunDirError
+from .errors import Diverged, RunDirError, first_line
 from .models import build_model, count_parameters
 from .paths import REPO_ROOT
-from .runs import RESUMABLE_FIELDS, RunDir, disk_error, select_best, summarize_history  # noqa: F401 (re-exported)
+from .runs import RunDir, disk_error, select_best, summarize_history
 from .tblog import with_tensorboard
 
 
@@ -464,8 +464,7 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
         set_rng_state(state["rng"])
         t.train_loader.load_state_dict(state["loader"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise RunDirError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first})") from None
+        raise RunDirError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line(exc)})") from None
     if t.ema is not None:
         if not state.get("ema"):
             raise RunDirError("the checkpoint has no EMA state to resume the weight average from")
@@ -533,12 +532,6 @@ def run_epoch(t: Trainer, epoch: int) -> dict:
     if val is not None:  # extra columns go after the contract's
         row.update(val_loss=val["loss"], val_acc=val["acc"], val_top5=val["top5"])
     return row
-
-
-def resolve_resume_config(run_dir: Path, requested: Config | None) -> Config:
-    """The saved config of `run_dir`, with only what a resumption may change taken from `requested`
-    (see runs.resume_changes)."""
-    return RunDir(run_dir).resume_config(requested)
 
 
 def fit(cfg: Config | None, out: str | Path, resume: bool = False,

@@ -22,3 +22,10 @@ class Diverged(Exception):
     The CLI prints the message on one line and exits with code 3."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name when it
+    has none: what a one-line error quotes of the cause."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import RunDirError
+from .errors import RunDirError, first_line
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                    "lr", "epoch_seconds", "images_per_second"]
@@ -127,18 +127,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
                               "tensors and plain values (not a checkpoint cvlab wrote; it may try to run code)") from None
         reason = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
         raise RunDirError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint: "
-                          f"{reason.group(1).strip() if reason else _first_line(exc)})") from None
+                          f"{reason.group(1).strip() if reason else first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad input
         raise RunDirError(f"{path} is not a readable checkpoint (empty, truncated or corrupt: "
-                          f"{type(exc).__name__}: {_first_line(exc)})") from None
+                          f"{type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise RunDirError(f"{path} is not a cvlab checkpoint (expected a dict with model weights)")
     return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- the history summary
@@ -274,7 +269,7 @@ class RunDir:
         except FileNotFoundError:
             raise RunDirError(f"{self.path} has no {CONFIG}; it is not a run directory") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"{path} is unreadable or not valid JSON ({_first_line(exc)}); "
+            raise RunDirError(f"{path} is unreadable or not valid JSON ({first_line(exc)}); "
                               "restore it or start a new run") from None
         if not isinstance(values, dict):
             raise RunDirError(f"{path} must hold a JSON object of config keys")
@@ -297,7 +292,7 @@ class RunDir:
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"{path} is unreadable or not valid JSON ({_first_line(exc)})") from None
+            raise RunDirError(f"{path} is unreadable or not valid JSON ({first_line(exc)})") from None
         return values if isinstance(values, dict) else {}
 
     def has_run(self) -> bool:
@@ -524,7 +519,7 @@ def load_run(path: str | Path) -> Run:
     try:
         history = pd.read_csv(run.file(HISTORY))
     except (OSError, ValueError) as exc:
-        raise RunDirError(f"{run.file(HISTORY)} is unreadable ({_first_line(exc)})") from None
+        raise RunDirError(f"{run.file(HISTORY)} is unreadable ({first_line(exc)})") from None
     return Run(run.path, run.read_config(), history, run.read_metrics())
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..core import device as devices
 from ..core.data import Split, class_names_for_config
-from ..core.errors import DataError
+from ..core.errors import DataError, first_line
 from .analysis import TrainedModel, with_data_root, load_trained_model, run_logits
 
 IMAGE_SIZE = 32
@@ -37,8 +37,7 @@ def prepare_image(path: str | Path, size: int = IMAGE_SIZE) -> torch.Tensor:
             im = ImageOps.exif_transpose(im)
             im = _to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read {path} as an image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
-            from None
+        raise DataError(f"cannot read {path} as an image: {first_line(exc)}") from None
     side = min(im.size)
     left, top = (im.width - side) // 2, (im.height - side) // 2
     im = im.crop((left, top, left + side, top + side))
