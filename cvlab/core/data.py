@@ -564,11 +564,18 @@ class TensorLoader:
                 "mix": self.mix_generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.order_generator.set_state(state["order"])
-        self.augment_generator.set_state(state["augment"])  # a sharded loader re-seeds it at the next pass
+        """Restore the generators; their states may come from any device or dtype (a checkpoint mapped to the
+        GPU): Generator.set_state takes only CPU byte tensors, whatever the generator's own device."""
+        self.order_generator.set_state(_byte_state(state["order"]))
+        self.augment_generator.set_state(_byte_state(state["augment"]))  # a sharded loader re-seeds it per pass
         if "mix" in state:  # checkpoints from before batch mixing existed lack it
-            self.mix_generator.set_state(state["mix"])
+            self.mix_generator.set_state(_byte_state(state["mix"]))
         self.epoch = int(state.get("epoch", 0))
+
+
+def _byte_state(state: torch.Tensor) -> torch.Tensor:
+    """A generator state as Generator.set_state takes it: a CPU uint8 tensor."""
+    return state.to("cpu", torch.uint8)
 
 
 def describe(data: Cifar100) -> dict:

@@ -569,7 +569,9 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
     cfg = t.cfg
     start_epoch, history = 0, []
     if resume and run.has_checkpoint("last"):
-        start_epoch, history = restore(t, run.load_checkpoint("last", map_location=t.device))
+        # Read to the CPU whatever the device: each load_state_dict places its tensors, and generator states
+        # must stay CPU byte tensors (Generator.set_state refuses CUDA/NPU tensors).
+        start_epoch, history = restore(t, run.load_checkpoint("last", map_location="cpu"))
         if cfg.epochs < start_epoch:
             raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
                               f"{start_epoch} epochs")
@@ -641,7 +643,7 @@ def _follow() -> Path:
     t = build_trainer(cfg)
     start_epoch = 0
     if start["resume"] and run.has_checkpoint("last"):
-        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location=t.device))
+        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location="cpu"))  # as in _train
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         run_epoch(t, epoch)
     return run.path

@@ -102,7 +102,7 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu", 
     run_dir = Path(run_dir)
     weights = {"auto": "last", "model": "raw"}.get(weights, weights)  # older spellings
     path = _checkpoint_for(run_dir, weights)
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(path, "cpu")  # through the CPU whatever `device`: load_state_dict places the tensors
     cfg = from_dict(state["config"])
     has_ema = bool(state.get("ema"))
     if weights == "ema" and not has_ema:

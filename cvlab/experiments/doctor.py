@@ -218,7 +218,7 @@ def check_training(device: torch.device, sizes: Sizes, model: str):
 def check_resume(device: torch.device, sizes: Sizes) -> Check:
     """2 epochs straight against 1 epoch, an interruption, and a resumed second epoch."""
     from ..core.engine import fit
-    from ..core.runs import CHECKPOINT
+    from ..core.runs import CHECKPOINT, load_checkpoint
     start = time.perf_counter()
     cfg = selftest_config(device, sizes, sizes.resume_model, synthetic_train=2 * sizes.batch, epochs=2)
 
@@ -234,8 +234,8 @@ def check_resume(device: torch.device, sizes: Sizes) -> Check:
         except KeyboardInterrupt:
             pass
         resumed = fit(cfg, Path(tmp) / "resumed", resume=True, log=quiet)
-        a = torch.load(straight / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
-        b = torch.load(resumed / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+        a = load_checkpoint(straight / CHECKPOINT)["model"]  # to the CPU, as data only
+        b = load_checkpoint(resumed / CHECKPOINT)["model"]
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
     scale = max(a[k].double().abs().max().item() for k in a if a[k].is_floating_point())
     limit = 0.0 if device.type == "cpu" else RESUME_TOLERANCE * scale

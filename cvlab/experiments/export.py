@@ -119,7 +119,7 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "last", forc
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, the exported dict) from a file written by `export_run`; never runs code from it."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict below places the tensors
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path} is not a cvlab export ({FORMAT})")
     model = build_model(**ckpt["build"]).to(device).eval()
