@@ -2,6 +2,8 @@
 run's device, loader generator states from any device, augmentation that seeds only its own generator."""
 from __future__ import annotations
 
+import ast
+
 import pytest
 import torch
 
@@ -67,3 +69,205 @@ def test_loader_state_accepts_generator_states_of_any_device_and_dtype():
     again = TensorLoader(split, 8, torch.device("cpu"), "cifar100", shuffle=True, seed=7)
     again.load_state_dict({k: v.long() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
     assert all(torch.equal(y, e) for (_, y), e in zip(again, expected))
+
+
+# ---------------------------------------------------------------------------- augmentation seeds only its own generator
+
+def test_apply_policy_seeds_only_the_cpu_generator_it_forks(monkeypatch):
+    """torch.manual_seed would also reseed every CUDA generator (and fork_rng(devices=[]) would not restore
+    them): a policy batch on a GPU would reset the CUDA RNG that dropout and the device draws use."""
+    from cvlab.core import augment as aug
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    before = torch.get_rng_state()
+    aug.apply_policy(x, aug.make_policy("trivialaugment"), torch.Generator().manual_seed(0))
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), before)
+
+
+def test_policy_seeds_come_from_the_loaders_host_generator():
+    """On a device the policy's per-batch seed is drawn from a CPU generator (no .item() on a device tensor);
+    the loader keeps that generator in its state, so a resumed run repeats the draws."""
+    from cvlab.core import augment as aug
+    from cvlab.core.config import make_config
+    from cvlab.core.data import Split, TensorLoader
+    augment = aug.build_augment(make_config("handout", policy="trivialaugment", crop_padding=4))
+    host = torch.Generator().manual_seed(5)
+    device_generator = torch.Generator().manual_seed(9)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    before = device_generator.get_state()
+    first = augment(x, device_generator, host)
+    assert not torch.equal(device_generator.get_state(), before)  # the crop drew from the device generator
+    again = augment(x, torch.Generator().manual_seed(9), torch.Generator().manual_seed(5))
+    assert torch.equal(first, again)
+    labels = torch.arange(8)
+    loader = TensorLoader(Split(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), labels, labels), 4,
+                          torch.device("cpu"), "cifar100", augment=augment)
+    assert loader.host_generator is loader.augment_generator  # on the CPU: one generator, as before
+    assert "host" not in loader.state_dict()
+
+
+# ---------------------------------------------------------------------------- compile: no graph after the warm-up
+
+class GraphCounter:
+    """A torch.compile backend that runs each graph eagerly and records which were compiled and which ran."""
+
+    def __init__(self):
+        self.compiled, self.used = 0, set()
+
+    def __call__(self, gm, example_inputs):
+        index = self.compiled
+        self.compiled += 1
+
+        def run(*args):
+            self.used.add(index)
+            return gm.forward(*args)
+        return run
+
+
+def test_no_graph_is_compiled_after_the_warm_up(monkeypatch):
+    """With compile on (backend "eager": dynamo traces, nothing is generated), the warm-up compiles exactly the
+    graphs the run uses: two epochs with a partial last training batch, a validation split whose last batch
+    differs from the test set's, test-time flip and an EMA compile no new graph, and every warm-up graph runs."""
+    import dataclasses
+    import torch._dynamo
+    from cvlab.core import device as devices
+    counter = GraphCounter()
+    real_compile, real_plan = torch.compile, devices.make_plan
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter, dynamic=False))
+    monkeypatch.setattr(devices, "make_plan", lambda cfg, caps: dataclasses.replace(real_plan(cfg, caps), compile=True))
+    torch._dynamo.reset()
+    try:
+        # 300 synthetic images - 200 for validation = 100 training (batches 64 + 36); validation 200 (64 x 3 + 8);
+        # test 100 (64 + 36).
+        cfg = tiny_config(epochs=2, batch_size=64, eval_batch_size=64, val_size=200, synthetic_train=300,
+                          synthetic_test=100, tta_flip=True, ema_decay=0.9, crop_padding=4, hflip=True)
+        t = engine.build_trainer(cfg)
+        assert t.warmup_seconds > 0 and t.eval_model is not t.ema.module  # the EMA evaluates compiled
+        warmed = counter.compiled
+        counter.used.clear()
+        for epoch in (1, 2):
+            engine.run_epoch(t, epoch)
+        assert counter.compiled == warmed, "a graph was compiled inside the timed epochs"
+        assert counter.used == set(range(warmed)), "the warm-up compiled a graph the run never uses"
+    finally:
+        torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------- device placement on fake CUDA tensors
+
+def test_batches_steps_and_metrics_stay_on_the_device_with_fake_cuda_tensors(monkeypatch):
+    """Augmentation, batch mixing, the loader's normalization, EvalStep and the metrics code on fake CUDA tensors
+    (FakeTensorMode works on a CPU-only torch): a CPU constant meeting a device tensor raises here as on a GPU.
+
+    Not covered: autocast (fp32 only), backward and the optimizer step, CUDA generators (torch.Generator cannot be
+    made for CUDA without CUDA: the loader's device generator is a CPU one here, and fake random ops ignore it),
+    torchvision's policies (they read values), and anything that reads values: the final .item() of each epoch
+    (made a no-op below) and the host's own draws from CPU generators (run outside the fake mode below)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from cvlab.core import augment as aug
+    from cvlab.core import distributed
+    from cvlab.core.config import make_config
+    from cvlab.core.data import Split, TensorLoader
+    from cvlab.core.models import build_model
+    cuda = torch.device("cuda")
+    real_generator = torch.Generator
+
+    def generator(device="cpu"):
+        return real_generator()  # no CUDA generator without CUDA; fake random ops do not read it
+    monkeypatch.setattr(distributed, "sum_counts", lambda loss, right, right5, seen: (loss, right, right5, seen))
+    for name in ("host_seed", "host_uniform", "cutmix_box"):  # host values: real CPU draws, outside the fake mode
+        monkeypatch.setattr(aug, name, on_the_host(getattr(aug, name)))
+    aug.fill_colour.cache_clear()
+    cfg = make_config("handout", crop_padding=4, hflip=True, cutout=8, mix="mixup_cutmix", mix_prob=1.0)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+        labels = torch.zeros(10, dtype=torch.long)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "Generator", generator)  # only while the loaders are built
+            loader = TensorLoader(Split(images, labels, labels), 4, cuda, "cifar100", shuffle=True,
+                                  augment=aug.build_augment(cfg), mix=aug.build_mix(cfg), channels_last=True)
+            test = TensorLoader(Split(images, labels, labels), 4, cuda, "cifar100")
+        for x, y in loader:
+            assert x.device.type == y.device.type == "cuda" and y.shape[1] == 100
+        with cuda:  # parameters made on the (fake) device
+            model = build_model("tiny_resnet18").eval()
+        assert next(model.parameters()).device.type == "cuda"
+        step = engine.EvalStep(model, cuda, "fp32", tta_flip=True)
+        result = engine.evaluate(step, test)
+        assert result["loss"].device.type == result["acc"].device.type == "cuda"
+    aug.fill_colour.cache_clear()  # it holds fake tensors now
+
+
+def on_the_host(function):
+    """`function` run outside the fake mode: what the host computes from CPU generators stays real."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def run(*args, **kwargs):
+        with unset_fake_temporarily():
+            return function(*args, **kwargs)
+    return run
+
+
+# ---------------------------------------------------------------------------- static check of the hot paths
+
+# (module file, qualified function name, whole body or only its loops): what runs once per batch.
+HOT_PATHS = [
+    ("core/engine.py", "TrainStep.step", "body"), ("core/engine.py", "EvalStep.logits", "body"),
+    ("core/engine.py", "train_one_epoch", "loops"), ("core/engine.py", "evaluate", "loops"),
+    ("core/engine.py", "_top_k_correct", "body"), ("core/ema.py", "WeightEMA.update", "body"),
+    ("core/data.py", "TensorLoader.__iter__", "loops"), ("core/data.py", "TensorLoader.to_float", "body"),
+    *[("core/augment.py", name, "body") for name in (
+        "random_crop", "random_hflip", "cutout", "apply_policy", "PolicyStep.__call__", "compose", "mix_pairs",
+        "paste_box", "mixup", "cutmix", "cutmix_box", "partner_order", "sample_beta", "host_seed", "host_uniform",
+        "build_mix")],
+]
+SYNC_OK = "sync-ok"  # a comment on the line (or the one above) that says why a flagged call is fine
+
+
+def _functions(tree):
+    """qualified name -> FunctionDef, for module-level functions and methods."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            found.update({f"{node.name}.{f.name}": f for f in node.body if isinstance(f, ast.FunctionDef)})
+    return found
+
+
+def _flag(call: ast.Call) -> str | None:
+    """Why `call` may make the host wait for the device (or copy host data to it), or None."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in ("item", "tolist") and not call.args:
+        return f".{func.attr}()"
+    if isinstance(func, ast.Attribute) and func.attr in ("tensor", "as_tensor") and any(
+            k.arg == "device" for k in call.keywords):
+        return f"torch.{func.attr}(..., device=...)"
+    if isinstance(func, ast.Attribute) and func.attr == "to":
+        targets = [ast.unparse(a) for a in call.args[:1]] + [ast.unparse(k.value) for k in call.keywords
+                                                               if k.arg == "device"]
+        if any("device" in t for t in targets):
+            return ".to(device)"
+    return None
+
+
+def test_no_host_device_sync_per_batch_in_the_hot_paths():
+    """No .item(), .tolist(), torch.tensor(..., device=...) or .to(device) once per batch in the training step,
+    the epoch loops, the loader and the augmentations, except where a `# sync-ok: why` comment says why (a CPU
+    generator, a no-op on the CPU, the progress bar's live loss every log_every steps)."""
+    from cvlab.core.paths import REPO_ROOT
+    offenders = []
+    for path, name, scope in HOT_PATHS:
+        source = (REPO_ROOT / "cvlab" / path).read_text()
+        lines = source.splitlines()
+        functions = _functions(ast.parse(source))
+        assert name in functions, f"{path}: {name} not found (renamed? update HOT_PATHS)"
+        roots = [functions[name]] if scope == "body" else [n for n in ast.walk(functions[name])
+                                                            if isinstance(n, (ast.For, ast.While))]
+        for root in roots:
+            for node in ast.walk(root):
+                reason = isinstance(node, ast.Call) and _flag(node)
+                if reason and not any(SYNC_OK in lines[i] for i in (node.lineno - 1, node.lineno - 2)):
+                    offenders.append(f"{path}:{node.lineno} {name}: {reason}: {lines[node.lineno - 1].strip()}")
+    assert not offenders, "host-device syncs per batch:\n" + "\n".join(offenders)

@@ -6,17 +6,26 @@ a new batch of the same shape and dtype; a seeded generator makes the result rep
 Each mixing function takes the float batch, its integer labels and a CPU generator and returns
 the mixed batch with soft targets (B, num_classes) whose rows sum to 1.
 `build_augment(cfg)` and `build_mix(cfg)` compose what a config switches on.
+
+No host-device synchronization per batch (it would stall a GPU once per step): random draws for
+the device happen on the device with the device generator, constants are built once per device,
+and values the host needs (policy seeds, mixing weights and boxes) come from CPU generators.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-Mix = Callable[[torch.Tensor, torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # one step: (uint8 batch, device generator)
+# What a loader calls (`compose` makes it): (batch, device generator, host generator or None).
+BatchAugment = Callable[[torch.Tensor, torch.Generator, "torch.Generator | None"], torch.Tensor]
+# (float batch, labels, CPU generator, device generator or None) -> (batch, soft targets)
+Mix = Callable[[torch.Tensor, torch.Tensor, torch.Generator, "torch.Generator | None"],
+               "tuple[torch.Tensor, torch.Tensor]"]
 
 # The CIFAR-100 mean colour in 0..255: what Cutout and the policies' geometric ops fill with, so that
 # a filled pixel is about 0 after normalization (DeVries & Taylor fill zeros after normalizing).
@@ -59,8 +68,14 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator,
     cols = torch.arange(w, device=x.device)[None, None, :]
     top, left = cy - size // 2, cx - size // 2
     inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)  # (B,H,W)
-    colour = torch.tensor(fill, dtype=x.dtype, device=x.device)[None, :, None, None]
-    return torch.where(inside[:, None], colour, x)
+    return torch.where(inside[:, None], fill_colour(tuple(fill), x.dtype, x.device), x)
+
+
+@functools.lru_cache(maxsize=16)
+def fill_colour(fill: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The fill colour as a (1, C, 1, 1) tensor on `device`, built once per (fill, dtype, device): a
+    host-to-device copy per batch would wait for the device."""
+    return torch.tensor(fill, dtype=dtype, device=device)[None, :, None, None]  # sync-ok: once per device
 
 
 def make_policy(name: str, fill: tuple[int, ...] = MEAN_FILL):
@@ -82,23 +97,49 @@ def make_policy(name: str, fill: tuple[int, ...] = MEAN_FILL):
 def apply_policy(x: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
                  group: int = 1) -> torch.Tensor:
     """Apply a torchvision policy to a uint8 batch, sampling one op (and magnitude) per group of
-    `group` images. torchvision draws from the global CPU generator, so it runs inside a forked
-    RNG seeded from `generator`: the result depends on `generator` only, and the global RNG is untouched."""
-    seed = int(torch.randint(0, 2**62, (1,), device=generator.device, generator=generator).item())
+    `group` images. torchvision draws from the global CPU generator, so it runs inside a forked CPU
+    RNG seeded from `generator` (a CPU generator: the loader's host generator): the result depends on
+    `generator` only; the global CPU RNG is restored and no other generator (CUDA's) is touched."""
+    seed = host_seed(generator)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every CUDA generator too
         return torch.cat([policy(chunk) for chunk in x.split(group)])
 
 
-def compose(*steps: Augment) -> Augment:
-    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def host_seed(generator: torch.Generator) -> int:
+    """A seed for the host, drawn from `generator`: a CPU generator gives it without waiting for any device
+    (a device generator would cost a host-device sync)."""
+    return int(torch.randint(0, 2**62, (1,), device=generator.device, generator=generator).item())  # sync-ok: CPU
+
+
+def host_uniform(generator: torch.Generator, n: int) -> list[float]:
+    """n uniform numbers in [0, 1) for the host, from a CPU generator (no device involved)."""
+    return torch.rand(n, generator=generator).tolist()  # sync-ok: a CPU generator
+
+
+class PolicyStep:
+    """A torchvision policy as a `compose` step: its per-batch seed comes from the host (CPU) generator."""
+
+    def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], group: int = 1) -> None:
+        self.policy, self.group = policy, group
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 host_generator: torch.Generator | None = None) -> torch.Tensor:
+        return apply_policy(x, self.policy, host_generator if host_generator is not None else generator, self.group)
+
+
+def compose(*steps: Augment | PolicyStep) -> BatchAugment:
+    """The steps in order, as one `(x, generator, host_generator=None)` callable: every step draws from
+    `generator` (on the batch's device); a PolicyStep takes its seeds from `host_generator` (CPU), or
+    from `generator` when none is given (on a CPU batch, the same thing)."""
+    def apply(x: torch.Tensor, generator: torch.Generator, host_generator: torch.Generator | None = None) -> torch.Tensor:
         for step in steps:
-            x = step(x, generator)
+            x = step(x, generator, host_generator) if isinstance(step, PolicyStep) else step(x, generator)
         return x
     return apply
 
 
-def build_augment(cfg) -> Augment | None:
+def build_augment(cfg) -> BatchAugment | None:
     """The uint8 batch augmentation a config asks for (crop, flip, policy, cutout, in that
     order), or None when it asks for none."""
     steps: list[Augment] = []
@@ -107,8 +148,7 @@ def build_augment(cfg) -> Augment | None:
     if cfg.hflip:
         steps.append(random_hflip)
     if cfg.policy != "none":
-        policy = make_policy(cfg.policy)
-        steps.append(lambda x, g: apply_policy(x, policy, g, cfg.policy_group))
+        steps.append(PolicyStep(make_policy(cfg.policy), cfg.policy_group))
     if cfg.cutout > 0:
         steps.append(lambda x, g: cutout(x, cfg.cutout, g))
     return compose(*steps) if steps else None
@@ -118,8 +158,16 @@ def build_augment(cfg) -> Augment | None:
 
 def sample_beta(alpha: float, generator: torch.Generator) -> float:
     """lambda ~ Beta(alpha, alpha), drawn reproducibly from a CPU torch generator."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
+    return float(np.random.default_rng(host_seed(generator)).beta(alpha, alpha))
+
+
+def partner_order(n: int, device: torch.device, generator: torch.Generator,
+                  device_generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation of a batch of n on `device`: drawn there from `device_generator` when the batch
+    is not on the CPU (no host-to-device copy per batch), else from the CPU `generator`."""
+    if device_generator is not None and device.type != "cpu":
+        return torch.randperm(n, device=device, generator=device_generator)
+    return torch.randperm(n, generator=generator).to(device)  # sync-ok: a no-op for CPU batches
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -144,13 +192,14 @@ def paste_box(x: torch.Tensor, targets: torch.Tensor, box: tuple[int, int, int, 
     return mixed, targets * kept + targets[perm] * (1 - kept)
 
 
-def mixup(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
-          alpha: float = 1.0, perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0,
+          perm: torch.Tensor | None = None, device_generator: torch.Generator | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha), one per batch; each image is blended with
-    a partner from a random permutation of the batch (or `perm`), and so are the soft targets."""
+    a partner from a random permutation of the batch (or `perm`; see `partner_order`), and so are the soft targets."""
     lam = sample_beta(alpha, generator)
     if perm is None:
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        perm = partner_order(x.shape[0], x.device, generator, device_generator)
     return mix_pairs(x, targets, lam, perm)
 
 
@@ -158,25 +207,27 @@ def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator) -> tuple[
     """A box (top, bottom, left, right) of area about (1 - lam) h w, centred uniformly, clipped to the image."""
     ratio = (1.0 - lam) ** 0.5
     ch, cw = int(h * ratio), int(w * ratio)
-    cy = int(torch.randint(0, h, (1,), generator=generator))
+    cy = int(torch.randint(0, h, (1,), generator=generator))  # a CPU generator: no device sync
     cx = int(torch.randint(0, w, (1,), generator=generator))
     top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     return top, bottom, left, right
 
 
-def cutmix(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
-           alpha: float = 1.0, perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix(x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0,
+           perm: torch.Tensor | None = None, device_generator: torch.Generator | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix (Yun et al. 2019): paste a box of area (1 - lam), lam ~ Beta(alpha, alpha), from each
-    image's partner (a random permutation of the batch, or `perm`) into it."""
+    image's partner (a random permutation of the batch, or `perm`; see `partner_order`) into it."""
     lam = sample_beta(alpha, generator)
     if perm is None:
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        perm = partner_order(x.shape[0], x.device, generator, device_generator)
     return paste_box(x, targets, cutmix_box(*x.shape[-2:], lam, generator), perm)
 
 
 def build_mix(cfg) -> Mix | None:
-    """The batch mixing a config asks for, as (x, labels, generator) -> (x, soft targets), or None.
+    """The batch mixing a config asks for, as (x, labels, generator, device_generator=None) -> (x, soft
+    targets), or None. Host values come from the CPU `generator`, partner orders from `device_generator`.
 
     With probability mix_prob a batch is mixed; otherwise its targets are one-hot, so every
     batch has soft targets of the same shape. mixup_cutmix picks one of the two per batch.
@@ -186,11 +237,12 @@ def build_mix(cfg) -> Mix | None:
     methods = {"mixup": [mixup], "cutmix": [cutmix], "mixup_cutmix": [mixup, cutmix]}[cfg.mix]
     alpha, prob, classes = cfg.mix_alpha, cfg.mix_prob, cfg.num_classes
 
-    def mix(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+            device_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         targets = one_hot(labels, classes).to(x.dtype)
-        draw = torch.rand(2, generator=generator)
-        if draw[0].item() >= prob:
+        draw = host_uniform(generator, 2)
+        if draw[0] >= prob:
             return x, targets
-        method = methods[min(int(draw[1].item() * len(methods)), len(methods) - 1)]
-        return method(x, targets, generator, alpha)
+        method = methods[min(int(draw[1] * len(methods)), len(methods) - 1)]
+        return method(x, targets, generator, alpha, device_generator=device_generator)
     return mix

@@ -490,13 +490,20 @@ class TensorLoader:
     takes equal, non-empty shares; otherwise (evaluation) shares differ by at most one and empty ones are
     skipped. Each process augments its share with its own generator, re-seeded every epoch from
     (seed, epoch, rank), so a resumed run needs only the epoch count to repeat the draws.
+
+    Generators: `order` (CPU) shuffles, once per pass; `augment` (on the device) draws what the device
+    needs (crop offsets, flips, partner orders for mixing); `host` (CPU; the augment generator itself on
+    the CPU) gives the per-batch seeds of torchvision policies; `mix` (CPU) draws the mixing weights and
+    boxes. No batch waits for the device to hand a random number to the host.
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, normalization: str,
-                 shuffle: bool = False, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 shuffle: bool = False, augment: Callable[..., torch.Tensor] | None = None,
                  seed: int = 0, channels_last: bool = False, drop_last: bool = False,
-                 mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-                 | None = None, shard: tuple[int, int] = (0, 1), equal_shards: bool = False) -> None:
+                 mix: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 shard: tuple[int, int] = (0, 1), equal_shards: bool = False) -> None:
+        """`augment(x, device_generator, host_generator)` (see augment.compose) and
+        `mix(x, y, cpu_generator, device_generator)` (see augment.build_mix) run per batch on the device."""
         self.images = split.images.to(device)
         self.labels = split.fine.to(device)
         self.batch_size, self.device = batch_size, device
@@ -509,6 +516,9 @@ class TensorLoader:
         self.order_generator = torch.Generator().manual_seed(seed)
         self.augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.mix_generator = torch.Generator().manual_seed(seed + 2)  # CPU: mixing draws a few scalars per batch
+        # Host-side draws of the augmentation (policy seeds): on the CPU the augment generator itself.
+        self.host_generator = (self.augment_generator if torch.device(device).type == "cpu"
+                               else torch.Generator().manual_seed(seed + 3))
 
     def __len__(self) -> int:
         n = self.labels.shape[0]
@@ -534,10 +544,13 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_images
+        # Once per pass, not per batch: the order comes from a CPU generator (its state is portable across devices).
         order = torch.randperm(n, generator=self.order_generator).to(self.device) if self.shuffle else None
         if self.shard[1] > 1:
-            self.augment_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, self.shard[0]])
-                                                   .generate_state(1)[0]))
+            seeds = np.random.SeedSequence([self.seed, self.epoch, self.shard[0]]).generate_state(2)
+            self.augment_generator.manual_seed(int(seeds[0]))
+            if self.host_generator is not self.augment_generator:
+                self.host_generator.manual_seed(int(seeds[1]))
         self.epoch += 1
         for b in range(len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
@@ -549,10 +562,10 @@ class TensorLoader:
             idx = order[sl] if order is not None else sl
             x, y = self.images[idx], self.labels[idx]
             if self.augment is not None:
-                x = self.augment(x, self.augment_generator)
+                x = self.augment(x, self.augment_generator, self.host_generator)
             x = self.to_float(x)
             if self.mix is not None:
-                x, y = self.mix(x, y, self.mix_generator)
+                x, y = self.mix(x, y, self.mix_generator, self.augment_generator)
             yield x, y
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
@@ -560,8 +573,11 @@ class TensorLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state_dict(self) -> dict:
-        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
-                "mix": self.mix_generator.get_state(), "epoch": self.epoch}
+        state = {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
+                 "mix": self.mix_generator.get_state(), "epoch": self.epoch}
+        if self.host_generator is not self.augment_generator:
+            state["host"] = self.host_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the generators; their states may come from any device or dtype (a checkpoint mapped to the
@@ -570,6 +586,8 @@ class TensorLoader:
         self.augment_generator.set_state(_byte_state(state["augment"]))  # a sharded loader re-seeds it per pass
         if "mix" in state:  # checkpoints from before batch mixing existed lack it
             self.mix_generator.set_state(_byte_state(state["mix"]))
+        if "host" in state and self.host_generator is not self.augment_generator:
+            self.host_generator.set_state(_byte_state(state["host"]))
         self.epoch = int(state.get("epoch", 0))
 
 

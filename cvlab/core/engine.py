@@ -194,9 +194,9 @@ def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = Fals
         seen += labels.shape[0]
         finite &= torch.isfinite(loss)
         finite_steps += finite
-        if progress and i % log_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if not finite.item():
+        if progress and i % log_every == 0:  # the progress bar's live loss: a read every log_every steps, on request
+            bar.set_postfix(loss=f"{loss.item():.4f}")  # sync-ok: progress only
+            if not finite.item():  # sync-ok: progress only (the read above has already waited)
                 break  # diverged: the rest of the epoch would train on NaN
     devices.synchronize(step.device)
     seconds = time.perf_counter() - start
@@ -360,11 +360,14 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
                                                             cfg.normalization, channels_last=cfg.channels_last,
                                                             shard=shard)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # Evaluation runs the EMA's weights when there is one: compiled like the rest when the plan compiles.
+    eval_model = plain_eval_model if ema is None else (torch.compile(ema.module, dynamic=False) if plan.compile
+                                                        else ema.module)
     optimizer = build_optimizer(cfg, model, plan.optimizer_kwargs)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = devices.make_grad_scaler(device) if plan.grad_scaler else None
     train_step = TrainStep(train_model, optimizer, device, precision, scaler, cfg.label_smoothing, scheduler, ema)
-    eval_step = EvalStep(ema.module if ema is not None else plain_eval_model, device, precision, cfg.tta_flip)
+    eval_step = EvalStep(eval_model, device, precision, cfg.tta_flip)
     dataset = {"name": "synthetic-cifar100-format" if data.synthetic else "cifar100",
                "n_train": len(data.train), "n_test": len(data.test), "synthetic": data.synthetic,
                "subset": cfg.subset, "subset_balanced": cfg.subset_balanced, "test_subset": cfg.test_subset,
@@ -386,26 +389,29 @@ def _shape_probe(loader: TensorLoader) -> Split:
 
 
 def warm_up(t: Trainer) -> float:
-    """Run the training and evaluation steps once for every batch shape the loaders produce, then restore
-    the model, optimizer, grad scaler and global RNG: compilation and autotuning happen here, outside the timed
-    epochs, and the run computes what it would have computed without the warm-up. Returns its seconds."""
+    """Run the training step and the evaluation step (the very modules the epochs use: the EMA's when there is
+    one) once for every batch shape the loaders produce (training, validation and test, full and last batch),
+    then restore the model, optimizer, grad scaler and global RNG: compilation and autotuning happen here,
+    outside the timed epochs, and the run computes what it would have computed without the warm-up.
+    Returns its seconds."""
     model_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     optimizer_state = copy.deepcopy(t.optimizer.state_dict())
     scaler_state = copy.deepcopy(t.scaler.state_dict()) if t.scaler is not None else None
     rng = rng_state()  # dropout or random augmentations would otherwise draw from it
-    # The schedule must not advance and the EMA must not average warm-up steps; evaluation runs the compiled model.
+    # The schedule must not advance and the EMA must not average warm-up steps (its weights are only evaluated).
     train_step = dataclasses.replace(t.train_step, scheduler=None, ema=None)
-    eval_step = t.eval_step if t.group.parallel else dataclasses.replace(t.eval_step, model=t.train_model)
     devices.synchronize(t.device)
     start = time.perf_counter()
     train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
                          augment=t.train_loader.augment, channels_last=t.cfg.channels_last,
                          drop_last=t.train_loader.drop_last, mix=t.train_loader.mix, shard=t.train_loader.shard,
                          equal_shards=t.train_loader.equal_shards)
-    test = TensorLoader(_shape_probe(t.test_loader), t.test_loader.batch_size, t.device, t.cfg.normalization,
-                        channels_last=t.cfg.channels_last, shard=t.test_loader.shard)
     train_one_epoch(train_step, train, desc="warm-up")
-    evaluate(eval_step, test, desc="warm-up")
+    for loader in (t.val_loader, t.test_loader):
+        if loader is not None:
+            probe = TensorLoader(_shape_probe(loader), loader.batch_size, t.device, t.cfg.normalization,
+                                 channels_last=t.cfg.channels_last, shard=loader.shard)
+            evaluate(t.eval_step, probe, desc="warm-up")
     devices.synchronize(t.device)
     seconds = time.perf_counter() - start
     t.model.load_state_dict(model_state)
