@@ -271,3 +271,27 @@ def test_no_host_device_sync_per_batch_in_the_hot_paths():
                 if reason and not any(SYNC_OK in lines[i] for i in (node.lineno - 1, node.lineno - 2)):
                     offenders.append(f"{path}:{node.lineno} {name}: {reason}: {lines[node.lineno - 1].strip()}")
     assert not offenders, "host-device syncs per batch:\n" + "\n".join(offenders)
+
+
+# ---------------------------------------------------------------------------- the GPU tests collect without the report extras
+
+def test_the_gpu_tests_collect_without_the_report_extras(tmp_path):
+    """`python -m pytest -m gpu` on a machine without nbformat/papermill/nbconvert (the H200 image has none):
+    every test module imports, and the GPU tests are collected (they skip later without CUDA)."""
+    import subprocess
+    import sys
+    from cvlab.core.paths import REPO_ROOT
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    # A sitecustomize that makes the report extras unimportable, as on a machine that lacks them.
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('nbformat', 'papermill', 'nbconvert', 'ipykernel'):\n    sys.modules[name] = None\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{hide}:{REPO_ROOT}"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                             "-o", "addopts=", str(REPO_ROOT / "tests")], capture_output=True, text=True, env=env,
+                            cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    collected = [line for line in result.stdout.splitlines() if line.startswith("tests/test_gpu.py::")]
+    assert len(collected) >= 10, result.stdout[-3000:]
+    probe = subprocess.run([sys.executable, "-c", "import nbformat"], capture_output=True, env=env, timeout=60)
+    assert probe.returncode != 0  # the extras really were hidden
