@@ -108,3 +108,28 @@ def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and message in err
+
+
+def test_each_path_is_timed_with_its_own_cudnn_setting_and_rows_are_written_as_measured(monkeypatch):
+    """torch.backends.cudnn.benchmark is process-wide: the handout loop runs without autotuning (as its code
+    does) even after a cvlab trainer switched it on; the report is published after every round of windows."""
+    real = bench.time_once
+    s = bench.Settings(device=torch.device("cpu"), models=["handout_resnet18"], paths=["handout", "cvlab"],
+                       batch_size=2, eval_batch_size=2, steps=1, windows=2, warmup=0, precisions=["fp32"],
+                       channels_last=[False], compile=[False], optimizer_impl=["default"], augment=False, seed=0)
+    data = bench.in_memory_data(s.n_train, s.n_test, s.seed)
+    handout = bench.handout_contender(s, "handout_resnet18", data)
+    cvlab = bench.cvlab_contender(s, "handout_resnet18", data, "fp32", False, False, "default")
+    cvlab.row["cudnn_benchmark"] = True  # what the plan gives on CUDA (False on the CPU)
+    flags = []
+    monkeypatch.setattr(bench, "time_once", lambda run, device: (flags.append(torch.backends.cudnn.benchmark),
+                                                                    real(run, device))[1])
+    published = []
+    before = torch.backends.cudnn.benchmark
+    rows = bench.measure([handout, cvlab], s, on_window=lambda rows: published.append(rows))
+    assert flags == [False, True] * 6  # train, eval, data: 2 windows each, handout then cvlab
+    assert torch.backends.cudnn.benchmark == before
+    assert [r["cudnn_benchmark"] for r in rows] == [False, True] and all(bench.is_measured(r) for r in rows)
+    assert len(published) == 5  # after each round but the last (the caller publishes the finished rows)
+    first = published[0]
+    assert first[0]["train_windows"] and first[0]["eval_images_per_second"] is None

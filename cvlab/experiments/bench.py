@@ -16,7 +16,9 @@ images (no data set needed) with the handout's optimizer (Adam, lr 1e-4) and its
   precision, channels_last, torch.compile (its warm-up reported apart, not timed), optimizer kernels.
 
 A timed window is one pass of the path's own epoch function over `--steps` batches; throughput is the
-median over `--windows` windows after `--warmup` untimed steps. The windows of all contenders of a
+median over `--windows` windows after `--warmup` untimed steps. Each contender runs (warm-up included)
+with its own cuDNN autotuning setting (`torch.backends.cudnn.benchmark` is process-wide): off for the
+handout loop, as its code runs; the cvlab path's plan for the others. The windows of all contenders of a
 model are interleaved (window k of each before window k+1 of any), so load from other processes on a
 shared machine hits them alike. Windows are timed with CUDA events on GPUs and with perf_counter plus
 a device synchronize elsewhere; on the CPU the process's CPU time is recorded too (images per CPU
@@ -29,6 +31,7 @@ FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions an
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -59,7 +62,8 @@ CIFAR_TRAIN, CIFAR_TEST = SPLIT_SIZES["train"], SPLIT_SIZES["test"]  # images pe
 # The JSON report's fields (documented in docs/performance.md; tests check both against a real run).
 REPORT_FIELDS = ("schema", "created", "command", "environment", "settings", "flops", "results", "ratios",
                  "complete", "bench_seconds", "load_average_1m_end")
-RESULT_FIELDS = ("model", "path", "precision", "channels_last", "compile", "optimizer_impl", "batch_size",
+RESULT_FIELDS = ("model", "path", "precision", "channels_last", "compile", "optimizer_impl", "cudnn_benchmark",
+                 "batch_size",
                  "eval_batch_size", "compile_warmup_seconds", "train_images_per_second", "train_windows",
                  "train_images_per_cpu_second", "last_train_loss", "eval_images_per_second", "eval_windows",
                  "eval_images_per_cpu_second", "data_images_per_second", "data_windows", "data_images_per_cpu_second",
@@ -248,8 +252,28 @@ class Contender:
     last_loss: Callable[[], float]  # mean training loss of the last window (NaN: a broken variant; equal
                                     # across fp32 contenders of a model with the default optimizer kernels)
 
+    @property
+    def cudnn_benchmark(self) -> bool:
+        return self.row["cudnn_benchmark"]
+
+
+@contextlib.contextmanager
+def cudnn_autotuning(enabled: bool):
+    """torch.backends.cudnn.benchmark = `enabled` inside the block (it is process-wide), restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
 
 def handout_contender(s: Settings, model_name: str, data: Cifar100) -> Contender:
+    with cudnn_autotuning(False):  # the handout's code leaves PyTorch's default: no autotuning
+        return _handout_contender(s, model_name, data)
+
+
+def _handout_contender(s: Settings, model_name: str, data: Cifar100) -> Contender:
     torch.manual_seed(s.seed)
     model = build_model(model_name).to(s.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=HANDOUT_LR)
@@ -269,7 +293,8 @@ def handout_contender(s: Settings, model_name: str, data: Cifar100) -> Contender
         return len(test_loader.dataset)
 
     row = {"model": model_name, "path": "handout", "precision": "fp32", "channels_last": False, "compile": False,
-           "optimizer_impl": "default", "batch_size": s.batch_size, "eval_batch_size": s.batch_size,
+           "optimizer_impl": "default", "cudnn_benchmark": False, "batch_size": s.batch_size,
+           "eval_batch_size": s.batch_size,
            "compile_warmup_seconds": 0.0}
     def last_loss() -> float:  # the last window's mean, as the engine reports it
         return float(torch.stack(losses).mean())
@@ -294,13 +319,26 @@ def head(loader: TensorLoader, batches: int, normalization: str, augment: bool =
 
 def cvlab_contender(s: Settings, model_name: str, data: Cifar100, precision: str, channels_last: bool,
                     compile_: bool, impl: str) -> Contender:
-    from ..core.engine import build_trainer, evaluate, train_one_epoch
+    from ..core.engine import build_trainer
 
+    before = torch.backends.cudnn.benchmark
     t = build_trainer(cvlab_config(s, model_name, precision, channels_last, compile_, impl), data)
+    torch.backends.cudnn.benchmark = before  # build_trainer applied the plan process-wide; measure() sets it per window
+    with cudnn_autotuning(t.plan.cudnn_benchmark):
+        _cvlab_warm_up(s, t)
+    return _cvlab_contender(s, model_name, t, channels_last, compile_, impl)
+
+
+def _cvlab_warm_up(s: Settings, t) -> None:
+    from ..core.engine import evaluate, train_one_epoch
     if s.warmup:
         norm = t.cfg.normalization
         train_one_epoch(t.train_step, head(t.train_loader, s.warmup, norm, augment=True))
         evaluate(t.eval_step, head(t.test_loader, s.warmup, norm))
+
+
+def _cvlab_contender(s: Settings, model_name: str, t, channels_last: bool, compile_: bool, impl: str) -> Contender:
+    from ..core.engine import evaluate, train_one_epoch
     last: dict = {}
 
     def train() -> int:
@@ -318,32 +356,59 @@ def cvlab_contender(s: Settings, model_name: str, data: Cifar100, precision: str
         return n
 
     row = {"model": model_name, "path": "cvlab", "precision": t.precision, "channels_last": channels_last,
-           "compile": compile_, "optimizer_impl": impl, "batch_size": s.batch_size,
+           "compile": compile_, "optimizer_impl": impl, "cudnn_benchmark": t.plan.cudnn_benchmark,
+           "batch_size": s.batch_size,
            "eval_batch_size": s.eval_batch_size, "compile_warmup_seconds": round(t.warmup_seconds, 2)}
     return Contender(row, train, test, data_only, lambda: last["loss"])
 
 
-def measure(contenders: list[Contender], s: Settings) -> list[dict]:
+def measure(contenders: list[Contender], s: Settings,
+            on_window: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Time every contender, interleaved: window k of each before window k+1 of any, so a change in the
-    machine's load (a shared CPU) hits every contender alike and the ratios stay fair."""
+    machine's load (a shared CPU) hits every contender alike and the ratios stay fair. Each contender runs
+    with its own cuDNN autotuning setting. `on_window(rows)` sees the rows as measured so far (None where a
+    figure has no window yet) after every round of windows, so a run stopped early keeps what it measured."""
     rates: list[dict[str, list[tuple[float, float]]]] = [{"train": [], "eval": [], "data": []} for _ in contenders]
+
+    def timed(c: Contender, run: Callable[[], int]) -> tuple[float, float]:
+        with cudnn_autotuning(c.cudnn_benchmark):
+            return time_once(run, s.device)
+
+    def rows() -> list[dict]:
+        return [measured_row(c, r, s.device) for c, r in zip(contenders, rates)]
+
     for kind in ("train", "eval"):
         for _ in range(s.windows):
             for c, r in zip(contenders, rates):
-                r[kind].append(time_once(c.train if kind == "train" else c.test, s.device))
-    passes = [data_passes(c.data, s.device) for c in contenders]
-    for _ in range(s.windows):
+                r[kind].append(timed(c, c.train if kind == "train" else c.test))
+            if on_window is not None:
+                on_window(rows())
+    passes = []
+    for c in contenders:
+        with cudnn_autotuning(c.cudnn_benchmark):
+            passes.append(data_passes(c.data, s.device))
+    for window in range(s.windows):
         for c, r, k in zip(contenders, rates, passes):
-            r["data"].append(time_once(lambda: sum(c.data() for _ in range(k)), s.device))
-    rows = []
-    for c, r in zip(contenders, rates):
-        row = dict(c.row)
-        for kind in ("train", "eval", "data"):
-            row.update(summarize_rates(kind, r[kind], s.device))
-            if kind == "train":
-                row["last_train_loss"] = c.last_loss()
-        rows.append(row)
-    return rows
+            r["data"].append(timed(c, lambda: sum(c.data() for _ in range(k))))
+        if on_window is not None and window < s.windows - 1:  # the caller publishes the finished rows
+            on_window(rows())
+    return rows()
+
+
+def measured_row(c: Contender, rates: dict[str, list[tuple[float, float]]], device: torch.device) -> dict:
+    """The row of contender `c` from the windows measured so far (None and [] where there are none yet)."""
+    row = dict(c.row)
+    for kind in ("train", "eval", "data"):
+        row.update(summarize_rates(kind, rates[kind], device) if rates[kind] else
+                   {f"{kind}_images_per_second": None, f"{kind}_windows": [], f"{kind}_images_per_cpu_second": None})
+        if kind == "train":
+            row["last_train_loss"] = c.last_loss() if rates["train"] else None
+    return row
+
+
+def is_measured(row: dict) -> bool:
+    """Whether every window of the row was measured (a stopped run leaves rows without their later figures)."""
+    return all(row.get(f"{kind}_images_per_second") is not None for kind in ("train", "eval", "data"))
 
 
 def summarize_rates(prefix: str, rates: list[tuple[float, float]], device: torch.device) -> dict:
@@ -356,7 +421,12 @@ def summarize_rates(prefix: str, rates: list[tuple[float, float]], device: torch
 
 
 def derive(row: dict, flops: dict) -> dict:
-    """Data share, TFLOP/s and projected CIFAR-100 epoch times from the measured rates."""
+    """Data share, TFLOP/s and projected CIFAR-100 epoch times from the measured rates (None until all are)."""
+    if not is_measured(row):
+        row.update({k: None for k in ("data_share_of_train_step", "train_tflops_per_second",
+                                      "eval_tflops_per_second", "projected_epoch_seconds",
+                                      "projected_100_epochs_seconds")})
+        return row
     train, test = row["train_images_per_second"], row["eval_images_per_second"]
     row["data_share_of_train_step"] = train / row["data_images_per_second"]
     row["train_tflops_per_second"] = flops["train_flops_per_image"] * train / 1e12
@@ -372,6 +442,7 @@ def _ratio(row: dict, base: dict, key: str) -> float | None:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """Each cvlab row against the handout row of the same model, measured in the same run."""
+    rows = [r for r in rows if is_measured(r)]
     base = {r["model"]: r for r in rows if r["path"] == "handout"}
     out = []
     for r in rows:
@@ -444,15 +515,16 @@ COLUMNS: list[tuple[str, int, Callable[[dict], str]]] = [
 
 def format_table(report: dict, markdown: bool = False) -> str:
     """The results as a fixed-width table (or Markdown), then FLOPs, ratios and compile times."""
+    results = [r for r in report["results"] if is_measured(r)]
     if markdown:
         lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
                  "|" + "|".join("---" if w < 0 else "---:" for _, w, _ in COLUMNS) + "|"]
-        lines += ["| " + " | ".join(cell(r) for _, _, cell in COLUMNS) + " |" for r in report["results"]]
+        lines += ["| " + " | ".join(cell(r) for _, _, cell in COLUMNS) + " |" for r in results]
     else:
         lines = [" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w, _ in COLUMNS)]
         lines.append("-" * len(lines[0]))
         lines += [" ".join(f"{cell(r):<{-w}}" if w < 0 else f"{cell(r):>{w}}" for _, w, cell in COLUMNS)
-                  for r in report["results"]]
+                  for r in results]
     bullet = "- " if markdown else ""
     notes = [f"spread: (max - min) / median of the {report['settings']['windows']} timed training windows; "
              "train/CPU s: training images per CPU second of this process (CPU device only); "
@@ -469,7 +541,10 @@ def format_table(report: dict, markdown: bool = False) -> str:
                      f"eval {q['eval_speedup']:.2f}x, data {q['data_speedup']:.1f}x"
                      + (f"; per CPU second: train {q['train_speedup_cpu_time']:.2f}x, eval {q['eval_speedup_cpu_time']:.2f}x"
                         if q["train_speedup_cpu_time"] else "") + f" ({note})")
-    for r in report["results"]:
+    unfinished = len(report["results"]) - len(results)
+    if unfinished:
+        notes.append(f"{unfinished} row(s) not fully measured (the run was stopped): see their windows in the JSON")
+    for r in results:
         if r["compile"]:
             notes.append(f"compile warm-up (not timed) {r['model']} {r['precision']} cl={yes_no(r['channels_last'])}: "
                          f"{r['compile_warmup_seconds']:.1f} s")
@@ -489,7 +564,8 @@ def canonical_command(s: Settings) -> str:
 
 def run_bench(s: Settings, log: Callable[[str], None] = print,
               on_row: Callable[[dict], None] | None = None) -> dict:
-    """Measure every (model, path, variant); `on_row(report)` sees the partial report after each row."""
+    """Measure every (model, path, variant); `on_row(report)` sees the partial report after every round of
+    windows (rows still being measured have None where a figure has no window yet) and after each model."""
     data = in_memory_data(s.n_train, s.n_test, s.seed)
     env = environment(s.device)
     log(f"cvlab bench on {env['device']} ({env['cpu']}), torch {torch.__version__}, {env['torch_threads']} threads; "
@@ -515,8 +591,10 @@ def run_bench(s: Settings, log: Callable[[str], None] = print,
         "load_average_1m_end": None,
     }
 
-    def add(row: dict) -> None:
-        report["results"].append(derive(row, report["flops"][row["model"]]))
+    finished: list[dict] = []
+
+    def publish(in_progress: list[dict]) -> None:  # the finished rows and those still being measured
+        report["results"] = finished + [derive(row, report["flops"][row["model"]]) for row in in_progress]
         report["ratios"] = ratios(report["results"])
         report["bench_seconds"] = round(time.perf_counter() - started, 1)
         report["load_average_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -535,8 +613,9 @@ def run_bench(s: Settings, log: Callable[[str], None] = print,
                     f"optimizer={impl}")
                 contenders.append(cvlab_contender(s, model_name, data, precision, cl, comp, impl))
         log(f"  {model_name}: timing {len(contenders)} contenders, interleaved")
-        for row in measure(contenders, s):
-            add(row)
+        rows = measure(contenders, s, on_window=publish)
+        finished.extend(derive(row, report["flops"][row["model"]]) for row in rows)
+        publish([])
         del contenders
     report["complete"] = True
     if on_row is not None:
