@@ -295,3 +295,28 @@ def test_the_gpu_tests_collect_without_the_report_extras(tmp_path):
     assert len(collected) >= 10, result.stdout[-3000:]
     probe = subprocess.run([sys.executable, "-c", "import nbformat"], capture_output=True, env=env, timeout=60)
     assert probe.returncode != 0  # the extras really were hidden
+
+
+# ---------------------------------------------------------------------------- end-to-end wall time
+
+def test_metrics_record_the_end_to_end_wall_time_and_an_honest_projection(tmp_path):
+    """total_seconds sums the epochs only; wall_seconds adds start-up and the saving after each epoch, and
+    projected_wall_seconds = start-up + planned epochs x (mean epoch + mean save), from the epochs done."""
+    import json
+    import time
+    out = tmp_path / "run"
+    cfg = tiny_config(epochs=4, synthetic_train=100, synthetic_test=50, eval_batch_size=50)
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, out, on_epoch_end=StopAfter(2), **QUIET)
+    outside = time.perf_counter() - start
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and m["epochs_done"] == 2
+    assert m["startup_seconds"] > 0 and m["save_seconds"] > 0
+    assert m["total_seconds"] + m["startup_seconds"] + m["save_seconds"] <= m["wall_seconds"] + 0.05
+    assert m["wall_seconds"] <= outside
+    saves = m["save_seconds"] / 2
+    expected = m["startup_seconds"] + 4 * (m["total_seconds"] / 2 + saves)
+    assert m["projected_wall_seconds"] == pytest.approx(expected, abs=0.2)
+    engine.fit(None, out, resume=True, **QUIET)  # a resumed run adds its wall time to the earlier sessions'
+    assert json.loads((out / "metrics.json").read_text())["wall_seconds"] > m["wall_seconds"]

@@ -478,7 +478,38 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
     return int(state["epoch"]), list(state["history"])
 
 
-def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> dict:
+@dataclass
+class WallClock:
+    """The end-to-end wall time of a training call (`fit`): start-up (from the call to the first epoch: data,
+    model, compile warm-up, resume), the epochs, and the saving after each (checkpoints, history). `total_seconds`
+    in metrics.json sums only the epochs; this is what a user waits for."""
+
+    started: float = field(default_factory=time.perf_counter)
+    before: float = 0.0                # wall seconds of the earlier sessions of a resumed run
+    startup: float | None = None       # seconds from the call to the start of this session's first epoch
+    saving: float = 0.0                # seconds spent saving after this session's epochs
+    saves: int = 0
+
+    def epochs_begin(self) -> None:
+        if self.startup is None:
+            self.startup = time.perf_counter() - self.started
+
+    def saved(self, seconds: float) -> None:
+        self.saving, self.saves = self.saving + seconds, self.saves + 1
+
+    def describe(self, history: list[dict], epochs: int) -> dict:
+        """wall_seconds (all sessions), startup_seconds and save_seconds (this session), and the projection
+        startup + epochs x (mean epoch + mean save) of the whole planned run from the epochs done (None before one)."""
+        epoch_mean = sum(r["epoch_seconds"] for r in history) / len(history) if history else None
+        save_mean = self.saving / self.saves if self.saves else 0.0
+        projected = None if epoch_mean is None or self.startup is None else \
+            round(self.startup + epochs * (epoch_mean + save_mean), 1)
+        return {"wall_seconds": round(self.before + time.perf_counter() - self.started, 2),
+                "startup_seconds": None if self.startup is None else round(self.startup, 2),
+                "save_seconds": round(self.saving, 2), "projected_wall_seconds": projected}
+
+
+def summarize(t: Trainer, history: list[dict], status: str, seconds: float, clock: WallClock | None = None) -> dict:
     """metrics.json: status, final and best figures (see runs.summarize_history), time, device, versions."""
     s = summarize_history(history)
     final = {k: None for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
@@ -495,7 +526,9 @@ def summarize(t: Trainer, history: list[dict], status: str, seconds: float) -> d
         "best_test_acc_epoch": s["best_test_acc_epoch"],
         "evaluated_weights": "ema" if t.ema is not None else "model",
         "tta_flip": t.cfg.tta_flip,
-        "total_seconds": round(seconds, 2),
+        "total_seconds": round(seconds, 2),  # the epochs' own seconds (training and evaluation), summed
+        # End to end (start-up, epochs, saving) and the projection of the planned epochs from those done: WallClock.
+        **(clock.describe(history, t.cfg.epochs) if clock is not None else {}),
         "compile_warmup_seconds": round(t.warmup_seconds, 2),
         "mean_images_per_second": s["mean_images_per_second"],
         "device": devices.device_name(t.device),
@@ -551,6 +584,7 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     writes the directory (run.lock). Ctrl-C leaves it valid up to the last finished epoch; a non-finite
     loss stops training with status "diverged" and raises errors.Diverged.
     """
+    clock = WallClock()
     distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
                      cfg.batch_size if cfg is not None else None)
     if not distributed.is_main_process():
@@ -568,11 +602,12 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     distributed.share({"config": cfg.to_dict(), "resume": resume, "run_dir": str(run.path)})
     t = build_trainer(cfg)  # loads the data: a start that fails here leaves nothing behind
     with run.open(resume):
-        return _train(t, run, resume, on_epoch_end, log)
+        return _train(t, run, resume, on_epoch_end, log, clock)
 
 
-def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
+def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log, clock: WallClock | None = None) -> Path:
     cfg = t.cfg
+    clock = clock or WallClock()
     start_epoch, history = 0, []
     if resume and run.has_checkpoint("last"):
         # Read to the CPU whatever the device: each load_state_dict places its tensors, and generator states
@@ -582,6 +617,10 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
             raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
                               f"{start_epoch} epochs")
         log(f"resuming {run.path} after epoch {start_epoch}")
+        try:
+            clock.before = float(run.read_metrics().get("wall_seconds") or 0.0)  # earlier sessions' wall time
+        except (RunDirError, TypeError, ValueError):
+            pass  # an unreadable metrics.json costs only the earlier sessions' wall time
         distributed.warn_if_resized(run.path / "metrics.json", t.group, log)
     if not resume or not run.has_checkpoint("last") or run.read_config().get("epochs") != cfg.epochs:
         # A new run, a restart of one stopped before its first epoch, or an extended run: its config as it now is.
@@ -599,10 +638,12 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
     best_val = best["val_acc"] if best else -math.inf
     resume_hint = f"python -m cvlab train --resume --out {run.path}"
     status = "running"
+    clock.epochs_begin()
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             row = run_epoch(t, epoch)
             saved_epochs = len(history)
+            save_start = time.perf_counter()
             try:
                 if row.get("val_acc") is not None and row["val_acc"] > best_val:
                     run.save_checkpoint(best_state(t, row), "best")  # before last.pt: a resume redoes this epoch
@@ -612,11 +653,12 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
                 history.append(row)
                 elapsed += row["epoch_seconds"]
                 run.write_history(history)
+                clock.saved(time.perf_counter() - save_start)
                 status = "complete" if epoch == cfg.epochs else "running"
-                run.write_metrics(summarize(t, history, status, elapsed))
+                run.write_metrics(summarize(t, history, status, elapsed, clock))
             except OSError as exc:
                 try:
-                    run.write_metrics(summarize(t, history[:saved_epochs], "interrupted", elapsed))
+                    run.write_metrics(summarize(t, history[:saved_epochs], "interrupted", elapsed, clock))
                 except OSError:
                     pass
                 raise RunDirError(f"cannot save epoch {epoch} in {run.path} ({disk_error(exc)}); the run directory "
@@ -625,17 +667,17 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log) -> Path:
             if on_epoch_end is not None:
                 on_epoch_end(row)
     except KeyboardInterrupt:
-        run.write_metrics(summarize(t, history, "interrupted", elapsed))
+        run.write_metrics(summarize(t, history, "interrupted", elapsed, clock))
         log(f"interrupted after epoch {len(history)}; continue with: {resume_hint}")
         raise
     except NonFiniteLoss as exc:
-        metrics = summarize(t, history, "diverged", elapsed)
+        metrics = summarize(t, history, "diverged", elapsed, clock)
         metrics["diverged"] = {"epoch": exc.epoch, "step": exc.step, "steps_per_epoch": exc.steps}
         run.write_metrics(metrics)
         raise Diverged(f"training diverged: {exc}; {run.path} keeps its last good epoch ({len(history)}); "
                        "lower the learning rate and start a new run") from None
     if status != "complete":  # nothing left to train (resumed a finished run)
-        run.write_metrics(summarize(t, history, "complete", elapsed))
+        run.write_metrics(summarize(t, history, "complete", elapsed, clock))
     return run.path
 
 
