@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, cause
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -105,7 +105,7 @@ def safe_unpickle(data: bytes, source: str) -> object:
     except UnsafePickleError as exc:
         raise DataError(f"{source}: not a CIFAR-100 pickle ({exc}); the file is unsafe or not this data set") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise DataError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+        raise DataError(f"{source}: truncated or corrupt pickle ({cause(exc)}); "
                         "delete it and download the data set again") from None
 
 

@@ -31,7 +31,7 @@ from .augment import build_augment, build_mix
 from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, load_for_config
 from .ema import WeightEMA
-from .errors import Diverged, RunDirError, first_line
+from .errors import Diverged, RunDirError, cause
 from .models import build_model, count_parameters
 from .paths import REPO_ROOT
 from .runs import RunDir, disk_error, select_best, summarize_history
@@ -464,7 +464,7 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
         set_rng_state(state["rng"])
         t.train_loader.load_state_dict(state["loader"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise RunDirError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line(exc)})") from None
+        raise RunDirError(f"the checkpoint does not fit this run ({cause(exc)})") from None
     if t.ema is not None:
         if not state.get("ema"):
             raise RunDirError("the checkpoint has no EMA state to resume the weight average from")
