@@ -7,7 +7,7 @@ from ..core.errors import UsageError
 from ..core.runs import CONFIG
 from ..experiments import ablate
 from ..experiments.ablate import BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, plan, run_ablation, write_tables
-from .common import add_field_option, add_set_option, explicit_overrides, positive_int
+from .common import add_field_option, add_set_option, explicit_overrides, path_text, positive_int
 
 
 def _csv(text: str) -> list[str]:
@@ -40,7 +40,8 @@ def register(sub) -> None:
                    help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
     p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
     p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds (default: 0)")
-    p.add_argument("--out", metavar="DIR", help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
+    p.add_argument("--out", metavar="DIR", type=path_text,
+                   help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
     add_field_option(p, "epochs", help="override the budget's epochs")
     add_field_option(p, "subset", help="override the budget's training subset")
     for name in ("device", "data_root", "synthetic", "progress"):

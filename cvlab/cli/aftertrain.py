@@ -121,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..experiments.predict import predict_files
     from ..report.plots import FIGURE_SUFFIXES
 
-    grid = check_output_file(args.grid, args.force, "--grid", ".png", FIGURE_SUFFIXES) if args.grid is not None else None
+    grid = None if args.grid is None else check_output_file(args.grid, args.force, "--grid", ".png", FIGURE_SUFFIXES)
     result = predict_files(args.run, args.images, args.weights, args.device, args.data_root, top=args.top)
     if result.synthetic:
         print("note: this run was trained on SYNTHETIC data; its class names and probabilities mean nothing")
@@ -146,7 +146,8 @@ def register_predict(sub) -> None:
     add_weight_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files (any format Pillow reads)")
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
-    p.add_argument("--grid", metavar="FILE", help="save a figure of the images with their top prediction (.png added when FILE has no suffix)")
+    p.add_argument("--grid", metavar="FILE", help="save a figure of the images with their top prediction "
+                                                  "(.png, .pdf, .svg or .jpg; .png is added when FILE has none)")
     p.add_argument("--force", action="store_true", help="replace an existing --grid FILE")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_predict)

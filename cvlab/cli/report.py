@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..report import runner
 from ..report.runner import NotebookFailed, available_profiles, run_report
+from .common import path_text
 
 
 def cmd_report(args) -> int:
@@ -29,7 +30,8 @@ def register(sub) -> None:
                    help="override a parameter in every notebook that declares it (NOTEBOOK.KEY for one); repeatable")
     p.add_argument("--only", action="append", metavar="NAME", help="run only notebooks whose name starts with NAME")
     p.add_argument("--notebooks", metavar="DIR", help="folder holding 0*.ipynb (default: ./notebooks)")
-    p.add_argument("--out", metavar="DIR", help="executed notebooks and exports (default: reports/<profile>)")
+    p.add_argument("--out", metavar="DIR", type=path_text,
+                   help="executed notebooks and exports (default: reports/<profile>)")
     p.add_argument("--log-output", action="store_true", help="stream cell output live while notebooks run")
     p.add_argument("--no-input", action="store_true", help="hide code cells in the HTML/PDF (submission copy)")
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")

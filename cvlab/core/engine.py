@@ -29,7 +29,7 @@ from . import device as devices
 from . import distributed
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
-from .data import Cifar100, Split, TensorLoader, load_for_config
+from .data import Cifar100, Split, TensorLoader, check_num_classes, load_for_config
 from .ema import WeightEMA
 from .errors import Diverged, RunDirError, cause
 from .models import build_model, count_parameters
@@ -339,6 +339,7 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     devices.apply_plan(plan, device)
     precision = plan.precision
     data = load_for_config(cfg) if data is None else data
+    check_num_classes(data, cfg.num_classes)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.num_classes, zero_init_last=cfg.zero_init_last_bn,
                         dropout=cfg.dropout).to(device)
