@@ -25,6 +25,9 @@ def cmd_ablate(args) -> int:
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
         dirs = [r.run_dir for r in plan(presets, seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
+        if not dirs:  # before write_tables creates `out`
+            raise UsageError(f"--table-only: {out} holds none of the planned run directories; train them first "
+                             "(without --table-only) or give the --out they are in")
         write_tables(out, dirs, order=presets, budget=budget)
     else:
         run_ablation(presets, seeds, out, budget, overrides, devices=args.devices, parallel=args.parallel)
