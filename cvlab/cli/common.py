@@ -108,3 +108,13 @@ def path_text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got ''")
     return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value

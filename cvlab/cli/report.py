@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..report import runner
 from ..report.runner import NotebookFailed, available_profiles, run_report
-from .common import path_text
+from .common import path_text, positive_float
 
 
 def cmd_report(args) -> int:
@@ -38,5 +38,5 @@ def register(sub) -> None:
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="start at once, without printing the planned training and its time estimate")
     p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
+    p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
     p.set_defaults(func=cmd_report)
