@@ -90,11 +90,11 @@ class ExportResult:
 def check_output_path(out: str | Path, force: bool) -> Path:
     """The torch file `export_run` writes, checked before the work (see paths.check_output_file); a name
     ending in .onnx is refused, since the torch file is not an ONNX graph (--onnx writes one beside it)."""
-    out = check_output_file(out, force, "--out")
-    if out.suffix.lower() == ".onnx":
+    if Path(out).suffix.lower() == ".onnx":
+        out = Path(out)
         raise UsageError(f"--out {out} names the torch file, which is not an ONNX graph; give e.g. "
                          f"{out.with_suffix('.pt')} (with --onnx, {out} is written beside it)")
-    return out
+    return check_output_file(out, force, "--out")
 
 
 def export_run(run_dir: str | Path, out: str | Path, weights: str = "last", force: bool = False,

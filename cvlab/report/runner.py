@@ -228,10 +228,18 @@ def check_kernel(name: str) -> str:
     return name
 
 
-def prepare_output_dir(out: Path) -> Path:
-    """Create the report's output folder; one line when `out` is a file or cannot be created."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+def check_output_dir(out: Path) -> Path:
+    """Refuse (one line) an output folder that is a file or lies under one, before any work."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out else f"lies under {folder}, a file"
+                raise UsageError(f"--out {out} {where}, not a folder; choose another --out")
+            return out
+    return out
+
+
+def make_output_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -496,8 +504,9 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     folder = (notebooks_dir or default_notebooks_dir()).resolve()
     notebooks = find_notebooks(folder, only)
     params = resolve_parameters(notebooks, profile, overrides or [], warn)
+    out = check_output_dir((out or folder.parent / "reports" / profile.name).resolve())
     kernel = check_kernel(kernel) if kernel else ensure_kernel(log)
-    out = prepare_output_dir((out or folder.parent / "reports" / profile.name).resolve())
+    make_output_dir(out)
     if log_output:  # papermill logs cell output to its logger; show that logger only
         logger = logging.getLogger("papermill")
         if not logger.handlers:
