@@ -689,3 +689,20 @@ def test_malicious_data_never_gets_the_structure_checks_note(cifar_folder, tmp_p
         warnings.simplefilter("always")
         load_cifar100(root, expected_sizes=None)  # MD5 checked: it differs
     assert not [w for w in caught if "structure checks passed" in str(w.message)] and not marker.exists()
+
+
+def test_a_lost_data_parallel_peer_is_one_line(tmp_path, capsys, monkeypatch):
+    import cvlab.core.engine as engine_module
+    from cvlab.core.distributed import lost_peer
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                        "[127.0.0.1]:35221: Connection reset by peer. This is typically caused by a remote worker")
+    assert lost_peer(gloo) is None  # one process: not a data-parallel run, the traceback stays
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert lost_peer(RuntimeError("shape mismatch")) is None
+    monkeypatch.setattr(engine_module, "fit", lambda *a, **k: (_ for _ in ()).throw(gloo))
+    code, err = cli(capsys, "train", *TINY_ARGS, "--out", tmp_path / "run")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("cvlab: error: process 0: another process of this data-parallel run stopped "
+                             "(connection reset by peer)") and "--resume" in err[0]
