@@ -590,7 +590,8 @@ def test_ablate_devices_are_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(device, "device_count", lambda kind: 2 if kind == "cuda" else 0)
     out = tmp_path / "ablate"
     base = ["ablate", "--budget", "smoke", "--presets", "handout", "--out", out]
-    one_line(*cli(capsys, *base, "--devices", "cuda:7"), "cannot place runs on cuda:7: this machine has cuda:0 to cuda:1")
+    one_line(*cli(capsys, *base, "--devices", "cuda:7"),
+             "cannot place runs on cuda:7: this machine has cuda:0 to cuda:1")
     one_line(*cli(capsys, *base, "--devices", "npu:0"), "this machine has no npu device")
     one_line(*cli(capsys, *base, "--devices", "cuda:0,cuda:1", "--parallel", "3"), "disagree")
     one_line(*cli(capsys, *base, "--table-only"), "holds none of the planned run directories")
@@ -633,7 +634,8 @@ def test_resume_without_last_pt_but_with_epochs_is_refused(trained, tmp_path, ca
     run = copy_run(trained, tmp_path / "run")
     (run / "last.pt").unlink()
     history = (run / "history.csv").read_text()
-    one_line(*cli(capsys, "train", "--resume", "--out", run), "history.csv records finished epochs but last.pt is missing")
+    one_line(*cli(capsys, "train", "--resume", "--out", run),
+             "history.csv records finished epochs but last.pt is missing")
     assert (run / "history.csv").read_text() == history
 
 
