@@ -411,3 +411,300 @@ def test_ablation_goes_on_after_a_diverged_run(tmp_path, monkeypatch):
     assert RunDir(tmp_path / "handout-s1").status() == "diverged"
     assert ablate.run_status(tmp_path / "handout-s1", ablate.budget_config("handout", budget, seed=1)) == "diverged"
     assert json.loads((tmp_path / "handout-s1" / "metrics.json").read_text())["status"] == "diverged"
+
+
+# ---------------------------------------------------------------------------- second probe round (issue 18, item 4)
+# Each probe of the second round that fell short, as a test: one line and exit 2 (or a correct result),
+# checked before the work starts, nothing on disk overwritten or left behind.
+
+def cli_out(capsys, *argv):
+    """Run the CLI in-process: (exit code, stdout, stderr lines)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+def one_line(code, err, fragment):
+    assert code == 2 and len(err) == 1 and err[0].startswith("cvlab: error:") and fragment in err[0], (code, err)
+
+
+def as_diverged(run, nan_weights=True):
+    """Make `run` look like a run that diverged after epoch 1 whose weights evaluate to NaN."""
+    if nan_weights:
+        state = torch.load(run / "last.pt", weights_only=True)
+        for tensor in state["model"].values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+        torch.save(state, run / "last.pt")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(status="diverged", diverged={"epoch": 2, "step": 1, "steps_per_epoch": 6})
+    metrics["final"]["test_loss"] = None  # what strict JSON records for a NaN
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_evaluate_a_diverged_run(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    as_diverged(run)
+    code, out, err = cli_out(capsys, "evaluate", run, "--device", "cpu", "--json", "-")
+    record = json.loads(out, parse_constant=pytest.fail)  # strict JSON: NaN is null
+    assert code == 0 and not err and record["test_loss"] is None and record["recorded"]["test_loss"] is None
+    code, out, err = cli_out(capsys, "evaluate", run, "--device", "cpu")
+    assert code == 0 and not err
+    assert "test loss not finite" in out and "(identical)" in out and "this run diverged" in out
+
+
+def test_evaluate_and_export_with_a_corrupt_metrics_json(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    (run / "metrics.json").write_text("{broken")
+    one_line(*cli(capsys, "evaluate", run, "--device", "cpu"), "metrics.json is unreadable or not valid JSON")
+    one_line(*cli(capsys, "export", run, "--out", tmp_path / "m.pt"), "metrics.json is unreadable")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def png(path, size=(40, 40)):
+    from PIL import Image
+    Image.new("RGB", size, (120, 30, 200)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mismatch", ["config names another model", "tensors of other shapes"])
+def test_checkpoint_of_another_run_is_one_line_everywhere(trained, tmp_path, capsys, mismatch):
+    run = copy_run(trained, tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    if mismatch == "config names another model":
+        state["config"]["model"] = "cifar_resnet18"
+        expected = "was saved by another run: its config names model 'cifar_resnet18'"
+    else:
+        state["model"]["fc.weight"] = torch.zeros(10, state["model"]["fc.weight"].shape[1])
+        expected = "1 tensor(s) of another shape, e.g. fc.weight (10, 128) in the file, (100, 128) in the model"
+    torch.save(state, run / "last.pt")
+    image = png(tmp_path / "cat.png")
+    for argv in (["evaluate", run, "--device", "cpu"], ["predict", run, image, "--device", "cpu"],
+                 ["export", run, "--out", tmp_path / "m.pt"]):
+        one_line(*cli(capsys, *argv), expected)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_predict_grid_without_suffix_refuses_the_file_it_would_write(trained, tmp_path, capsys):
+    image = png(tmp_path / "cat.png")
+    (tmp_path / "grid.png").write_bytes(b"mine")
+    one_line(*cli(capsys, "predict", trained, image, "--device", "cpu", "--grid", tmp_path / "grid"),
+             f"{tmp_path / 'grid.png'} already exists")
+    assert (tmp_path / "grid.png").read_bytes() == b"mine"
+    code, out, _ = cli_out(capsys, "predict", trained, image, "--device", "cpu", "--grid", tmp_path / "new")
+    assert code == 0 and f"wrote {tmp_path / 'new.png'}" in out and (tmp_path / "new.png").stat().st_size > 0
+
+
+def test_output_paths_are_checked_before_the_work(trained, tmp_path, capsys, monkeypatch):
+    import cvlab.experiments.analysis as analysis
+    import cvlab.experiments.export as export
+    import cvlab.experiments.predict as predict
+
+    def no_work(*args, **kwargs):
+        pytest.fail("the work started before the output path was checked")
+    monkeypatch.setattr(analysis, "evaluate_run", no_work)
+    monkeypatch.setattr(predict, "predict_files", no_work)
+    monkeypatch.setattr(export, "load_trained_model", no_work)
+    image, missing = png(tmp_path / "cat.png"), tmp_path / "nope"
+    probes = [(["evaluate", trained, "--json", missing / "x.json"], "the folder"),
+              (["evaluate", trained, "--json", tmp_path], "is a folder; give a file name inside it"),
+              (["evaluate", trained, "--json", ""], "--json needs a file name"),
+              (["predict", trained, image, "--grid", missing / "g.png"], "the folder"),
+              (["predict", trained, image, "--grid", tmp_path / "g.xyz"], "the suffix .xyz is not one of .png"),
+              (["export", trained, "--out", missing / "m.pt"], "the folder"),
+              (["export", trained, "--out", tmp_path / "m.onnx"], "names the torch file, which is not an ONNX graph"),
+              (["export", trained, "--out", tmp_path / "m.pt", "--onnx"], None)]
+    (tmp_path / "m.onnx").write_bytes(b"mine")
+    for argv, fragment in probes:
+        code, err = cli(capsys, *argv)
+        one_line(code, err, fragment or f"{tmp_path / 'm.onnx'} already exists")
+        assert "--force" not in err[0] or "already exists" in err[0]
+    assert not missing.exists() and (tmp_path / "m.onnx").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png", "m.onnx"]
+
+
+def test_report_options_are_checked_before_any_notebook(tmp_path, capsys):
+    pytest.importorskip("papermill")
+    pytest.importorskip("jupyter_client")
+    for bad in ("-5", "0", "nan"):
+        with pytest.raises(SystemExit) as stop:
+            main(["report", "--profile", "smoke", "--cell-timeout", bad])
+        assert stop.value.code == 2
+    capsys.readouterr()
+    (tmp_path / "file").write_text("mine")
+    one_line(*cli(capsys, "report", "--profile", "smoke", "--no-estimate", "--out", tmp_path / "file"),
+             "is a file, not a folder")
+    one_line(*cli(capsys, "report", "--profile", "smoke", "--no-estimate", "--kernel", "nokernel",
+                  "--out", tmp_path / "rep"), "no Jupyter kernel named 'nokernel'")
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "rep").exists()
+
+
+def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
+    import errno
+
+    real = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return f
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdopen", full)
+        with pytest.raises(RunDirError, match=r"cannot write the lock .*run.lock \(no space left on device\)"):
+            fit(tiny_config(epochs=1), out, **QUIET)
+    assert not out.exists()  # no 0-byte run.lock, no empty folder: the next start is not told to wait
+    out.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdopen", full)
+        with pytest.raises(RunDirError, match="no space left"):
+            RunDir(out).acquire_lock()
+    assert list(out.iterdir()) == []
+
+
+def test_num_classes_below_the_datas_classes_is_one_line_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    one_line(*cli(capsys, "train", *TINY_ARGS, "--num-classes", "10", "--out", out),
+             "num_classes = 10, but the data has labels up to 99")
+    assert not out.exists()
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cvlab.core.errors import DataError
+    from cvlab.experiments.predict import prepare_image
+
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    assert prepare_image(tmp_path / "grey16.png").unique().tolist() == [128]  # mid-grey, not near-white
+    Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(DataError, match="floating-point pixels are not supported"):
+        prepare_image(tmp_path / "float.tiff")
+
+
+def test_ablate_devices_are_checked(tmp_path, capsys, monkeypatch):
+    import cvlab.core.device as device
+
+    monkeypatch.setattr(device, "device_count", lambda kind: 2 if kind == "cuda" else 0)
+    out = tmp_path / "ablate"
+    base = ["ablate", "--budget", "smoke", "--presets", "handout", "--out", out]
+    one_line(*cli(capsys, *base, "--devices", "cuda:7"),
+             "cannot place runs on cuda:7: this machine has cuda:0 to cuda:1")
+    one_line(*cli(capsys, *base, "--devices", "npu:0"), "this machine has no npu device")
+    one_line(*cli(capsys, *base, "--devices", "cuda:0,cuda:1", "--parallel", "3"), "disagree")
+    one_line(*cli(capsys, *base, "--table-only"), "holds none of the planned run directories")
+    assert not out.exists()
+
+
+def test_ablate_uses_a_single_listed_device(tmp_path, monkeypatch):
+    from cvlab.experiments import ablate, parallel
+
+    placed = []
+
+    def record(jobs, slots, log_dir, log):
+        placed.extend((job.label, slot.name) for job, slot in zip(jobs, slots))
+        raise KeyboardInterrupt  # enough: the run was sent to the listed device
+    monkeypatch.setattr(parallel, "run_jobs", record)
+    budget = ablate.Budget("tiny", "test", dict(model="tiny_resnet18", synthetic=True, synthetic_train=300,
+                                                synthetic_test=100, epochs=1, device="cpu", progress=False))
+    with pytest.raises(KeyboardInterrupt):
+        ablate.run_ablation(["handout"], out=tmp_path, budget=budget, devices="cpu", log=lambda s: None)
+    assert placed == [("handout-s0", "cpu")]
+
+
+def test_damaged_checkpoints_are_one_plain_line(trained, tmp_path, capsys):
+    import pickle
+
+    from cvlab.core.errors import cause
+
+    run = copy_run(trained, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    (run / "last.pt").write_bytes(pickle.dumps({"model": Payload(marker)}, protocol=4))  # a raw pickle
+    code, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    one_line(code, err, "not written by torch.save")  # one line: no torch warning asking to file an issue
+    assert not marker.exists()
+    (run / "last.pt").write_bytes(b"")
+    one_line(*cli(capsys, "evaluate", run, "--device", "cpu"), "last.pt is not a readable checkpoint (empty)")
+    assert cause(EOFError()) == "EOFError" and cause(ValueError("bad\nmore")) == "ValueError: bad"
+
+
+def test_resume_without_last_pt_but_with_epochs_is_refused(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    (run / "last.pt").unlink()
+    history = (run / "history.csv").read_text()
+    one_line(*cli(capsys, "train", "--resume", "--out", run),
+             "history.csv records finished epochs but last.pt is missing")
+    assert (run / "history.csv").read_text() == history
+
+
+def test_empty_out_and_empty_config_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in ("train", "ablate"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--out", ""])
+        assert stop.value.code == 2 and "expected a path, got ''" in capsys.readouterr().err
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    one_line(*cli(capsys, "train", "--config", tmp_path / "empty.yaml", "--out", tmp_path / "run"),
+             "empty.yaml is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]
+
+
+def test_subset_that_is_not_a_multiple_of_100_says_what_it_keeps(cifar_folder):
+    from cvlab.core.data import load_cifar100, subset
+
+    data = load_cifar100(cifar_folder, check_md5=False, expected_sizes=None)
+    with pytest.warns(UserWarning, match=r"subset = 150 is not a multiple of 100: .* so 100 images are used"):
+        assert len(subset(data.train, 150)) == 100
+
+
+def test_byte_flipped_archive_is_a_crc_error(cifar_archive, tmp_path):
+    import shutil
+
+    from cvlab.core.data import ARCHIVE, load_cifar100
+    from cvlab.core.errors import DataError
+
+    blob = (cifar_archive / ARCHIVE).read_bytes()
+    for offset in (len(blob) // 50, len(blob) // 3, len(blob) - 6):  # in the data, in the middle, in the trailer
+        root = tmp_path / str(offset)
+        root.mkdir()
+        flipped = bytearray(blob)
+        flipped[offset] ^= 0xFF
+        (root / ARCHIVE).write_bytes(bytes(flipped))
+        with pytest.raises(DataError, match=r"cannot read archive \((CRC check failed|Incorrect length)"):
+            load_cifar100(root, check_md5=False, expected_sizes=None)
+        shutil.rmtree(root)
+
+
+def test_malicious_data_never_gets_the_structure_checks_note(cifar_folder, tmp_path):
+    import pickle
+    import warnings
+
+    from cvlab.core.data import load_cifar100
+    from cvlab.core.errors import DataError
+    from test_data import corrupt_copy
+
+    marker = tmp_path / "pwned"
+    root = corrupt_copy(cifar_folder, tmp_path, "train", lambda b: pickle.dumps({"data": Payload(marker)}))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(DataError, match="not a CIFAR-100 pickle"):
+        warnings.simplefilter("always")
+        load_cifar100(root, expected_sizes=None)  # MD5 checked: it differs
+    assert not [w for w in caught if "structure checks passed" in str(w.message)] and not marker.exists()
+
+
+def test_a_lost_data_parallel_peer_is_one_line(tmp_path, capsys, monkeypatch):
+    import cvlab.core.engine as engine_module
+    from cvlab.core.distributed import lost_peer
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                        "[127.0.0.1]:35221: Connection reset by peer. This is typically caused by a remote worker")
+    assert lost_peer(gloo) is None  # one process: not a data-parallel run, the traceback stays
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert lost_peer(RuntimeError("shape mismatch")) is None
+    monkeypatch.setattr(engine_module, "fit", lambda *a, **k: (_ for _ in ()).throw(gloo))
+    code, err = cli(capsys, "train", *TINY_ARGS, "--out", tmp_path / "run")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("cvlab: error: process 0: another process of this data-parallel run stopped "
+                             "(connection reset by peer)") and "--resume" in err[0]

@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         if main_process:
             sys.stderr.write("cvlab: interrupted\n")
         return 130
+    except RuntimeError as exc:  # under torchrun: a collective failed because another process died
+        from ..core.distributed import lost_peer
+        reason = lost_peer(exc)
+        if reason is None:
+            raise
+        sys.stderr.write(f"cvlab: error: {reason}\n")
+        return 1
 
 
 if __name__ == "__main__":

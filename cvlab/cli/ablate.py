@@ -7,7 +7,7 @@ from ..core.errors import UsageError
 from ..core.runs import CONFIG
 from ..experiments import ablate
 from ..experiments.ablate import BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, plan, run_ablation, write_tables
-from .common import add_field_option, add_set_option, explicit_overrides, positive_int
+from .common import add_field_option, add_set_option, explicit_overrides, path_text, positive_int
 
 
 def _csv(text: str) -> list[str]:
@@ -25,6 +25,9 @@ def cmd_ablate(args) -> int:
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
         dirs = [r.run_dir for r in plan(presets, seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
+        if not dirs:  # before write_tables creates `out`
+            raise UsageError(f"--table-only: {out} holds none of the planned run directories; train them first "
+                             "(without --table-only) or give the --out they are in")
         write_tables(out, dirs, order=presets, budget=budget)
     else:
         run_ablation(presets, seeds, out, budget, overrides, devices=args.devices, parallel=args.parallel)
@@ -40,7 +43,8 @@ def register(sub) -> None:
                    help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
     p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
     p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds (default: 0)")
-    p.add_argument("--out", metavar="DIR", help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
+    p.add_argument("--out", metavar="DIR", type=path_text,
+                   help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
     add_field_option(p, "epochs", help="override the budget's epochs")
     add_field_option(p, "subset", help="override the budget's training subset")
     for name in ("device", "data_root", "synthetic", "progress"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from ..core.config import DEVICES
@@ -38,35 +39,38 @@ def evaluation_record(ev, metrics: dict) -> dict:
             "recorded": {k: recorded.get(k) for k in ("test_loss", "test_acc", "test_top5") if k in recorded}}
 
 
+def _figure(value, fmt) -> str:
+    """A recorded figure; metrics.json holds null where a value was not finite (a diverged run)."""
+    return fmt(value) if isinstance(value, (int, float)) and math.isfinite(value) else "not finite"
+
+
 def _comparison(record: dict) -> str:
     """One line comparing the figures with the run's metrics.json."""
     recorded = record["recorded"]
     if not recorded:
         return "metrics.json holds no figures for these weights"
-    same = all(record[k] == v for k, v in recorded.items())
+    same = all(_figure(record[k], repr) == _figure(v, repr) for k, v in recorded.items())
     which = "best" if record["weights"] == "best" else "final"
-    parts = [f"test loss {recorded['test_loss']:.4f}" if "test_loss" in recorded else "",
-             f"top-1 {_percent(recorded['test_acc'])}" if "test_acc" in recorded else "",
-             f"top-5 {_percent(recorded['test_top5'])}" if "test_top5" in recorded else ""]
+    parts = [f"test loss {_figure(recorded['test_loss'], '{:.4f}'.format)}" if "test_loss" in recorded else "",
+             f"top-1 {_figure(recorded['test_acc'], _percent)}" if "test_acc" in recorded else "",
+             f"top-5 {_figure(recorded['test_top5'], _percent)}" if "test_top5" in recorded else ""]
     verdict = "identical" if same else "different: another device, precision, data root or test-time flip?"
     return f"metrics.json {which}: {', '.join(p for p in parts if p)} ({verdict})"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..core.runs import METRICS
+    from ..core.paths import check_output_file
+    from ..core.runs import RunDir, strict_json
     from ..experiments.analysis import evaluate_run, per_superclass_accuracy
-    from ..experiments.export import refuse_overwrite
 
-    if args.json and args.json != "-":
-        refuse_overwrite(Path(args.json), args.force)
+    json_path = check_output_file(args.json, args.force, "--json") if args.json not in (None, "-") else None
+    metrics = RunDir(args.run).read_metrics()  # one line when it is corrupt, before the evaluation
     ev = evaluate_run(args.run, args.weights, data_root=args.data_root, device=args.device, tta_flip=args.tta)
-    metrics_path = Path(args.run) / METRICS
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     record = evaluation_record(ev, metrics)
     if args.by_superclass:
         record["superclasses"] = per_superclass_accuracy(ev.predictions).to_dict(orient="records")
-    if args.json == "-":
-        print(json.dumps(record, indent=2, ensure_ascii=False))
+    if args.json == "-":  # strict JSON: a non-finite figure (a diverged run's weights) is null
+        print(json.dumps(strict_json(record), indent=2, ensure_ascii=False, allow_nan=False))
         return 0
     cfg = ev.trained.config
     data = "SYNTHETIC data" if record["synthetic"] else "CIFAR-100"
@@ -76,13 +80,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"test     {record['images']:,} images: loss {ev.loss:.4f}, top-1 {_percent(ev.top1)}, "
           f"top-5 {_percent(ev.top5)}")
     print(_comparison(record))
+    if metrics.get("status") == "diverged":
+        print(f"note: this run diverged; {record['checkpoint']} holds its last good epoch ({record['epoch']})")
     if args.by_superclass:
         print()
         print(_superclass_table(record["superclasses"]))
-    if args.json:
+    if json_path is not None:
         from ..core.runs import write_json
-        write_json(Path(args.json), record)
-        print(f"wrote {args.json}")
+        write_json(json_path, record)
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -111,11 +117,11 @@ def register_evaluate(sub) -> None:
 # ---------------------------------------------------------------------------- predict
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..experiments.export import refuse_overwrite
+    from ..core.paths import check_output_file
     from ..experiments.predict import predict_files
+    from ..report.plots import FIGURE_SUFFIXES
 
-    if args.grid:
-        refuse_overwrite(Path(args.grid), args.force)
+    grid = None if args.grid is None else check_output_file(args.grid, args.force, "--grid", ".png", FIGURE_SUFFIXES)
     result = predict_files(args.run, args.images, args.weights, args.device, args.data_root, top=args.top)
     if result.synthetic:
         print("note: this run was trained on SYNTHETIC data; its class names and probabilities mean nothing")
@@ -123,13 +129,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(item.path)
         for rank, (name, prob) in enumerate(item.top, 1):
             print(f"  {rank}. {name:<20} {_percent(prob):>7}")
-    if args.grid:
+    if grid is not None:
         from ..report.plots import prediction_grid, save_figure
         captions = [f"{it.top[0][0]}\n{_percent(it.top[0][1])}" for it in result.items]
         fig = prediction_grid([it.image for it in result.items], captions, synthetic=result.synthetic,
                               title=f"Predictions of {Path(args.run).name} ({result.trained.weights} weights)",
                               subtitles=[it.path.name for it in result.items])
-        print(f"wrote {save_figure(fig, args.grid)}")
+        print(f"wrote {save_figure(fig, grid)}")
     return 0
 
 
@@ -140,7 +146,8 @@ def register_predict(sub) -> None:
     add_weight_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files (any format Pillow reads)")
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
-    p.add_argument("--grid", metavar="FILE", help="save a PNG of the images with their top prediction")
+    p.add_argument("--grid", metavar="FILE", help="save a figure of the images with their top prediction "
+                                                  "(.png, .pdf, .svg or .jpg; .png is added when FILE has none)")
     p.add_argument("--force", action="store_true", help="replace an existing --grid FILE")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_predict)

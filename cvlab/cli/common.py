@@ -101,3 +101,20 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def add_data_options(p: argparse.ArgumentParser) -> None:
     add_field_option(p, "data_root")
     add_field_option(p, "synthetic")
+
+
+def path_text(text: str) -> str:
+    """An argparse type for a path option: an empty value is refused, not taken as the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value

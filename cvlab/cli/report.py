@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..report import runner
 from ..report.runner import NotebookFailed, available_profiles, run_report
+from .common import path_text, positive_float
 
 
 def cmd_report(args) -> int:
@@ -29,12 +30,13 @@ def register(sub) -> None:
                    help="override a parameter in every notebook that declares it (NOTEBOOK.KEY for one); repeatable")
     p.add_argument("--only", action="append", metavar="NAME", help="run only notebooks whose name starts with NAME")
     p.add_argument("--notebooks", metavar="DIR", help="folder holding 0*.ipynb (default: ./notebooks)")
-    p.add_argument("--out", metavar="DIR", help="executed notebooks and exports (default: reports/<profile>)")
+    p.add_argument("--out", metavar="DIR", type=path_text,
+                   help="executed notebooks and exports (default: reports/<profile>)")
     p.add_argument("--log-output", action="store_true", help="stream cell output live while notebooks run")
     p.add_argument("--no-input", action="store_true", help="hide code cells in the HTML/PDF (submission copy)")
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="start at once, without printing the planned training and its time estimate")
     p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
+    p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
     p.set_defaults(func=cmd_report)

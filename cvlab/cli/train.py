@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..core.errors import UsageError
-from .common import add_config_options, add_data_options, add_set_option, explicit_overrides
+from .common import add_config_options, add_data_options, add_set_option, explicit_overrides, path_text
 
 
 # ---------------------------------------------------------------------------- train
@@ -83,7 +83,7 @@ def register_train(sub) -> None:
     p = sub.add_parser("train", help="train one run and write its run directory",
                        description="Train one run. Without options: the handout's experiment, exactly.")
     add_run_options(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-s<seed>-<time>)")
+    p.add_argument("--out", metavar="DIR", type=path_text, help="run directory (default: runs/<preset>-s<seed>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its own config.json; options given with it may change only "
                         "where it runs, or extend a constant-schedule run (--epochs N)")

@@ -412,12 +412,14 @@ def load_config(path: str | Path) -> Config:
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
-            values = yaml.safe_load(text) or {}
+            values = yaml.safe_load(text)
         else:
             values = json.loads(text)
     except Exception as exc:  # yaml and json raise different error types
         first = " ".join(str(exc).split())  # yaml's messages span several lines
         raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {first}") from None
+    if values is None:  # an empty file would silently be the defaults
+        raise ConfigError(f"config file {path} is empty; give the config keys to set, or use --preset")
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys")
     return from_dict(values)

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, cause
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -105,7 +105,7 @@ def safe_unpickle(data: bytes, source: str) -> object:
     except UnsafePickleError as exc:
         raise DataError(f"{source}: not a CIFAR-100 pickle ({exc}); the file is unsafe or not this data set") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise DataError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+        raise DataError(f"{source}: truncated or corrupt pickle ({cause(exc)}); "
                         "delete it and download the data set again") from None
 
 
@@ -212,6 +212,8 @@ def _read_members(kind: str, path: Path, names: tuple[str, ...] = ("meta", "trai
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in names and member.name.startswith(FOLDER + "/"):
                     out[base] = tar.extractfile(member).read()
+            while tar.fileobj.read(1 << 20):  # to the end of the gzip stream, where its CRC is checked:
+                pass                          # tarfile stops early, so a flipped byte would go unnoticed
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read archive ({exc}); delete it and download again") from None
     missing = [n for n in names if n not in out]
@@ -259,15 +261,15 @@ def load_cifar100(root: str | Path, download: bool = False, check_md5: bool = Tr
             md5[ARCHIVE] = "official" if file_md5(path) == OFFICIAL_MD5[ARCHIVE] else "differs"
         for name, blob in raw.items():
             md5[name] = "official" if md5_of(blob) == OFFICIAL_MD5[name] else "differs"
-        if any(v == "differs" for v in md5.values()):
-            warnings.warn(f"{path}: MD5 differs from the official release for "
-                          f"{', '.join(k for k, v in md5.items() if v == 'differs')}; structure checks passed, "
-                          "so the data is used", stacklevel=2)
     source = str(path)
     fine_names, coarse_names = _names_from_meta(safe_unpickle(raw["meta"], f"{source}:meta"), f"{source}:meta")
     sizes = expected_sizes or {}
     splits = {s: _split_from_entry(safe_unpickle(raw[s], f"{source}:{s}"), s, f"{source}:{s}", sizes.get(s))
               for s in ("train", "test")}
+    if any(v == "differs" for v in md5.values()):  # said only now that the structure checks have passed
+        warnings.warn(f"{path}: MD5 differs from the official release for "
+                      f"{', '.join(k for k, v in md5.items() if v == 'differs')}; structure checks passed, "
+                      "so the data is used", stacklevel=2)
     return Cifar100(splits["train"], splits["test"], fine_names, coarse_names, source,
                     md5 or {k: "not checked" for k in raw})
 
@@ -463,6 +465,11 @@ def subset(split: Split, n: int, balanced: bool = True, name: str = "subset") ->
                         f"give at most {len(split):,} (0 = all)")
     if n <= 0 or n == len(split):
         return split
+    if balanced and n % NUM_FINE:
+        kept = n // NUM_FINE * NUM_FINE
+        warnings.warn(f"{name} = {n:,} is not a multiple of {NUM_FINE}: a class-balanced subset takes "
+                      f"{n // NUM_FINE} image(s) per class, so {kept:,} images are used (give a multiple of "
+                      f"{NUM_FINE}, or subset_balanced=false for the first {n:,})", stacklevel=2)
     index = balanced_indices(split.fine, n) if balanced else torch.arange(n)
     return split.take(index)
 
@@ -625,6 +632,15 @@ def class_names_for_config(cfg) -> tuple[list[str], list[str]]:
     if cfg.synthetic:
         return read_class_names(synthetic_root(cfg.synthetic_train, cfg.synthetic_test, seed=0))
     return read_class_names(cfg.resolved_data_root())
+
+
+def check_num_classes(data: Cifar100, num_classes: int) -> None:
+    """Refuse (one line) a model with fewer outputs than the data has classes: its loss cannot be computed."""
+    labels = [s.fine for s in (data.train, data.val, data.test) if s is not None and len(s)]
+    largest = max(int(t.max()) for t in labels) if labels else -1
+    if largest >= num_classes:
+        raise DataError(f"num_classes = {num_classes}, but the data has labels up to {largest} "
+                        f"({len(data.fine_names)} classes); set num_classes to at least {largest + 1}")
 
 
 def load_for_config(cfg) -> Cifar100:

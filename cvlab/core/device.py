@@ -65,6 +65,13 @@ def _available(kind: str) -> bool:
     return False
 
 
+def device_count(kind: str) -> int:
+    """How many devices of `kind` ("cuda", "npu") this process sees; 0 when none or the backend is missing."""
+    if not _available(kind):
+        return 0
+    return torch.cuda.device_count() if kind == "cuda" else torch.npu.device_count() if kind == "npu" else 1
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks the first available of ACCELERATORS (cuda, npu, mps), else the cpu; an explicit
     name must exist."""

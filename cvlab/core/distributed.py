@@ -13,6 +13,7 @@ directory and prints. Without torchrun (WORLD_SIZE unset or 1) every function he
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -218,6 +219,25 @@ def share(obj=None):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# How a collective fails on the surviving processes when another process of the run died or hung.
+PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|timed out|timeout", re.I)
+BACKEND_NAMES = ("gloo", "nccl", "hccl")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """One line for a collective that failed because another process of a data-parallel run died or hung;
+    None for any other exception, or outside a data-parallel run."""
+    if launched_world_size() <= 1 or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    reason = PEER_LOST.search(text)
+    if not (isinstance(exc, dist.DistError) or (reason and any(b in text.lower() for b in BACKEND_NAMES))):
+        return None
+    return (f"process {os.environ.get('RANK', '?')}: another process of this data-parallel run stopped"
+            f"{f' ({reason.group(0).lower()})' if reason else ''}; the run directory keeps the last finished "
+            "epoch: see that process's own message, then continue with --resume")
 
 
 def warn_if_resized(metrics_path, group: Group, log) -> None:

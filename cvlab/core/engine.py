@@ -29,9 +29,9 @@ from . import device as devices
 from . import distributed
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
-from .data import Cifar100, Split, TensorLoader, load_for_config
+from .data import Cifar100, Split, TensorLoader, check_num_classes, load_for_config
 from .ema import WeightEMA
-from .errors import Diverged, RunDirError, first_line
+from .errors import Diverged, RunDirError, cause
 from .models import build_model, count_parameters
 from .paths import REPO_ROOT
 from .runs import RunDir, disk_error, select_best, summarize_history
@@ -339,6 +339,7 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     devices.apply_plan(plan, device)
     precision = plan.precision
     data = load_for_config(cfg) if data is None else data
+    check_num_classes(data, cfg.num_classes)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.num_classes, zero_init_last=cfg.zero_init_last_bn,
                         dropout=cfg.dropout).to(device)
@@ -470,7 +471,7 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
         set_rng_state(state["rng"])
         t.train_loader.load_state_dict(state["loader"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise RunDirError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line(exc)})") from None
+        raise RunDirError(f"the checkpoint does not fit this run ({cause(exc)})") from None
     if t.ema is not None:
         if not state.get("ema"):
             raise RunDirError("the checkpoint has no EMA state to resume the weight average from")

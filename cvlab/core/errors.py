@@ -29,3 +29,9 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     has none: what a one-line error quotes of the cause."""
     text = str(exc).strip().splitlines()
     return text[0][:limit] if text else type(exc).__name__
+
+
+def cause(exc: BaseException) -> str:
+    """'Type: first line' of an exception, or just 'Type' when it has no message (never 'EOFError: EOFError')."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {first_line(exc)}" if text else type(exc).__name__

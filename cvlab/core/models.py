@@ -152,6 +152,27 @@ def build_model(name: str, num_classes: int = 100, *, zero_init_last: bool = Fal
     return model
 
 
+def state_dict_mismatch(model: nn.Module, state: dict) -> str | None:
+    """What keeps `state` from loading into `model` (missing, unexpected or reshaped tensors), in one
+    line; None when it fits."""
+    if not isinstance(state, dict):
+        return f"the weights are a {type(state).__name__}, not a dict of tensors"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} tensor(s) of another shape, e.g. {k} {tuple(state[k].shape)} in the file, "
+                     f"{tuple(own[k].shape)} in the model")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -17,3 +17,36 @@ def resolve_data_root(value: str | os.PathLike = "") -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return DEFAULT_DATA_DIR
+
+
+def check_output_file(path: str | os.PathLike, force: bool, option: str, default_suffix: str = "",
+                      suffixes: tuple[str, ...] = ()) -> Path:
+    """The file an output option (`option`, e.g. "--json") will write, checked before any work starts:
+    a name is given, `default_suffix` is added when it has none, its suffix is one of `suffixes` (when
+    given), it is not a folder, it does not exist unless `force`, and its folder exists and takes a new
+    file. UsageError (one line) otherwise; nothing is left on disk."""
+    import tempfile
+
+    from .errors import UsageError
+
+    if not str(path).strip():
+        raise UsageError(f"{option} needs a file name, got ''")
+    path = Path(path).expanduser()
+    if default_suffix and not path.suffix:
+        path = path.with_name(path.name + default_suffix)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: the suffix {path.suffix or '(none)'} is not one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name inside it")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to replace it or choose another file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist; create it or choose another file")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # the only sure test that a new file can be written there
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                         "choose another file") from None
+    return path

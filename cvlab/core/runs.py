@@ -19,13 +19,15 @@ import re
 import secrets
 import socket
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from .errors import RunDirError, first_line
+from .errors import RunDirError, cause, first_line
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                    "lr", "epoch_seconds", "images_per_second"]
@@ -117,8 +119,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"{path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle is never unpickled
+        what = "empty" if path.stat().st_size == 0 else "truncated, or not written by torch.save (no zip archive)"
+        raise RunDirError(f"{path} is not a readable checkpoint ({what})")
     try:
-        with torch.serialization.safe_globals(_legacy_globals()):
+        with torch.serialization.safe_globals(_legacy_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch asks to file an issue
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
@@ -129,8 +135,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise RunDirError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint: "
                           f"{reason.group(1).strip() if reason else first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad input
-        raise RunDirError(f"{path} is not a readable checkpoint (empty, truncated or corrupt: "
-                          f"{type(exc).__name__}: {first_line(exc)})") from None
+        raise RunDirError(f"{path} is not a readable checkpoint (truncated or corrupt: {cause(exc)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise RunDirError(f"{path} is not a cvlab checkpoint (expected a dict with model weights)")
     return state
@@ -322,6 +327,9 @@ class RunDir:
         if resume:
             if not self.has_checkpoint("last") and not self.file(CONFIG).exists():
                 raise RunDirError(f"cannot resume: {path} has no {CHECKPOINT}; start a new run without --resume")
+            if not self.has_checkpoint("last") and self.file(HISTORY).exists():
+                raise RunDirError(f"cannot resume {path}: its {HISTORY} records finished epochs but {CHECKPOINT} is "
+                                  f"missing; restore {CHECKPOINT}, or start a new run in another --out")
             return
         if self.has_run():
             raise RunDirError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
@@ -429,8 +437,13 @@ class RunDir:
                                   f"{self.file(LOCK)} if that process is gone") from None
             except OSError as exc:
                 raise RunDirError(f"cannot write in {self.path}: {exc.strerror or exc}") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(me) + "\n")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(me) + "\n")
+            except OSError as exc:  # e.g. a disk already full: leave no empty lock for the next start to puzzle over
+                self.file(LOCK).unlink(missing_ok=True)
+                raise RunDirError(f"cannot write the lock {self.file(LOCK)} ({disk_error(exc)}); make room, "
+                                  "then start again") from None
             self._lock_held = True
             return
         raise RunDirError(f"cannot take the lock {self.file(LOCK)}; another process keeps changing it")

@@ -158,7 +158,7 @@ def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0
     for i, run in enumerate(runs, 1):
         status = run_status(run.run_dir, run.config)
         log(f"[{i}/{len(runs)}] {run.preset} seed {run.seed}: {run.run_dir} ({status})")
-        if status in ("new", "resume") and len(slots) > 1:
+        if status in ("new", "resume") and slots:  # placed where --devices/--parallel said, even on one device
             jobs.append(Job(f"{run.preset}-s{run.seed}", run.config, run.run_dir, status == "resume"))
         elif status in ("new", "resume"):
             try:

@@ -24,8 +24,8 @@ from ..core import device as devices
 from ..core.config import Config, from_dict
 from ..core.data import Split, TensorLoader, load_for_config
 from ..core.engine import EvalStep
-from ..core.errors import RunDirError
-from ..core.models import build_model
+from ..core.errors import RunDirError, UsageError
+from ..core.models import build_model, state_dict_mismatch
 from ..core.runs import BEST as BEST_CHECKPOINT, CHECKPOINT, CONFIG, RunDir, load_checkpoint  # noqa: F401
 
 WEIGHTS = ("last", "best", "ema", "raw")
@@ -103,16 +103,42 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu", 
     weights = {"auto": "last", "model": "raw"}.get(weights, weights)  # older spellings
     path = _checkpoint_for(run_dir, weights)
     state = load_checkpoint(path, "cpu")  # through the CPU whatever `device`: load_state_dict places the tensors
-    cfg = from_dict(state["config"])
+    cfg = _checkpoint_config(state, path)
+    _check_same_model(run_dir, cfg, path)
     has_ema = bool(state.get("ema"))
     if weights == "ema" and not has_ema:
         raise RunDirError(f"{run_dir} kept no weight EMA (ema_decay = 0); use --weights last")
     parameters = "ema" if has_ema and weights != "raw" else "model"
     model = build_model(cfg.model, cfg.num_classes, dropout=cfg.dropout).to(device)
-    model.load_state_dict(state["ema"]["module"] if parameters == "ema" else state["model"])
+    weights_state = (state["ema"] or {}).get("module") if parameters == "ema" else state["model"]
+    mismatch = state_dict_mismatch(model, weights_state)
+    if mismatch:
+        raise RunDirError(f"{path} does not fit the {cfg.model} its own config names ({mismatch}); restore the "
+                          "run's own checkpoint")
+    model.load_state_dict(weights_state)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return TrainedModel(model.eval(), cfg, weights, parameters, int(state.get("epoch", 0)), path)
+
+
+def _checkpoint_config(state: dict, path: Path) -> Config:
+    """The config a checkpoint was saved with; one line when it has none or an invalid one."""
+    if not isinstance(state.get("config"), dict):
+        raise RunDirError(f"{path} holds no config; it is not a checkpoint cvlab wrote")
+    try:
+        return from_dict(state["config"])
+    except UsageError as exc:
+        raise RunDirError(f"{path} holds an invalid config ({exc})") from None
+
+
+def _check_same_model(run_dir: Path, cfg: Config, path: Path) -> None:
+    """Refuse (one line) a checkpoint saved for another network than the run's config.json names."""
+    saved = RunDir(run_dir).read_config()
+    differ = [f"{k} {getattr(cfg, k)!r} (config.json: {saved[k]!r})" for k in ("model", "num_classes")
+              if k in saved and saved[k] != getattr(cfg, k)]
+    if differ:
+        raise RunDirError(f"{path} was saved by another run: its config names {', '.join(differ)}; restore the "
+                          "run's own checkpoint")
 
 
 def with_data_root(cfg: Config, data_root: str | None) -> Config:

@@ -24,19 +24,12 @@ from .. import __version__
 from ..core.data import NORMALIZATION, class_names_for_config
 from ..core.errors import UsageError
 from ..core.models import build_model
-from ..core.runs import METRICS, atomic_write_bytes
+from ..core.paths import check_output_file
+from ..core.runs import RunDir, atomic_write_bytes
 from .analysis import TrainedModel, load_trained_model, with_data_root
 from .predict import IMAGE_SIZE, RESIZE_FILTER
 
 FORMAT = "cvlab-export/1"
-
-
-def refuse_overwrite(path: Path, force: bool) -> None:
-    """UsageError when `path` exists and `force` is not given: nothing a user has is replaced silently."""
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass --force to replace it or choose another file")
-    if path.exists() and path.is_dir():
-        raise UsageError(f"{path} is a directory, not a file")
 
 
 def input_spec(normalization: str) -> dict:
@@ -52,10 +45,9 @@ def input_spec(normalization: str) -> dict:
 
 def _recorded_metrics(trained: TrainedModel) -> dict:
     """The run's own figures for these weights (metrics.json), for the record; {} when unknown."""
-    path = trained.checkpoint.parent / METRICS
-    if not path.exists():
+    metrics = RunDir(trained.checkpoint.parent).read_metrics()  # one line when it is corrupt
+    if not metrics:
         return {}
-    metrics = json.loads(path.read_text(encoding="utf-8"))
     dataset = metrics.get("dataset", {})
     if trained.weights == "best":
         figures = metrics.get("best") or {}
@@ -95,16 +87,21 @@ class ExportResult:
     onnx_note: str = ""          # what happened with --onnx, one line
 
 
+def check_output_path(out: str | Path, force: bool) -> Path:
+    """The torch file `export_run` writes, checked before the work (see paths.check_output_file); a name
+    ending in .onnx is refused, since the torch file is not an ONNX graph (--onnx writes one beside it)."""
+    if Path(out).suffix.lower() == ".onnx":
+        out = Path(out)
+        raise UsageError(f"--out {out} names the torch file, which is not an ONNX graph; give e.g. "
+                         f"{out.with_suffix('.pt')} (with --onnx, {out} is written beside it)")
+    return check_output_file(out, force, "--out")
+
+
 def export_run(run_dir: str | Path, out: str | Path, weights: str = "last", force: bool = False,
                onnx: bool = False, data_root: str | None = None) -> ExportResult:
     """Write the exported file `out` (and `out` with suffix .onnx when `onnx`); refuses existing files unless `force`."""
-    out = Path(out)
-    onnx_path = out.with_suffix(".onnx") if onnx else None
-    refuse_overwrite(out, force)
-    if onnx_path is not None:
-        refuse_overwrite(onnx_path, force)
-    if not out.parent.is_dir():
-        raise UsageError(f"folder {out.parent} does not exist")
+    out = check_output_path(out, force)
+    onnx_path = check_output_file(out.with_suffix(".onnx"), force, "--onnx") if onnx else None
     trained = load_trained_model(run_dir, "cpu", weights)
     fine_names, coarse_names = class_names_for_config(with_data_root(trained.config, data_root))
     payload = export_payload(trained, fine_names, coarse_names)

@@ -18,7 +18,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
-from ..core.errors import UsageError
+from ..core.errors import Diverged, UsageError
 
 VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 
@@ -46,6 +46,9 @@ def device_slots(devices: str | None = None, parallel: int | None = None, device
     `device` (accelerators 0..N-1, or N CPU processes). CPU slots share the cores equally."""
     if devices:
         names = [d.strip() for d in devices.split(",") if d.strip()]
+        if parallel and parallel != len(names):
+            raise UsageError(f"--parallel {parallel} and --devices {devices} ({len(names)} device(s)) disagree; "
+                             "--devices alone trains one run per listed device at a time")
     elif parallel:
         kind = device if device != "auto" else _auto_kind()
         names = [kind if kind == "cpu" else f"{kind}:{i}" for i in range(parallel)]
@@ -64,7 +67,22 @@ def device_slots(devices: str | None = None, parallel: int | None = None, device
             raise UsageError(f"cannot place runs on {name!r}: use cpu, cuda:N or npu:N (e.g. --devices cuda:0,cuda:1)")
     if len({s.name for s in slots if s.device != "cpu"}) != sum(1 for s in slots if s.device != "cpu"):
         raise UsageError(f"a device is listed twice in {devices!r}")
+    for slot in slots:
+        _check_present(slot)
     return slots
+
+
+def _check_present(slot: Slot) -> None:
+    """Refuse (one line) a slot naming an accelerator this machine does not have: its process would
+    otherwise see no device at all."""
+    from ..core.device import device_count
+
+    if slot.device == "cpu":
+        return
+    count, index = device_count(slot.device), int(slot.env[VISIBLE[slot.device]])
+    if index >= count:
+        have = f"{slot.device}:0 to {slot.device}:{count - 1}" if count else f"no {slot.device} device"
+        raise UsageError(f"cannot place runs on {slot.name}: this machine has {have}")
 
 
 def _auto_kind() -> str:
@@ -92,6 +110,9 @@ def _run_one(config: dict, run_dir: str, resume: bool, env: dict, threads: int |
         except UsageError as exc:
             print(f"cvlab: error: {exc}", flush=True)
             sys.exit(2)
+        except Diverged as exc:  # kept as it is, like a diverged run of a sequential ablation
+            print(f"cvlab: error: {exc}", flush=True)
+            sys.exit(Diverged.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
         except BaseException:
@@ -127,6 +148,8 @@ def run_jobs(jobs: list[Job], slots: list[Slot], log_dir: str | Path, log: Calla
                 seconds = time.perf_counter() - start
                 if process.exitcode == 0:
                     log(f"finished {job.label} on {slots[index].name} in {seconds:.0f} s")
+                elif process.exitcode == Diverged.exit_code:
+                    log(f"{job.label} diverged on {slots[index].name}; its run directory is kept as it is ({log_path})")
                 else:
                     failed.append(f"{job.label} (exit {process.exitcode}, log {log_path})")
                     log(f"FAILED {job.label} on {slots[index].name}: exit code {process.exitcode}, see {log_path}")

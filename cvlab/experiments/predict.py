@@ -3,7 +3,7 @@ a 32x32 RGB uint8 image, then normalized exactly as the run's training batches w
 
 Preparation (one rule, `prepare_image`):
   1. the EXIF orientation is applied (photos from phones), transparency is composited onto white;
-  2. RGB (greyscale and palette images are converted);
+  2. RGB (greyscale and palette images are converted; 16-bit greyscale is scaled to 8 bits, not clipped);
   3. the central square is cropped (CIFAR images are square; nothing is stretched);
   4. resized to 32x32 with Pillow's BICUBIC filter, which low-pass filters when shrinking (no aliasing);
   5. as uint8, then divided by 255 and normalized with the run's mean/std by the same code as training.
@@ -46,10 +46,25 @@ def prepare_image(path: str | Path, size: int = IMAGE_SIZE) -> torch.Tensor:
     return pixels.view(size, size, 3).permute(2, 0, 1).contiguous()
 
 
+def _to_8bit(im):
+    """An 8-bit greyscale copy of a 16- or 32-bit integer image (e.g. a 16-bit PNG), scaled from 0..65535
+    to 0..255; Pillow's own conversion clips instead, so almost every pixel would become white.
+    Floating-point images have no agreed range and are refused."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode == "F":
+        raise ValueError("32-bit floating-point pixels are not supported; save it as an 8- or 16-bit PNG or a JPEG")
+    pixels = np.asarray(im).astype(np.float64)
+    return Image.fromarray((pixels.clip(0, 65535) / 257).round().astype(np.uint8), mode="L")
+
+
 def _to_rgb(im):
     """RGB, with any transparency composited onto white (the colour under transparent pixels is arbitrary)."""
     from PIL import Image
 
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8bit(im)
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))

@@ -114,6 +114,9 @@ def sample_grid(images, labels, names: Sequence[str], synthetic: bool, columns: 
     return fig
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats save_figure writes (matplotlib's savefig)
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save as PNG (folders created) and close the figure, so notebooks show the saved file once."""
     path = Path(path)

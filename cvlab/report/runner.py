@@ -217,6 +217,36 @@ def ensure_kernel(log: Callable[[str], None] = print) -> str:
     return name
 
 
+def check_kernel(name: str) -> str:
+    """`name` when a Jupyter kernelspec of that name is installed; UsageError (one line) naming those that are."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    installed = sorted(KernelSpecManager().find_kernel_specs())
+    if name not in installed:
+        raise UsageError(f"no Jupyter kernel named {name!r}; installed: {', '.join(installed) or 'none'} "
+                         "(or leave out --kernel to use one running this Python)")
+    return name
+
+
+def check_output_dir(out: Path) -> Path:
+    """Refuse (one line) an output folder that is a file or lies under one, before any work."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out else f"lies under {folder}, a file"
+                raise UsageError(f"--out {out} {where}, not a folder; choose another --out")
+            return out
+    return out
+
+
+def make_output_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror or exc}; choose another --out") from None
+    return out
+
+
 @contextlib.contextmanager
 def kernel_environment(repo_root: Path) -> Iterator[None]:
     """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them."""
@@ -474,9 +504,9 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     folder = (notebooks_dir or default_notebooks_dir()).resolve()
     notebooks = find_notebooks(folder, only)
     params = resolve_parameters(notebooks, profile, overrides or [], warn)
-    out = (out or folder.parent / "reports" / profile.name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    kernel = kernel or ensure_kernel(log)
+    out = check_output_dir((out or folder.parent / "reports" / profile.name).resolve())
+    kernel = check_kernel(kernel) if kernel else ensure_kernel(log)
+    make_output_dir(out)
     if log_output:  # papermill logs cell output to its logger; show that logger only
         logger = logging.getLogger("papermill")
         if not logger.handlers:
