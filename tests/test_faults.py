@@ -131,6 +131,73 @@ def test_second_writer_is_refused_naming_the_holder(trained, tmp_path, capsys):
     assert load_run(run).metrics["epochs_done"] == 2
 
 
+def write_lock(run, host, age_seconds, pid=4242):
+    """A run.lock as another writer leaves it, its heartbeat (modification time) `age_seconds` old."""
+    lock = run / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host, "started": "2026-01-01T00:00:00+0000"}))
+    beat = time.time() - age_seconds
+    os.utime(lock, (beat, beat))
+    return lock
+
+
+@pytest.mark.parametrize("holder", ["another host", "a reused pid on this host"])
+def test_a_lock_without_heartbeat_is_taken_over_naming_its_holder(trained, tmp_path, capsys, holder):
+    from cvlab.core.runs import LOCK_STALE_SECONDS
+    run = copy_run(trained, tmp_path / "run")
+    host, pid = ("stopped-instance-7f3a", 4242) if holder == "another host" else (socket.gethostname(), os.getpid())
+    write_lock(run, host, LOCK_STALE_SECONDS + 60, pid)
+    assert RunDir(run).lock_holder() is None
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    assert code == 0, err
+    assert len(err) == 1 and err[0].startswith("cvlab: warning: taking over the stale lock") and \
+        f"of process {pid} on {host} (since 2026-01-01T00:00:00+0000): no heartbeat for 6 min, more than the " \
+        "5 min limit" in err[0]
+    assert not (run / "run.lock").exists() and load_run(run).metrics["epochs_done"] == 2
+
+
+def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    lock = write_lock(run, "other-instance", 60)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    assert RunDir(run).status() == "running" and RunDir(run).lock_holder()["host"] == "other-instance"
+    (run / "metrics.json").write_bytes(before["metrics.json"])
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    stale_at = time.strftime("%H:%M:%S", time.localtime(lock.stat().st_mtime + 300))
+    assert code == 2 and len(err) == 1, err
+    assert "is in use by process 4242 on other-instance (since 2026-01-01T00:00:00+0000), last heartbeat 60 s ago" \
+        in err[0] and f"counts as stale at {stale_at}, 5 min after its last heartbeat" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, the lock kept
+    os.utime(lock, (time.time() - 301, time.time() - 301))  # five minutes on, with no heartbeat
+    assert RunDir(run).lock_holder() is None
+    (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    assert RunDir(run).status() == "interrupted"
+
+
+def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
+    import cvlab.core.runs as runs
+    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.05)
+    run = RunDir(tmp_path / "run")
+    lock = tmp_path / "run" / "run.lock"
+    with run.open(resume=False):
+        os.utime(lock, (1e9, 1e9))  # as if it had not beaten for years
+        deadline = time.monotonic() + 10
+        while lock.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lock.stat().st_mtime > time.time() - 60  # the background thread touched it
+    assert not lock.exists() and run._heartbeat is None
+    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 3600.0)
+    with run.open(resume=False):
+        os.utime(lock, (1e9, 1e9))
+        run.write_metrics({"status": "running"})  # every epoch end beats too
+        assert lock.stat().st_mtime > time.time() - 60
+    seen = []  # every epoch of a run beats
+    monkeypatch.setattr(RunDir, "heartbeat", lambda self: seen.append(self._lock_held))
+    fit(tiny_config(epochs=2), tmp_path / "two", **QUIET)
+    assert seen.count(True) >= 2
+
+
 def test_two_new_runs_into_one_folder(tmp_path):
     out = tmp_path / "run"
     with RunDir(out).open(resume=False):  # another writer, in this process, holds the folder
