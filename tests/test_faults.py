@@ -245,7 +245,7 @@ def test_nonfinite_loss_stops_training_as_diverged(tmp_path, monkeypatch):
 
 def test_diverging_learning_rate_exits_3_with_strict_json(tmp_path, capsys):
     out = tmp_path / "run"
-    code, err = cli(capsys, "train", *TINY_ARGS, "--lr", "1e6", "--set", "optimizer=sgd", "--out", out)
+    code, err = cli(capsys, "train", *TINY_ARGS, "--lr", "1000", "--set", "optimizer=sgd", "--out", out)
     assert code == 3 and len(err) == 1 and "non-finite loss at epoch" in err[0]
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["status"] == "diverged"
@@ -384,6 +384,41 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, text):
     (tmp_path / "c.yaml").write_bytes(text)
     code, err = cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
     assert code == 2 and len(err) == 1 and "c.yaml" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--seed", "99999999999999999999"],
+     "argument --seed: seed must be in [0, 4294967295], got 99999999999999999999"),
+    (["train", "--epochs", "10000000000000000000000"],
+     "argument --epochs: epochs must be in [1, 10000], got 10000000000000000000000"),
+    (["train", "--batch-size", "1000000000"], "batch_size must be in [1, 50000], got 1000000000"),
+    (["train", "--subset", "1000000"], "subset must be in [0, 50000], got 1000000"),
+    (["train", "--set", "synthetic_train=100000000"], "synthetic_train must be in [1, 50000], got 100000000"),
+    (["train", "--set", "test_subset=20000"], "test_subset must be in [0, 10000], got 20000"),
+    (["train", "--set", "eval_batch_size=99999999999"], "eval_batch_size must be in [1, 50000]"),
+    (["ablate", "--budget", "smoke", "--seeds", "0,99999999999999999999"],
+     "--seeds: each seed must be in [0, 4294967295], got 99999999999999999999"),
+    (["ablate", "--budget", "smoke", "--epochs", "10000000000000000000000"], "epochs must be in [1, 10000]"),
+    (["ablate", "--budget", "smoke", "--parallel", "1000"], "--parallel: expected an integer in [1, 64], got 1000"),
+    (["bench", "--steps", "100000000000"], "--steps: expected an integer in [1, 10000], got 100000000000"),
+    (["theory", "--seed", "99999999999999999999"], "--seed: expected an integer in [0, 4294967295]"),
+])
+def test_absurd_numbers_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    try:
+        code = main([*argv, "--out", str(out)])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_absurd_numbers_in_a_config_file_are_one_line(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("seed: 99999999999999999999\n")
+    code, err = cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert code == 2 and len(err) == 1 and "seed must be in [0, 4294967295], got 99999999999999999999" in err[0]
     assert not (tmp_path / "run").exists()
 
 

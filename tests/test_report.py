@@ -106,7 +106,7 @@ def test_parameters_merge_profile_then_overrides(tmp_path):
         runner.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
     with pytest.raises(UsageError, match="-p EPOCHS: epochs must be an integer"):
         runner.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
-    with pytest.raises(UsageError, match="-p EPOCHS: epochs must be positive"):  # a Config field: its range too
+    with pytest.raises(UsageError, match=r"-p EPOCHS: epochs must be in \[1, 10000\]"):  # a Config field: its range too
         runner.resolve_parameters([a], profile, [("EPOCHS", "0")], lambda t: None)
     with pytest.raises(UsageError, match="-p LR: lr must be a finite number"):
         runner.resolve_parameters([a], profile, [("LR", "nan")], lambda t: None)
