@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from cvlab.core.engine import fit
 from cvlab.core.errors import Diverged, RunDirError
 from cvlab.core.runs import RunDir, load_run
 
-from conftest import StopAfter, tiny_config
+from conftest import StopAfter, signal_mid_epoch, tiny_config
 
 QUIET = dict(log=lambda s: None)
 
@@ -520,55 +519,6 @@ def test_ablation_goes_on_after_a_diverged_run(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- stopped by a signal mid-epoch
 
-# Loaded at the start of the child interpreter (as sitecustomize): the third step of epoch 2 first touches a
-# file and waits, so the signal the test then sends lands mid-epoch every time. The step itself is unchanged.
-WAIT_MID_EPOCH = """
-import os, time
-from pathlib import Path
-import cvlab.core.engine as engine
-
-real_step, calls = engine.TrainStep.step, []
-
-def step(self, x, y):
-    calls.append(1)
-    if len(calls) == int(os.environ["CVLAB_TEST_WAIT_AT_STEP"]):
-        Path(os.environ["CVLAB_TEST_READY"]).touch()
-        time.sleep(120)
-    return real_step(self, x, y)
-
-engine.TrainStep.step = step
-"""
-
-
-def train_until_signal(tmp_path, argv, sig, at_step):
-    """Run `python -m cvlab train ARGV` in a child process, send it `sig` while it trains step `at_step`
-    (counted over the whole run), and return (exit code, stdout lines, stderr lines)."""
-    import cvlab
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(WAIT_MID_EPOCH)
-    ready = tmp_path / "ready"
-    root = str(Path(cvlab.__file__).resolve().parents[1])  # the cvlab under test
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CVLAB_TEST_READY": str(ready),
-           "CVLAB_TEST_WAIT_AT_STEP": str(at_step),
-           "PYTHONPATH": os.pathsep.join([str(hook), root, os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-m", "cvlab", "train", *map(str, argv)], cwd=root, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "the child never reached the step"
-            time.sleep(0.05)
-        child.send_signal(sig)
-        stdout, stderr = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return child.returncode, stdout.splitlines(), [line for line in stderr.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("sig,code,reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
 def test_a_signal_mid_epoch_stops_cleanly_and_the_resume_is_exact(tmp_path, capsys, sig, code, reason):
     import pandas as pd
@@ -576,8 +526,8 @@ def test_a_signal_mid_epoch_stops_cleanly_and_the_resume_is_exact(tmp_path, caps
     straight, out = tmp_path / "straight", tmp_path / "run"
     assert cli(capsys, "train", *TINY_ARGS, "--out", straight)[0] == 0
     steps_per_epoch = 300 // 50
-    returncode, stdout, stderr = train_until_signal(tmp_path, [*TINY_ARGS, "--out", out], sig,
-                                                    at_step=steps_per_epoch + 3)  # epoch 2 of 2, step 3
+    returncode, stdout, stderr = signal_mid_epoch(tmp_path, [sys.executable, "-m", "cvlab", "train", *TINY_ARGS,
+                                                             "--out", out], sig, at_step=steps_per_epoch + 3)
     assert returncode == code, (stdout, stderr)
     assert len(stderr) == 1 and stderr[0] == ("cvlab: stopped by SIGTERM" if code == 143 else "cvlab: interrupted")
     hint = stdout[-1]
