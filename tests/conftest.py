@@ -82,9 +82,9 @@ engine.TrainStep.step = step
 """
 
 
-def signal_mid_epoch(tmp_path, command, sig, at_step, timeout=180):
+def signal_mid_epoch(tmp_path, command, sig, at_step, rank=0, timeout=180):
     """Start `command` (a `python -m cvlab train ...` or a torchrun of it), send it `sig` once the training
-    step `at_step` has begun (in rank 0), and return (exit code, stdout lines, non-empty stderr lines)."""
+    step `at_step` has begun (in process `rank`), and return (exit code, stdout lines, non-empty stderr lines)."""
     import cvlab
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
@@ -93,7 +93,7 @@ def signal_mid_epoch(tmp_path, command, sig, at_step, timeout=180):
     ready.unlink(missing_ok=True)
     root = str(Path(cvlab.__file__).resolve().parents[1])  # the cvlab under test
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CVLAB_TEST_READY": str(ready),
-           "CVLAB_TEST_WAIT_AT_STEP": str(at_step), "CVLAB_DIST_TIMEOUT": "60",
+           "CVLAB_TEST_WAIT_AT_STEP": str(at_step), "CVLAB_TEST_WAIT_RANK": str(rank), "CVLAB_DIST_TIMEOUT": "60",
            "PYTHONPATH": os.pathsep.join([str(hook), root, os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([str(c) for c in command], cwd=root, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
