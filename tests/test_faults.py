@@ -544,3 +544,20 @@ def test_a_signal_mid_epoch_stops_cleanly_and_the_resume_is_exact(tmp_path, caps
     pd.testing.assert_frame_equal(resumed.history.drop(columns=timing), whole.history.drop(columns=timing))
     a, b = RunDir(out).load_checkpoint()["model"], RunDir(straight).load_checkpoint()["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_raises_terminated_once_and_the_previous_handler_comes_back():
+    from cvlab.core import signals
+    from cvlab.core.errors import Terminated
+    before = signal.getsignal(signal.SIGTERM)
+    with signals.sigterm_as_interrupt():
+        with signals.sigterm_as_interrupt():  # nested (the CLI, then fit): one handler
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                pytest.fail("SIGTERM did not raise")
+            except Terminated as exc:
+                assert isinstance(exc, KeyboardInterrupt) and exc.exit_code == 143
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one while the first is handled: ignored
+                time.sleep(0.2)
+    assert signal.getsignal(signal.SIGTERM) is before
