@@ -467,6 +467,8 @@ class RunDir:
     def _in_use(self, info: dict) -> str:
         """The one line for a live holder: who, and when its lock goes stale if it stops beating."""
         holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})"
+        if info.get("host") == socket.gethostname():  # a live process here: the lock goes when it ends
+            return f"{self.path} is in use by {holder}; wait for it to finish, or stop it"
         age = self._lock_age()
         stale_at = time.strftime("%H:%M:%S", time.localtime(time.time() - age + LOCK_STALE_SECONDS))
         return (f"{self.path} is in use by {holder}, last heartbeat {_duration(age)} ago; wait for it to finish "
