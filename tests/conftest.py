@@ -1,6 +1,12 @@
 """Shared fixtures: tiny synthetic CIFAR-100 data in the official format, tiny configs."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +58,55 @@ class StopAfter:
     def __call__(self, row):
         if row["epoch"] == self.epoch:
             raise KeyboardInterrupt
+
+
+# Loaded at the start of a child interpreter (as sitecustomize): step N of the run (counted over the whole run,
+# in the process of rank CVLAB_TEST_WAIT_RANK) first touches a file and waits, so that a signal the test then
+# sends lands in the middle of an epoch every time. The step itself is unchanged.
+WAIT_AT_STEP = """
+import os, time
+from pathlib import Path
+import cvlab.core.engine as engine
+
+real_step, calls = engine.TrainStep.step, []
+
+def step(self, x, y):
+    calls.append(1)
+    if len(calls) == int(os.environ["CVLAB_TEST_WAIT_AT_STEP"]) and \\
+            os.environ.get("RANK", "0") == os.environ.get("CVLAB_TEST_WAIT_RANK", "0"):
+        Path(os.environ["CVLAB_TEST_READY"]).touch()
+        time.sleep(120)
+    return real_step(self, x, y)
+
+engine.TrainStep.step = step
+"""
+
+
+def signal_mid_epoch(tmp_path, command, sig, at_step, rank=0, timeout=180):
+    """Start `command` (a `python -m cvlab train ...` or a torchrun of it), send it `sig` once the training
+    step `at_step` has begun (in process `rank`), and return (exit code, stdout lines, non-empty stderr lines)."""
+    import cvlab
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(WAIT_AT_STEP)
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    root = str(Path(cvlab.__file__).resolve().parents[1])  # the cvlab under test
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CVLAB_TEST_READY": str(ready),
+           "CVLAB_TEST_WAIT_AT_STEP": str(at_step), "CVLAB_TEST_WAIT_RANK": str(rank), "CVLAB_DIST_TIMEOUT": "60",
+           "PYTHONPATH": os.pathsep.join([str(hook), root, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([str(c) for c in command], cwd=root, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the child never reached the step"
+            time.sleep(0.05)
+        child.send_signal(sig)
+        stdout, stderr = child.communicate(timeout=90)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, stdout.splitlines(), [line for line in stderr.splitlines() if line.strip()]

@@ -89,8 +89,9 @@ def test_flops_match_a_count_by_hand():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "0"], "positive integer"),
-    (["--steps", "x"], "positive integer"),
+    (["--batch-size", "0"], "expected an integer in [1, 50000], got 0"),
+    (["--steps", "x"], "expected an integer in [1, 10000], got 'x'"),
+    (["--seed", "99999999999999999999"], "expected an integer in [0, 4294967295]"),
     (["--models", "resnet50"], "--models"),
     (["--paths", "handout,fast"], "--paths"),
     (["--precision", "fp16"], "fp16"),  # no fp16 autocast on the CPU

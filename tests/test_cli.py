@@ -27,7 +27,7 @@ def test_help_for_every_subcommand(capsys):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["train", "--epochs", "0"], "argument --epochs: epochs must be positive, got 0"),
+    (["train", "--epochs", "0"], "argument --epochs: epochs must be in [1, 10000], got 0"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--set", "lr=fast"], "lr must be a number"),
     (["train", "--lr", "inf"], "argument --lr: lr must be a finite number, got 'inf'"),

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 
@@ -45,8 +46,8 @@ def test_bool_spellings_are_the_same_everywhere(word, value):
 @pytest.mark.parametrize("pair,message", [
     ("epochz=3", "unknown config key 'epochz'"),
     ("epochs=three", "epochs must be an integer"),
-    ("epochs=-1", "epochs must be positive"),
-    ("batch_size=0", "batch_size must be positive"),
+    ("epochs=-1", r"epochs must be in \[1, 10000\], got -1"),
+    ("batch_size=0", r"batch_size must be in \[1, 50000\], got 0"),
     ("model=vgg", "unknown model 'vgg'"),
     ("optimizer=lion", "optimizer must be one of"),
     ("device=tpu", "device must be one of auto, cpu, cuda, npu, mps"),
@@ -57,7 +58,7 @@ def test_bool_spellings_are_the_same_everywhere(word, value):
     ("cutout=33", r"cutout must be in \[0, 32\]"),
     ("momentum=1", r"momentum must be in \[0, 1\)"),
     ("warmup=1.5", r"warmup must be in \[0, 1\]"),
-    ("lr=0", "lr must be positive"),
+    ("lr=0", r"lr must be in \(0, 1000\], got 0.0"),
     ("lr=inf", "lr must be a finite number"),
     ("weight_decay=inf", "weight_decay must be a finite number"),
     ("weight_decay=nan", "weight_decay must be a finite number"),
@@ -162,3 +163,33 @@ def test_save_and_load_round_trip_json_and_yaml(tmp_path):
     (tmp_path / "latin1.json").write_bytes('{"preset": "caf\xe9"}'.encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_config(tmp_path / "latin1.json")
+
+
+NUMERIC = [n for n, s in FIELDS.items() if s.type in (int, float)]
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_every_numeric_field_has_an_upper_limit(name):
+    spec = FIELDS[name]
+    assert spec.range is not None and spec.range.high is not None, name
+    high = spec.type(spec.range.high)
+    if not spec.range.high_open:
+        assert check_value(name, high) == high
+    for absurd in (high * 10 + 1, spec.type(10 ** 22)):
+        with pytest.raises(ConfigError, match=re.escape(f"{name} must be {spec.range.text()}, got")):
+            with_overrides(make_config("handout"), {name: absurd})
+    for preset in PRESETS:  # every preset stays within them
+        assert getattr(make_config(preset), name) in spec.range
+
+
+def test_the_limits_are_shown_in_help_and_fit_numpy(capsys):
+    from cvlab.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in NUMERIC:
+        assert f"{FIELDS[name].range.text()} (default:" in text, name
+    assert "--epochs N passes over the training set; in [1, 10000] (default: 100)" in text
+    assert "in [0, 4294967295]" in text  # the largest seed numpy takes
+    import numpy as np
+    np.random.seed(FIELDS["seed"].range.high)

@@ -160,3 +160,26 @@ def test_parallel_ablation_writes_the_sequential_table(tmp_path):
     columns = [c for c in seq.columns if c not in ("seconds", "images_per_second")]
     pd.testing.assert_frame_equal(par[columns], seq[columns], rtol=1e-4)
     assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == ["+norm-shuffle-s0.log", "handout-s0.log"]
+
+
+def test_sigterm_stops_every_process_cleanly_and_the_run_resumes_exactly(ddp_run, tmp_path):
+    """torchrun forwards SIGTERM to its processes (a scheduler may send it to each of them, too): rank 0 records
+    the run as interrupted, releases the lock and says how to continue; the resumed run equals a straight one."""
+    import signal
+    from conftest import signal_mid_epoch
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "cvlab", *train_args(out)]
+    # rank 1 waits before step 2 of epoch 2 while rank 0 is already inside that step's gradient all-reduce
+    code, stdout, stderr = signal_mid_epoch(tmp_path, command, signal.SIGTERM, at_step=4 + 2, rank=1)
+    assert code != 0  # torchrun's own (its agent reports the signal)
+    assert not [line for line in stderr if "cvlab" in line and "File " in line]  # no traceback from any process
+    assert f"interrupted by SIGTERM after epoch 1; continue with: python -m cvlab train --resume --out {out}" in stdout
+    assert "cvlab: stopped by SIGTERM" in stderr
+    metrics = load_run(out).metrics
+    assert (metrics["status"], metrics["epochs_done"]) == ("interrupted", 1) and not (out / "run.lock").exists()
+    resumed = torchrun(train_args(out) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_run(out).metrics["status"] == "complete"
+    pd.testing.assert_frame_equal(history(out), history(ddp_run[0]))

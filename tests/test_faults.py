@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from cvlab.core.engine import fit
 from cvlab.core.errors import Diverged, RunDirError
 from cvlab.core.runs import RunDir, load_run
 
-from conftest import StopAfter, tiny_config
+from conftest import StopAfter, signal_mid_epoch, tiny_config
 
 QUIET = dict(log=lambda s: None)
 
@@ -128,6 +130,73 @@ def test_second_writer_is_refused_naming_the_holder(trained, tmp_path, capsys):
     assert load_run(run).metrics["epochs_done"] == 2
 
 
+def write_lock(run, host, age_seconds, pid=4242):
+    """A run.lock as another writer leaves it, its heartbeat (modification time) `age_seconds` old."""
+    lock = run / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host, "started": "2026-01-01T00:00:00+0000"}))
+    beat = time.time() - age_seconds
+    os.utime(lock, (beat, beat))
+    return lock
+
+
+@pytest.mark.parametrize("holder", ["another host", "a reused pid on this host"])
+def test_a_lock_without_heartbeat_is_taken_over_naming_its_holder(trained, tmp_path, capsys, holder):
+    from cvlab.core.runs import LOCK_STALE_SECONDS
+    run = copy_run(trained, tmp_path / "run")
+    host, pid = ("stopped-instance-7f3a", 4242) if holder == "another host" else (socket.gethostname(), os.getpid())
+    write_lock(run, host, LOCK_STALE_SECONDS + 60, pid)
+    assert RunDir(run).lock_holder() is None
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    assert code == 0, err
+    assert len(err) == 1 and err[0].startswith("cvlab: warning: taking over the stale lock") and \
+        f"of process {pid} on {host} (since 2026-01-01T00:00:00+0000): no heartbeat for 6 min, more than the " \
+        "5 min limit" in err[0]
+    assert not (run / "run.lock").exists() and load_run(run).metrics["epochs_done"] == 2
+
+
+def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    lock = write_lock(run, "other-instance", 60)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    assert RunDir(run).status() == "running" and RunDir(run).lock_holder()["host"] == "other-instance"
+    (run / "metrics.json").write_bytes(before["metrics.json"])
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    stale_at = time.strftime("%H:%M:%S", time.localtime(lock.stat().st_mtime + 300))
+    assert code == 2 and len(err) == 1, err
+    assert "is in use by process 4242 on other-instance (since 2026-01-01T00:00:00+0000), last heartbeat 60 s ago" \
+        in err[0] and f"counts as stale at {stale_at}, 5 min after its last heartbeat" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, the lock kept
+    os.utime(lock, (time.time() - 301, time.time() - 301))  # five minutes on, with no heartbeat
+    assert RunDir(run).lock_holder() is None
+    (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+    assert RunDir(run).status() == "interrupted"
+
+
+def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
+    import cvlab.core.runs as runs
+    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.05)
+    run = RunDir(tmp_path / "run")
+    lock = tmp_path / "run" / "run.lock"
+    with run.open(resume=False):
+        os.utime(lock, (1e9, 1e9))  # as if it had not beaten for years
+        deadline = time.monotonic() + 10
+        while lock.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lock.stat().st_mtime > time.time() - 60  # the background thread touched it
+    assert not lock.exists() and run._heartbeat is None
+    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 3600.0)
+    with run.open(resume=False):
+        os.utime(lock, (1e9, 1e9))
+        run.write_metrics({"status": "running"})  # every epoch end beats too
+        assert lock.stat().st_mtime > time.time() - 60
+    seen = []  # every epoch of a run beats
+    monkeypatch.setattr(RunDir, "heartbeat", lambda self: seen.append(self._lock_held))
+    fit(tiny_config(epochs=2), tmp_path / "two", **QUIET)
+    assert seen.count(True) >= 2
+
+
 def test_two_new_runs_into_one_folder(tmp_path):
     out = tmp_path / "run"
     with RunDir(out).open(resume=False):  # another writer, in this process, holds the folder
@@ -175,7 +244,7 @@ def test_nonfinite_loss_stops_training_as_diverged(tmp_path, monkeypatch):
 
 def test_diverging_learning_rate_exits_3_with_strict_json(tmp_path, capsys):
     out = tmp_path / "run"
-    code, err = cli(capsys, "train", *TINY_ARGS, "--lr", "1e6", "--set", "optimizer=sgd", "--out", out)
+    code, err = cli(capsys, "train", *TINY_ARGS, "--lr", "1000", "--set", "optimizer=sgd", "--out", out)
     assert code == 3 and len(err) == 1 and "non-finite loss at epoch" in err[0]
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["status"] == "diverged"
@@ -314,6 +383,41 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, text):
     (tmp_path / "c.yaml").write_bytes(text)
     code, err = cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
     assert code == 2 and len(err) == 1 and "c.yaml" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--seed", "99999999999999999999"],
+     "argument --seed: seed must be in [0, 4294967295], got 99999999999999999999"),
+    (["train", "--epochs", "10000000000000000000000"],
+     "argument --epochs: epochs must be in [1, 10000], got 10000000000000000000000"),
+    (["train", "--batch-size", "1000000000"], "batch_size must be in [1, 50000], got 1000000000"),
+    (["train", "--subset", "1000000"], "subset must be in [0, 50000], got 1000000"),
+    (["train", "--set", "synthetic_train=100000000"], "synthetic_train must be in [1, 50000], got 100000000"),
+    (["train", "--set", "test_subset=20000"], "test_subset must be in [0, 10000], got 20000"),
+    (["train", "--set", "eval_batch_size=99999999999"], "eval_batch_size must be in [1, 50000]"),
+    (["ablate", "--budget", "smoke", "--seeds", "0,99999999999999999999"],
+     "--seeds: each seed must be in [0, 4294967295], got 99999999999999999999"),
+    (["ablate", "--budget", "smoke", "--epochs", "10000000000000000000000"], "epochs must be in [1, 10000]"),
+    (["ablate", "--budget", "smoke", "--parallel", "1000"], "--parallel: expected an integer in [1, 64], got 1000"),
+    (["bench", "--steps", "100000000000"], "--steps: expected an integer in [1, 10000], got 100000000000"),
+    (["theory", "--seed", "99999999999999999999"], "--seed: expected an integer in [0, 4294967295]"),
+])
+def test_absurd_numbers_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    try:
+        code = main([*argv, "--out", str(out)])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_absurd_numbers_in_a_config_file_are_one_line(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("seed: 99999999999999999999\n")
+    code, err = cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert code == 2 and len(err) == 1 and "seed must be in [0, 4294967295], got 99999999999999999999" in err[0]
     assert not (tmp_path / "run").exists()
 
 
@@ -708,3 +812,49 @@ def test_a_lost_data_parallel_peer_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("cvlab: error: process 0: another process of this data-parallel run stopped "
                              "(connection reset by peer)") and "--resume" in err[0]
+
+
+# ---------------------------------------------------------------------------- stopped by a signal mid-epoch
+
+@pytest.mark.parametrize("sig,code,reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_signal_mid_epoch_stops_cleanly_and_the_resume_is_exact(tmp_path, capsys, sig, code, reason):
+    import pandas as pd
+    timing = ["epoch_seconds", "images_per_second"]
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    assert cli(capsys, "train", *TINY_ARGS, "--out", straight)[0] == 0
+    steps_per_epoch = 300 // 50
+    returncode, stdout, stderr = signal_mid_epoch(tmp_path, [sys.executable, "-m", "cvlab", "train", *TINY_ARGS,
+                                                             "--out", out], sig, at_step=steps_per_epoch + 3)
+    assert returncode == code, (stdout, stderr)
+    assert len(stderr) == 1 and stderr[0] == ("cvlab: stopped by SIGTERM" if code == 143 else "cvlab: interrupted")
+    hint = stdout[-1]
+    assert hint == f"interrupted by {reason}{' (SIGINT)' if code == 130 else ''} after epoch 1; continue with: " \
+                   f"python -m cvlab train --resume --out {out}"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["status"], metrics["epochs_done"]) == ("interrupted", 1)
+    assert RunDir(out).status() == "interrupted" and RunDir(out).load_checkpoint()["epoch"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.csv", "last.pt", "metrics.json"]  # no lock
+    code, err = cli(capsys, *hint.split("continue with: python -m cvlab ")[1].split())
+    assert code == 0, err
+    resumed, whole = load_run(out), load_run(straight)
+    assert resumed.metrics["status"] == "complete"
+    pd.testing.assert_frame_equal(resumed.history.drop(columns=timing), whole.history.drop(columns=timing))
+    a, b = RunDir(out).load_checkpoint()["model"], RunDir(straight).load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_raises_terminated_once_and_the_previous_handler_comes_back():
+    from cvlab.core import signals
+    from cvlab.core.errors import Terminated
+    before = signal.getsignal(signal.SIGTERM)
+    with signals.sigterm_as_interrupt():
+        with signals.sigterm_as_interrupt():  # nested (the CLI, then fit): one handler
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                pytest.fail("SIGTERM did not raise")
+            except Terminated as exc:
+                assert isinstance(exc, KeyboardInterrupt) and exc.exit_code == 143
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one while the first is handled: ignored
+                time.sleep(0.2)
+    assert signal.getsignal(signal.SIGTERM) is before

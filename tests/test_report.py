@@ -107,7 +107,7 @@ def test_parameters_merge_profile_then_overrides(tmp_path):
         runner.resolve_parameters([a, b], profile, [("NOPE", "1")], lambda t: None)
     with pytest.raises(UsageError, match="-p EPOCHS: epochs must be an integer"):
         runner.resolve_parameters([a], profile, [("EPOCHS", "three")], lambda t: None)
-    with pytest.raises(UsageError, match="-p EPOCHS: epochs must be positive"):  # a Config field: its range too
+    with pytest.raises(UsageError, match=r"-p EPOCHS: epochs must be in \[1, 10000\]"):  # a Config field: its range too
         runner.resolve_parameters([a], profile, [("EPOCHS", "0")], lambda t: None)
     with pytest.raises(UsageError, match="-p LR: lr must be a finite number"):
         runner.resolve_parameters([a], profile, [("LR", "nan")], lambda t: None)
@@ -337,3 +337,48 @@ def test_theory_notebook_runs_without_cifar100(smoke, tmp_path):
     assert len([r for r in rendered if r.startswith("### (")]) == 6        # all six answers are shown
     q5 = next(r for r in rendered if r.startswith("### (5)"))
     assert "〔本次未计算〕" not in q5 and "{{" not in q5
+
+
+TRAIN_CELL = """from pathlib import Path
+from cvlab.core.config import make_config
+from cvlab.core.engine import fit
+cfg = make_config("handout", model="tiny_resnet18", synthetic=True, synthetic_train=300, synthetic_test=100,
+                  epochs=EPOCHS, batch_size=50, eval_batch_size=100, lr=1e-3, shuffle=True, normalization="cifar100",
+                  device="cpu", progress=False, download=False)
+fit(cfg, RUN_DIR, resume=(Path(RUN_DIR) / "last.pt").exists())
+print("trained")"""
+
+
+def test_sigterm_stops_a_training_notebook_cleanly_and_the_same_command_resumes_it(tmp_path):
+    """The kernel runs in a process group of its own: the report passes SIGTERM on to it, `fit` in the cell
+    stops as in a terminal, papermill keeps the partial notebook, and the report says how to continue."""
+    import signal
+    from conftest import signal_mid_epoch
+    from cvlab.core.runs import RunDir, load_run
+
+    folder, run, out = tmp_path / "notebooks", tmp_path / "run", tmp_path / "reports"
+    folder.mkdir()
+    path = _notebook(folder / "01_train.ipynb", f"EPOCHS = 2\nRUN_DIR = {str(run)!r}")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell(TRAIN_CELL), nbformat.v4.new_code_cell("print('after training')")]
+    nbformat.write(nb, str(path))
+    args = ["report", "--notebooks", folder, "--no-pdf", "--no-estimate", "--profile", "smoke", "--out", out]
+    code, stdout, stderr = signal_mid_epoch(tmp_path, [sys.executable, "-m", "cvlab", *args], signal.SIGTERM,
+                                            at_step=6 + 3)  # epoch 2, step 3, in the kernel (cell In [2])
+    assert code == 143, (stdout, stderr)
+    assert stderr[-1] == (f"cvlab: 01_train.ipynb stopped by SIGTERM in cell In [2]; partial notebook kept at "
+                          f"{out / '01_train.ipynb'}; run the same command again to continue (each training run "
+                          "resumes from its last finished epoch)"), stderr
+    assert "Traceback" not in "\n".join(stderr)
+    partial = nbformat.read(str(out / "01_train.ipynb"), as_version=4)
+    text = "".join(o.get("text", "") for c in partial.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"interrupted by SIGTERM after epoch 1; continue with: python -m cvlab train --resume --out {run}" in text
+    assert "trained" not in text and "after training" not in text
+    assert RunDir(run).status() == "interrupted" and not (run / "run.lock").exists()
+    manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert manifest["notebooks"][0]["status"] == "interrupted"
+    done = subprocess.run([sys.executable, "-m", "cvlab", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = load_run(run)
+    assert resumed.metrics["status"] == "complete" and list(resumed.history.epoch) == [1, 2]

@@ -10,8 +10,8 @@
     python -m cvlab theory                                      # the numbers behind answers/
 
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr); 3 training diverged (a non-finite
-loss; the run directory keeps its last good epoch); 1 anything unexpected; 130 interrupted (the run
-directory stays valid and can be resumed).
+loss; the run directory keeps its last good epoch); 1 anything unexpected; 130 interrupted by Ctrl-C (SIGINT),
+143 stopped by SIGTERM (either way the run directory stays valid, says "interrupted" and can be resumed).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import os
 import sys
 import warnings
 
-from ..core.errors import Diverged, UsageError
+from ..core.errors import Diverged, Terminated, UsageError
+from ..core.signals import sigterm_as_interrupt
 from . import ablate, aftertrain, bench, doctor, report, theory, train
 from .common import Parser
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not main_process:
         warnings.simplefilter("ignore")
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():  # SIGTERM (a stopped instance, a scheduler) stops a command as Ctrl-C does
+            return int(args.func(args) or 0)
     except UsageError as exc:
         if main_process:
             sys.stderr.write(f"cvlab: error: {exc}\n")
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return Diverged.exit_code
+    except Terminated:
+        if main_process:
+            sys.stderr.write("cvlab: stopped by SIGTERM\n")
+        return Terminated.exit_code
     except KeyboardInterrupt:
         if main_process:
             sys.stderr.write("cvlab: interrupted\n")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.config import FIELDS
 from ..core.errors import UsageError
 from ..core.runs import CONFIG
 from ..experiments import ablate
 from ..experiments.ablate import BUDGETS, LADDER_CSV, LADDER_MD, RUNS_CSV, get_budget, plan, run_ablation, write_tables
-from .common import add_field_option, add_set_option, explicit_overrides, path_text, positive_int
+from .common import add_field_option, add_set_option, explicit_overrides, int_in, path_text
 
 
 def _csv(text: str) -> list[str]:
@@ -21,6 +22,9 @@ def cmd_ablate(args) -> int:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
         raise UsageError(f"--seeds expects integers separated by commas, got {args.seeds!r}") from None
+    for seed in seeds:  # before any run starts
+        if seed not in FIELDS["seed"].range:
+            raise UsageError(f"--seeds: each seed must be {FIELDS['seed'].range.text()}, got {seed}")
     overrides = explicit_overrides(args)
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
@@ -42,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=tuple(BUDGETS), default="subset",
                    help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
     p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
-    p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds (default: 0)")
+    p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds, each in [0, 2^32 - 1] (default: 0)")
     p.add_argument("--out", metavar="DIR", type=path_text,
                    help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
     add_field_option(p, "epochs", help="override the budget's epochs")
@@ -52,9 +56,9 @@ def register(sub) -> None:
     add_set_option(p, help="config field for every run, after the budget (see 'python -m cvlab presets --fields'); "
                            "repeatable")
     p.add_argument("--table-only", action="store_true", help="only rebuild the tables from existing run directories")
-    p.add_argument("--parallel", type=positive_int, metavar="N",
-                   help="train N runs at once, one process each: on GPUs 0..N-1 (NPUs) of --device, or N CPU "
-                        "processes sharing the cores; logs in OUT/logs/")
+    p.add_argument("--parallel", type=int_in(1, 64), metavar="N",
+                   help="train N runs at once (N in [1, 64]), one process each: on GPUs 0..N-1 (NPUs) of --device, "
+                        "or N CPU processes sharing the cores; logs in OUT/logs/")
     p.add_argument("--devices", metavar="LIST", help="the devices to place runs on, one run each at a time, "
                                                      "e.g. cuda:0,cuda:1 or npu:0,npu:1,npu:2,npu:3 or cpu,cpu")
     p.set_defaults(func=cmd_ablate)

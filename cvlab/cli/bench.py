@@ -13,7 +13,8 @@ from ..core.errors import UsageError
 from ..core.models import MODELS
 from ..experiments import bench
 from ..experiments.bench import PATHS, Settings, format_table, run_bench
-from .common import non_negative_int, positive_int
+from ..core.config import MAX_SEED, MAX_TRAIN_IMAGES
+from .common import int_in
 
 
 def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -91,12 +92,17 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)} (default: both)")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated: handout, cvlab (default: both)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="training batch (default 1024 on GPUs, 128 on CPU)")
-    p.add_argument("--eval-batch-size", type=positive_int, metavar="N",
-                   help="cvlab evaluation batch (default 2x batch; the handout loop evaluates at --batch-size)")
-    p.add_argument("--steps", type=positive_int, metavar="N", help="training steps per timed window (default 20 GPU, 3 CPU)")
-    p.add_argument("--windows", type=positive_int, metavar="N", help="timed windows; the median is reported (default 5 GPU, 3 CPU)")
-    p.add_argument("--warmup", type=non_negative_int, metavar="N", help="untimed steps first (default 5 GPU, 1 CPU)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_TRAIN_IMAGES), metavar="N",
+                   help=f"training batch, in [1, {MAX_TRAIN_IMAGES}] (default 1024 on GPUs, 128 on CPU)")
+    p.add_argument("--eval-batch-size", type=int_in(1, MAX_TRAIN_IMAGES), metavar="N",
+                   help=f"cvlab evaluation batch, in [1, {MAX_TRAIN_IMAGES}] (default 2x batch; the handout loop "
+                        "evaluates at --batch-size)")
+    p.add_argument("--steps", type=int_in(1, 10_000), metavar="N",
+                   help="training steps per timed window, in [1, 10000] (default 20 GPU, 3 CPU)")
+    p.add_argument("--windows", type=int_in(1, 1000), metavar="N",
+                   help="timed windows, in [1, 1000]; the median is reported (default 5 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int_in(0, 10_000), metavar="N",
+                   help="untimed steps first, in [0, 10000] (default 5 GPU, 1 CPU)")
     p.add_argument("--precision", default="fp32,auto", metavar="LIST",
                    help="cvlab path: fp32, bf16, fp16, auto (bf16 where supported, fp16 on older GPUs, fp32 on CPU); "
                         "comma-separated (default fp32,auto). The handout loop is always fp32")
@@ -109,8 +115,9 @@ def register(sub) -> None:
                         "(default auto)")
     p.add_argument("--augment", action="store_true",
                    help="cvlab path: shuffle + random crop (padding 4) + flip on the device, as the improved recipes do")
-    p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
+                   help="torch CPU threads, in [1, 1024] (default: torch's choice)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, metavar="N", help=f"random seed, in [0, {MAX_SEED}] (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (fields: docs/performance.md)")
     p.add_argument("--show", metavar="FILE", help="print the table of a saved JSON report instead of measuring")
     p.add_argument("--markdown", action="store_true", help="with --show: a Markdown table")

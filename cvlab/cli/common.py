@@ -27,14 +27,19 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high] (every count a command takes has an upper limit, so a typo
+    is one line and exit 2, not an endless run). Say the range in the option's help."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+    convert.__name__ = "int"
+    return convert
 
 
 # ---------------------------------------------------------------------------- options from Config fields

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..report import runner
-from ..report.runner import NotebookFailed, available_profiles, run_report
+from ..report.runner import NotebookFailed, NotebookStopped, available_profiles, run_report
 from .common import path_text, positive_float
 
 
@@ -17,6 +17,9 @@ def cmd_report(args) -> int:
     except NotebookFailed as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return 1
+    except NotebookStopped as exc:  # SIGTERM (143) or Ctrl-C (130) while a notebook ran
+        sys.stderr.write(f"cvlab: {exc}\n")
+        return exc.exit_code
     return 0
 
 

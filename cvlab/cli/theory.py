@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.config import MAX_SEED
 from ..core.errors import UsageError
-from .common import add_data_options
+from .common import add_data_options, int_in
 
 
 def cmd_theory(args) -> int:
@@ -45,7 +46,7 @@ def register(sub) -> None:
                    help="results file (default: docs/results/theory.json)")
     p.add_argument("--figures", default="figures", metavar="DIR", help="where the demo figures go (default: figures)")
     p.add_argument("--quick", action="store_true", help="the QUICK=True setting (seconds; not the report's numbers)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, metavar="N", help=f"random seed, in [0, {MAX_SEED}] (default 0)")
     p.add_argument("--baseline", metavar="RUN_DIR",
                    help="notebook 01's run directory, for the handout ResNet-18's own train/test gap in q3 "
                         "(default: none; the numbers then read 'not computed')")

@@ -45,18 +45,29 @@ class Range:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def text(self) -> str:
-        """'positive', 'not negative' or an interval such as 'in [0, 1)'."""
+        """'positive', 'not negative' or an interval such as 'in [0, 1)' or 'in [1, 10000]'."""
         if self.high is None:
             if self.low == 0:
                 return "positive" if self.low_open else "not negative"
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
 
 
-POSITIVE, NON_NEGATIVE = Range(0, low_open=True), Range(0)
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 FRACTION, FRACTION_BELOW_1 = Range(0, 1), Range(0, 1, high_open=True)
+# Every numeric field has an upper limit that a real run could use, so that a typo ('--epochs 10000000000')
+# is one line and exit 2, not an endless run or an allocation that takes the machine down. The image counts
+# follow the official data set: 50,000 training and 10,000 test images.
+MAX_TRAIN_IMAGES, MAX_TEST_IMAGES = 50_000, 10_000
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**32 - 1  # numpy's global seed is 32-bit
+TRAIN_IMAGES, TEST_IMAGES = Range(0, MAX_TRAIN_IMAGES), Range(0, MAX_TEST_IMAGES)  # 0 = all
+BATCH = Range(1, MAX_TRAIN_IMAGES)
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, range: Range | None = None,
@@ -74,7 +85,7 @@ class Config:
     preset: str = option("custom", "name of the preset this config started from", section="run")
     model: str = option("handout_resnet18", "model name, see 'python -m cvlab models'", metavar="NAME",
                         section="model")
-    num_classes: int = option(100, "number of output classes", range=POSITIVE)
+    num_classes: int = option(100, "number of output classes", range=Range(1, 1000))
     zero_init_last_bn: bool = option(False, "start each residual branch's last BN at gamma = 0, so every block "
                                             "starts as the identity")
     dropout: float = option(0.0, "dropout probability before the classifier (0 = none)", range=FRACTION_BELOW_1)
@@ -82,12 +93,12 @@ class Config:
                                 "(empty: $CVLAB_DATA, else the repository's data/)", metavar="DIR", section="data")
     download: bool = option(True, "fetch the official archive when the data root has none")
     subset: int = option(0, "train on N images: the first N/100 of each class, original order "
-                            "(see subset_balanced; 0 = all 50,000)", range=NON_NEGATIVE)
+                            "(see subset_balanced; 0 = all 50,000)", range=TRAIN_IMAGES)
     subset_balanced: bool = option(True, "true: N/100 images per class, original order kept; false: the first N")
-    test_subset: int = option(0, "test on N images, class-balanced like subset (0 = all 10,000)", range=NON_NEGATIVE)
+    test_subset: int = option(0, "test on N images, class-balanced like subset (0 = all 10,000)", range=TEST_IMAGES)
     synthetic: bool = option(False, "generated images in the official format instead of CIFAR-100 (demos, tests)")
-    synthetic_train: int = option(5000, "images in the synthetic training set", range=POSITIVE)
-    synthetic_test: int = option(1000, "images in the synthetic test set", range=POSITIVE)
+    synthetic_train: int = option(5000, "images in the synthetic training set", range=Range(1, MAX_TRAIN_IMAGES))
+    synthetic_test: int = option(1000, "images in the synthetic test set", range=Range(1, MAX_TEST_IMAGES))
     normalization: str = option("cifar100", "cifar100: per-channel mean/std; handout: MNIST's (0.1307,), (0.3081,)",
                                 choices=("cifar100", "handout"))
     shuffle: bool = option(True, "reshuffle the training set every epoch (the handout does not)")
@@ -97,24 +108,24 @@ class Config:
                                  "randaugment (2 ops, magnitude 9), autoaugment (CIFAR-10 policy)",
                          choices=("none", "trivialaugment", "randaugment", "autoaugment"))
     policy_group: int = option(1, "images that share one sampled policy op (1 = each its own; larger is faster "
-                                  "on GPUs)", range=POSITIVE)
+                                  "on GPUs)", range=BATCH)
     cutout: int = option(0, "side in pixels of one square per image filled with the mean colour (0 = off; 8 for "
                             "CIFAR-100)", range=Range(0, 32))
     mix: str = option("none", "batch mixing into soft targets: mixup, cutmix, or mixup_cutmix (one of the two per "
                               "batch)", choices=("none", "mixup", "cutmix", "mixup_cutmix"))
-    mix_alpha: float = option(1.0, "mixing weight lambda ~ Beta(alpha, alpha)", range=POSITIVE)
+    mix_alpha: float = option(1.0, "mixing weight lambda ~ Beta(alpha, alpha)", range=Range(0, 100, low_open=True))
     mix_prob: float = option(1.0, "probability that a batch is mixed", range=FRACTION)
     val_size: int = option(0, "training images held out for validation: the last val_size/100 of each class "
-                              "(0 = none)", range=NON_NEGATIVE)
-    epochs: int = option(100, "passes over the training set", range=POSITIVE, section="optimization")
-    batch_size: int = option(1024, "images per training step", range=POSITIVE)
+                              "(0 = none)", range=TRAIN_IMAGES)
+    epochs: int = option(100, "passes over the training set", range=Range(1, MAX_EPOCHS), section="optimization")
+    batch_size: int = option(1024, "images per training step", range=BATCH)
     eval_batch_size: int = option(1024, "images per evaluation step (no gradients, so it can be larger)",
-                                  range=POSITIVE)
+                                  range=BATCH)
     optimizer: str = option("adam", "optimizer", choices=("adam", "adamw", "sgd"))
-    lr: float = option(1e-4, "peak learning rate (after warmup)", range=POSITIVE)
+    lr: float = option(1e-4, "peak learning rate (after warmup)", range=Range(0, 1000, low_open=True))
     momentum: float = option(0.9, "SGD momentum; Adam/AdamW beta1", range=FRACTION_BELOW_1)
     nesterov: bool = option(False, "Nesterov momentum (SGD only)")
-    weight_decay: float = option(0.0, "L2 (SGD, Adam) or decoupled (AdamW) weight decay", range=NON_NEGATIVE)
+    weight_decay: float = option(0.0, "L2 (SGD, Adam) or decoupled (AdamW) weight decay", range=FRACTION)
     wd_exclude_norm_bias: bool = option(False, "no weight decay on BN weights and biases or on any bias "
                                                "(1-D parameters)")
     schedule: str = option("constant", "LR shape after warmup, stepped every batch: constant, cosine to 0, or "
@@ -141,9 +152,9 @@ class Config:
     cudnn_benchmark: bool = option(True, "CUDA only: let cuDNN time its convolution algorithms for each input shape")
     sync_bn: bool = option(False, "data-parallel runs (torchrun): BatchNorm statistics over the global batch "
                                   "(SyncBatchNorm) instead of each process's share; no effect in one process")
-    seed: int = option(0, "random seed for weights, data order and augmentation", range=NON_NEGATIVE)
+    seed: int = option(0, "random seed for weights, data order and augmentation", range=Range(0, MAX_SEED))
     log_every: int = option(10, "steps between live-loss updates of the progress bar (each one syncs the device)",
-                            range=POSITIVE)
+                            range=Range(1, 100_000))
     progress: bool = option(True, "per-epoch progress bar")
     tensorboard: bool = option(False, "also write per-epoch scalars (losses, accuracies, lr, images/s) under RUN/tb "
                                       "for TensorBoard (needs the tensorboard package); history.csv stays the record")

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import __version__
 from . import device as devices
-from . import distributed
+from . import distributed, signals
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, check_num_classes, load_for_config
@@ -582,9 +582,15 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     change what runs.resume_changes allows: where it runs, and the epochs of a constant-schedule run).
     A run stopped before its first epoch ended starts again from its config.json.
     Nothing is created before the start is known to be valid (settings, data); one process at a time
-    writes the directory (run.lock). Ctrl-C leaves it valid up to the last finished epoch; a non-finite
+    writes the directory (run.lock). Ctrl-C or SIGTERM (errors.Terminated) leaves it valid up to the last
+    finished epoch, with status "interrupted" and the lock released; a non-finite
     loss stops training with status "diverged" and raises errors.Diverged.
     """
+    with signals.sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does (errors.Terminated)
+        return _fit(cfg, out, resume, on_epoch_end, log)
+
+
+def _fit(cfg: Config | None, out: str | Path, resume: bool, on_epoch_end, log) -> Path:
     clock = WallClock()
     distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
                      cfg.batch_size if cfg is not None else None)
@@ -667,9 +673,9 @@ def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log, clock: Wall
             log(format_row(row))
             if on_epoch_end is not None:
                 on_epoch_end(row)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         run.write_metrics(summarize(t, history, "interrupted", elapsed, clock))
-        log(f"interrupted after epoch {len(history)}; continue with: {resume_hint}")
+        log(f"interrupted by {signals.stop_reason(exc)} after epoch {len(history)}; continue with: {resume_hint}")
         raise
     except NonFiniteLoss as exc:
         metrics = summarize(t, history, "diverged", elapsed, clock)

@@ -1,4 +1,4 @@
-"""Exceptions that map to exit codes: UsageError (and its subclasses) -> 2."""
+"""Exceptions that map to exit codes: UsageError (and its subclasses) -> 2, Diverged -> 3, Terminated -> 143."""
 
 
 class UsageError(Exception):
@@ -22,6 +22,13 @@ class Diverged(Exception):
     The CLI prints the message on one line and exits with code 3."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (see core.signals): a KeyboardInterrupt, so every path that handles Ctrl-C (the run's
+    status, its lock, the resume hint) handles it too. The CLI exits with code 143 (128 + 15), not 130."""
+
+    exit_code = 143
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -18,7 +18,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
-from ..core.errors import Diverged, UsageError
+from ..core.errors import Diverged, Terminated, UsageError
 
 VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 
@@ -113,8 +113,8 @@ def _run_one(config: dict, run_dir: str, resume: bool, env: dict, threads: int |
         except Diverged as exc:  # kept as it is, like a diverged run of a sequential ablation
             print(f"cvlab: error: {exc}", flush=True)
             sys.exit(Diverged.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C 130, SIGTERM (errors.Terminated) 143
+            sys.exit(getattr(exc, "exit_code", 130))
         except BaseException:
             traceback.print_exc()
             sys.exit(1)
@@ -153,8 +153,13 @@ def run_jobs(jobs: list[Job], slots: list[Slot], log_dir: str | Path, log: Calla
                 else:
                     failed.append(f"{job.label} (exit {process.exitcode}, log {log_path})")
                     log(f"FAILED {job.label} on {slots[index].name}: exit code {process.exitcode}, see {log_path}")
-    except KeyboardInterrupt:
-        for process, *_ in running.values():  # Ctrl-C reached them too; give them time to save their state
+    except KeyboardInterrupt as exc:
+        # Ctrl-C reached them too; a SIGTERM may have reached this process only: pass it on. Then give them
+        # time to save their state (status interrupted, lock released).
+        for process, *_ in running.values():
+            if isinstance(exc, Terminated):
+                process.terminate()
+        for process, *_ in running.values():
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()

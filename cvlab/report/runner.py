@@ -19,7 +19,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..core.config import FIELDS, parse_text, parse_value
-from ..core.errors import ConfigError, UsageError
+from ..core.errors import ConfigError, Terminated, UsageError
 from ..core.paths import REPO_ROOT
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -37,6 +39,15 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 class NotebookFailed(Exception):
     """A notebook raised in a cell (or its kernel died); the message names the cell and the error."""
+
+
+class NotebookStopped(Exception):
+    """SIGTERM or Ctrl-C stopped the report while a notebook ran (see `stops_reach_the_kernel`); the message
+    says where, where the partial notebook is, and how to continue. `exit_code`: 143 (SIGTERM) or 130."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ---------------------------------------------------------------------------- profiles and parameters
@@ -283,22 +294,99 @@ def short_error(exc: Exception, notebook: Path, output: Path) -> str:
 
 def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: str, log_output: bool,
             timeout: float | None = None) -> None:
-    """Run `notebook` with papermill (cwd = its folder), writing `output` after every cell."""
+    """Run `notebook` with papermill (cwd = its folder), writing `output` after every cell. SIGTERM or Ctrl-C
+    meanwhile stops the kernel's work as it would stop it in a terminal (see `stops_reach_the_kernel`) and
+    raises NotebookStopped once papermill has saved the partial notebook."""
     import papermill
 
+    kernels: list = []
+    with stops_reach_the_kernel(kernels) as received:
+        try:
+            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
+                                       language="python",  # also for notebooks without kernelspec metadata
+                                       cwd=str(notebook.parent), log_output=log_output,
+                                       progress_bar=sys.stderr.isatty() and not log_output,
+                                       request_save_on_cell_execute=True, execution_timeout=timeout,
+                                       kernel_manager_class=_tracked_kernel_manager(kernels),
+                                       # the kernel's own log (e.g. ipykernel 7's note that a loopback kernel
+                                       # runs unencrypted over TCP) is noise on the report's stderr
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # papermill, nbclient and kernel errors all end the report here
+            if received:
+                raise stopped(received[0], exc, notebook, output) from None
+            raise NotebookFailed(short_error(exc, notebook, output)) from None
+    if received:  # the notebook ended before the stop reached a cell: stop before the next one
+        raise stopped(received[0], None, notebook, output)
+
+
+def stopped(signum: int, exc: Exception | None, notebook: Path, output: Path) -> NotebookStopped:
+    """NotebookStopped for a stop by `signum` that ended `notebook` with `exc` (the cell's error)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    reason, code = ("SIGTERM", Terminated.exit_code) if signum == signal.SIGTERM else ("Ctrl-C (SIGINT)", 130)
+    where = ""
+    if isinstance(exc, PapermillExecutionError):
+        where = f" in cell In [{exc.exec_count}]" if exc.exec_count else f" in cell {exc.cell_index + 1}"
+    return NotebookStopped(f"{notebook.name} stopped by {reason}{where}; partial notebook kept at {output}; "
+                           "run the same command again to continue (each training run resumes from its last "
+                           "finished epoch)", code)
+
+
+def _tracked_kernel_manager(kernels: list):
+    """A kernel manager class whose instances append themselves to `kernels`, so that a stop can reach them."""
+    from jupyter_client.manager import KernelManager
+
+    class TrackedKernelManager(KernelManager):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            kernels.append(self)
+
+    return TrackedKernelManager
+
+
+def _kernel_process(km):
+    """The running kernel's process group (or pid) as ("group"|"process", id), or None when it has ended."""
+    provisioner = getattr(km, "provisioner", None)
+    process = getattr(provisioner, "process", None)
+    if process is None or process.poll() is not None:
+        return None
+    pgid = getattr(provisioner, "pgid", None)
+    return ("group", pgid) if pgid else ("process", process.pid)
+
+
+@contextlib.contextmanager
+def stops_reach_the_kernel(kernels: list) -> Iterator[list[int]]:
+    """While a notebook runs, pass SIGTERM and Ctrl-C (SIGINT) on to its kernel (a process group of its own,
+    which neither signal reaches by itself): cvlab's `fit` in a cell then stops as it does in a terminal (status
+    interrupted, lock released, the resume line in the cell's output) and papermill saves the partial notebook.
+    Yields the list of signals received. A second signal, or one while no kernel runs, stops the report at once
+    (Terminated or KeyboardInterrupt). Only in the main thread; elsewhere nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signum, frame) -> None:
+        targets = [t for t in map(_kernel_process, kernels) if t is not None]
+        if received or not targets:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        received.append(signum)
+        for kind, ident in targets:
+            try:
+                os.killpg(ident, signum) if kind == "group" else os.kill(ident, signum)
+            except OSError:  # it ended meanwhile
+                pass
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, forward)
     try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                                   language="python",  # also for notebooks without kernelspec metadata
-                                   cwd=str(notebook.parent), log_output=log_output,
-                                   progress_bar=sys.stderr.isatty() and not log_output,
-                                   request_save_on_cell_execute=True, execution_timeout=timeout,
-                                   # the kernel's own log (e.g. ipykernel 7's note that a loopback kernel
-                                   # runs unencrypted over TCP) is noise on the report's stderr
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # papermill, nbclient and kernel errors all end the report here
-        raise NotebookFailed(short_error(exc, notebook, output)) from None
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------- export
@@ -531,6 +619,9 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                     execute(nb, executed, params[nb], kernel, log_output, timeout)
                 except NotebookFailed as exc:
                     result.status, result.error = "failed", str(exc)
+                    raise
+                except NotebookStopped as exc:
+                    result.status, result.error = "interrupted", str(exc)
                     raise
                 finally:
                     result.seconds = round(time.perf_counter() - start, 1)
