@@ -163,7 +163,7 @@ def test_kernel_probe_reads_the_installed_torch(monkeypatch):
 
 
 def test_engine_kernel_flags_follow_the_decisions(monkeypatch):
-    from cvlab.core.engine import optimizer_impl_kwargs
+    from cvlab.core.optim import optimizer_impl_kwargs
     params = [torch.zeros(2, requires_grad=True)]
     monkeypatch.setattr(devices, "probe", lambda device: CPU)
     assert optimizer_impl_kwargs("auto", params) == {}

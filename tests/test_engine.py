@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cvlab.core.engine import LRShape, fit
+from cvlab.core.engine import fit
+from cvlab.core.optim import LRShape
 from cvlab.core.errors import RunDirError
 from cvlab.core.runs import HISTORY_COLUMNS, load_run, load_runs
 

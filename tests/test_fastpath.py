@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from cvlab.experiments.bench import handout_loader, handout_test, handout_train, in_memory_data
 from cvlab.core.config import make_config
-from cvlab.core.engine import (build_optimizer, build_trainer, evaluate, optimizer_impl_kwargs, seed_everything,
-                          train_one_epoch, warm_up)
+from cvlab.core.engine import build_trainer, evaluate, seed_everything, train_one_epoch, warm_up
 from cvlab.core.models import build_model
+from cvlab.core.optim import build_optimizer, optimizer_impl_kwargs
 
 N_TRAIN, N_TEST, BATCH, EPOCHS, LR = 24, 16, 8, 2, 1e-4
 

@@ -11,7 +11,8 @@ from cvlab.report.plots import save_figure
 from cvlab.core.config import make_config
 from cvlab.core.data import Split, split_validation, subset
 from cvlab.core.ema import WeightEMA
-from cvlab.core.engine import EvalStep, build_optimizer
+from cvlab.core.engine import EvalStep
+from cvlab.core.optim import build_optimizer
 from cvlab.core.errors import ConfigError, DataError
 from cvlab.core.models import BasicBlock, CifarResNet18, HandoutBasicBlock, build_model, zero_init_last_bn
 

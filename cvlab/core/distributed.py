@@ -238,15 +238,3 @@ def lost_peer(exc: BaseException) -> str | None:
     return (f"process {os.environ.get('RANK', '?')}: another process of this data-parallel run stopped"
             f"{f' ({reason.group(0).lower()})' if reason else ''}; the run directory keeps the last finished "
             "epoch: see that process's own message, then continue with --resume")
-
-
-def warn_if_resized(metrics_path, group: Group, log) -> None:
-    """Resuming with another number of processes keeps the batches but not the augmentation draws."""
-    import json
-    try:
-        before = json.loads(open(metrics_path, encoding="utf-8").read()).get("world_size", 1)
-    except (OSError, ValueError):
-        return
-    if before != group.world_size:
-        log(f"warning: the run was trained with {before} process(es), it resumes with {group.world_size}: "
-            "same batches, other augmentation draws than an uninterrupted run")

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import platform
 import random
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,82 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
 from . import device as devices
 from . import distributed, signals
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
 from .data import Cifar100, Split, TensorLoader, check_num_classes, load_for_config
 from .ema import WeightEMA
-from .errors import Diverged, RunDirError, cause
+from .errors import NonFiniteLoss, RunDirError
 from .models import build_model, count_parameters
-from .paths import REPO_ROOT
-from .runs import RunDir, disk_error, select_best, summarize_history
+from .optim import build_optimizer, build_scheduler
+from .paths import git_commit
+from .runs import Recording, RunDir, WallClock, restore, rng_state, set_rng_state
 from .tblog import with_tensorboard
-
-
-# ---------------------------------------------------------------------------- optimizer and schedule
-
-def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor], optimizer: str = "adam") -> dict:
-    """Constructor flags choosing the update kernels for parameters on one device: decided in
-    cvlab.core.device (fused/foreach only where the installed torch has them for that device)."""
-    device = params[0].device if params else torch.device("cpu")
-    kernels, _ = devices.decide_optimizer_kernels(impl, optimizer, devices.probe(device))
-    return devices.OPTIMIZER_KWARGS[kernels]
-
-
-def parameter_groups(cfg: Config, model: nn.Module) -> list[dict]:
-    """One group for all trainable parameters, or with `wd_exclude_norm_bias` two: weights of
-    convolutions and linear layers (decayed), and 1-D parameters, i.e. BN weights/biases and all
-    biases (not decayed: shrinking them does not regularize, it only fights the normalization)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not cfg.wd_exclude_norm_bias:
-        return [{"params": params}]
-    decayed = [p for p in params if p.ndim > 1]
-    exempt = [p for p in params if p.ndim <= 1]
-    return [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
-
-
-def build_optimizer(cfg: Config, model: nn.Module, impl: dict | None = None) -> torch.optim.Optimizer:
-    """The configured optimizer; `impl` = kernel flags from the device plan, else decided here."""
-    params = parameter_groups(cfg, model)
-    if impl is None:
-        impl = optimizer_impl_kwargs(cfg.optimizer_impl, [p for group in params for p in group["params"]],
-                                     cfg.optimizer)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, **impl)
-    betas = (cfg.momentum, 0.999)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
-
-
-@dataclass
-class LRShape:
-    """LR multiplier per step: linear warmup 0 -> 1, then constant, cosine to 0, or linear
-    decay to 0 ("onecycle": the triangular one-cycle policy, Smith 2018)."""
-
-    kind: str
-    total_steps: int
-    warmup_steps: int
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        t = min(1.0, (step - self.warmup_steps) / span)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        return 1.0 - t  # onecycle
-
-
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    total_steps = cfg.epochs * steps_per_epoch
-    shape = LRShape(cfg.schedule, total_steps, round(cfg.warmup * total_steps))  # warmup: a fraction of the run
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
 
 # ---------------------------------------------------------------------------- steps and epochs
@@ -230,39 +163,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """The global RNG states as tensors and plain values (a checkpoint must hold nothing else)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def git_commit() -> str | None:
-    """The commit of the cvlab checkout, with '-dirty' when it has local changes; None outside git."""
-    repo = REPO_ROOT
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
 
 
 HEADER = f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'top5':>6} " \
@@ -423,136 +323,6 @@ def warm_up(t: Trainer) -> float:
     return seconds
 
 
-def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:
-    """Everything a resumption needs, as tensors and plain values only (see runs.load_checkpoint)."""
-    return {
-        "epoch": epoch,
-        "model": t.model.state_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
-        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
-        "config": t.cfg.to_dict(),
-        "history": history,
-        "rng": rng_state(),
-        "loader": t.train_loader.state_dict(),
-        "ema": t.ema.state_dict() if t.ema is not None else None,
-        "cvlab_version": __version__,
-    }
-
-
-def best_state(t: Trainer, row: dict) -> dict:
-    """best.pt: the weights of the epoch with the highest validation accuracy so far (model and, when the
-    run keeps one, the EMA it was evaluated with), with the config; the same format as last.pt."""
-    return {
-        "epoch": row["epoch"],
-        "model": t.model.state_dict(),
-        "ema": t.ema.state_dict() if t.ema is not None else None,
-        "config": t.cfg.to_dict(),
-        "selected_by": "val_acc",
-        "val_acc": row["val_acc"],
-        "cvlab_version": __version__,
-    }
-
-
-CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "config", "history", "rng", "loader")
-
-
-def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
-    """Load a last.pt state into the trainer; (epochs done, history). One line when it is incomplete."""
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise RunDirError(f"the checkpoint lacks {', '.join(missing)}; it cannot be resumed")
-    try:
-        t.model.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        if t.scaler is not None and state.get("scaler"):
-            t.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        t.train_loader.load_state_dict(state["loader"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise RunDirError(f"the checkpoint does not fit this run ({cause(exc)})") from None
-    if t.ema is not None:
-        if not state.get("ema"):
-            raise RunDirError("the checkpoint has no EMA state to resume the weight average from")
-        t.ema.load_state_dict(state["ema"])
-    return int(state["epoch"]), list(state["history"])
-
-
-@dataclass
-class WallClock:
-    """The end-to-end wall time of a training call (`fit`): start-up (from the call to the first epoch: data,
-    model, compile warm-up, resume), the epochs, and the saving after each (checkpoints, history). `total_seconds`
-    in metrics.json sums only the epochs; this is what a user waits for."""
-
-    started: float = field(default_factory=time.perf_counter)
-    before: float = 0.0                # wall seconds of the earlier sessions of a resumed run
-    startup: float | None = None       # seconds from the call to the start of this session's first epoch
-    saving: float = 0.0                # seconds spent saving after this session's epochs
-    saves: int = 0
-
-    def epochs_begin(self) -> None:
-        if self.startup is None:
-            self.startup = time.perf_counter() - self.started
-
-    def saved(self, seconds: float) -> None:
-        self.saving, self.saves = self.saving + seconds, self.saves + 1
-
-    def describe(self, history: list[dict], epochs: int) -> dict:
-        """wall_seconds (all sessions), startup_seconds and save_seconds (this session), and the projection
-        startup + epochs x (mean epoch + mean save) of the whole planned run from the epochs done (None before one)."""
-        epoch_mean = sum(r["epoch_seconds"] for r in history) / len(history) if history else None
-        save_mean = self.saving / self.saves if self.saves else 0.0
-        projected = None if epoch_mean is None or self.startup is None else \
-            round(self.startup + epochs * (epoch_mean + save_mean), 1)
-        return {"wall_seconds": round(self.before + time.perf_counter() - self.started, 2),
-                "startup_seconds": None if self.startup is None else round(self.startup, 2),
-                "save_seconds": round(self.saving, 2), "projected_wall_seconds": projected}
-
-
-def summarize(t: Trainer, history: list[dict], status: str, seconds: float, clock: WallClock | None = None) -> dict:
-    """metrics.json: status, final and best figures (see runs.summarize_history), time, device, versions."""
-    s = summarize_history(history)
-    final = {k: None for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")}
-    final.update({k: v for k, v in s["final"].items() if k != "epoch"})
-    return {
-        "status": status,
-        "epochs_done": s["epochs"],
-        "epochs_planned": t.cfg.epochs,
-        "final": final,
-        # The epoch a user should pick: chosen on the validation split only; its test figures are reported, not used.
-        "best": s["best"],
-        # For reference only: picking the epoch by test accuracy would overfit the test set.
-        "best_test_acc": s["best_test_acc"],
-        "best_test_acc_epoch": s["best_test_acc_epoch"],
-        "evaluated_weights": "ema" if t.ema is not None else "model",
-        "tta_flip": t.cfg.tta_flip,
-        "total_seconds": round(seconds, 2),  # the epochs' own seconds (training and evaluation), summed
-        # End to end (start-up, epochs, saving) and the projection of the planned epochs from those done: WallClock.
-        **(clock.describe(history, t.cfg.epochs) if clock is not None else {}),
-        "compile_warmup_seconds": round(t.warmup_seconds, 2),
-        "mean_images_per_second": s["mean_images_per_second"],
-        "device": devices.device_name(t.device),
-        "device_type": t.device.type,
-        **t.group.describe(),  # world_size, backend: the data-parallel processes (1, None without torchrun)
-        "precision": t.precision,
-        "plan": dataclasses.asdict(t.plan) if t.plan is not None else None,  # kernels, compile, notes
-        "parameters": count_parameters(t.model),
-        "seed": t.cfg.seed,
-        "dataset": t.dataset,
-        "versions": {"cvlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "git_commit": t.commit},
-    }
-
-
-class NonFiniteLoss(Exception):
-    """Raised by `run_epoch` when a training loss was NaN or infinite."""
-
-    def __init__(self, epoch: int, step: int, steps: int):
-        super().__init__(f"non-finite loss at epoch {epoch}, step {step}/{steps}")
-        self.epoch, self.step, self.steps = epoch, step, steps
-
-
 def run_epoch(t: Trainer, epoch: int) -> dict:
     """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row.
     Raises NonFiniteLoss (before evaluating) when a training loss was not finite."""
@@ -583,109 +353,55 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     A run stopped before its first epoch ended starts again from its config.json.
     Nothing is created before the start is known to be valid (settings, data); one process at a time
     writes the directory (run.lock). Ctrl-C or SIGTERM (errors.Terminated) leaves it valid up to the last
-    finished epoch, with status "interrupted" and the lock released; a non-finite
-    loss stops training with status "diverged" and raises errors.Diverged.
+    finished epoch, with status "interrupted" and the lock released; a non-finite loss stops training with
+    status "diverged" and raises errors.Diverged.
     """
+    clock = WallClock()  # end-to-end wall time, start-up included
     with signals.sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does (errors.Terminated)
-        return _fit(cfg, out, resume, on_epoch_end, log)
+        distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
+                         cfg.batch_size if cfg is not None else None)
+        if not distributed.is_main_process():
+            return _follow()  # under torchrun: rank 0 does all of this, the others train in step with it
+        run = RunDir(out)
+        cfg = _prepare(run, cfg, resume)                   # every check and the resume merge, once; nothing created
+        t = build_trainer(cfg)                             # loads the data: a start that fails here leaves nothing
+        with Recording(run, t, resume, log, clock) as record:  # lock; on exit, the status and the lock released
+            start_epoch = record.start()                   # last.pt into the trainer (resume), then config.json
+            log(banner(t, run.path))
+            on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log)  # RUN/tb, when asked
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                row = run_epoch(t, epoch)                  # train, then evaluate; NonFiniteLoss when it diverged
+                record.save_epoch(row)                     # best.pt, last.pt, history.csv, metrics.json
+                log(format_row(row))
+                if on_epoch_end is not None:
+                    on_epoch_end(row)
+    return run.path
 
 
-def _fit(cfg: Config | None, out: str | Path, resume: bool, on_epoch_end, log) -> Path:
-    clock = WallClock()
-    distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
-                     cfg.batch_size if cfg is not None else None)
-    if not distributed.is_main_process():
-        return _follow()  # under torchrun: rank 0 does all of this, the others train in step with it
-    run = RunDir(out)
+def banner(t: Trainer, path: Path) -> str:
+    """What a run prints before its first epoch: model, device, precision, data, steps, run directory, and the
+    header of the per-epoch table."""
+    cfg = t.cfg
+    lines = [f"{cfg.preset}: {cfg.model} ({count_parameters(t.model):,} parameters) on "
+             f"{devices.device_name(t.device)}, {t.precision}; {t.dataset['n_train']:,} train / "
+             f"{t.dataset['n_test']:,} test images{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; "
+             f"{len(t.train_loader)} steps/epoch; run dir {path}"]
+    if t.warmup_seconds:
+        lines.append(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
+    lines.append(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
+    return "\n".join(lines)
+
+
+def _prepare(run: RunDir, cfg: Config | None, resume: bool) -> Config:
+    """RunDir.prepare on rank 0; its config (or its one-line error) reaches the other processes of a
+    data-parallel run, which would otherwise wait for rank 0 forever."""
     try:
-        run.check_start(resume)
-        if resume:
-            cfg = run.resume_config(cfg)
-        elif cfg is None:
-            raise RunDirError("fit needs a config unless it resumes a run")
+        cfg = run.prepare(cfg, resume)
     except Exception as exc:
-        distributed.share({"error": str(exc)})  # the others stop with rank 0's message instead of waiting
+        distributed.share({"error": str(exc)})
         raise
     distributed.share({"config": cfg.to_dict(), "resume": resume, "run_dir": str(run.path)})
-    t = build_trainer(cfg)  # loads the data: a start that fails here leaves nothing behind
-    with run.open(resume):
-        return _train(t, run, resume, on_epoch_end, log, clock)
-
-
-def _train(t: Trainer, run: RunDir, resume: bool, on_epoch_end, log, clock: WallClock | None = None) -> Path:
-    cfg = t.cfg
-    clock = clock or WallClock()
-    start_epoch, history = 0, []
-    if resume and run.has_checkpoint("last"):
-        # Read to the CPU whatever the device: each load_state_dict places its tensors, and generator states
-        # must stay CPU byte tensors (Generator.set_state refuses CUDA/NPU tensors).
-        start_epoch, history = restore(t, run.load_checkpoint("last", map_location="cpu"))
-        if cfg.epochs < start_epoch:
-            raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
-                              f"{start_epoch} epochs")
-        log(f"resuming {run.path} after epoch {start_epoch}")
-        try:
-            clock.before = float(run.read_metrics().get("wall_seconds") or 0.0)  # earlier sessions' wall time
-        except (RunDirError, TypeError, ValueError):
-            pass  # an unreadable metrics.json costs only the earlier sessions' wall time
-        distributed.warn_if_resized(run.path / "metrics.json", t.group, log)
-    if not resume or not run.has_checkpoint("last") or run.read_config().get("epochs") != cfg.epochs:
-        # A new run, a restart of one stopped before its first epoch, or an extended run: its config as it now is.
-        saved = run.read_config() if resume else {}
-        run.write_config(cfg if not saved else from_dict({**saved, "epochs": cfg.epochs}))
-    log(f"{cfg.preset}: {cfg.model} ({count_parameters(t.model):,} parameters) on {devices.device_name(t.device)}, "
-        f"{t.precision}; {t.dataset['n_train']:,} train / {t.dataset['n_test']:,} test images"
-        f"{' (SYNTHETIC)' if t.dataset['synthetic'] else ''}; {len(t.train_loader)} steps/epoch; run dir {run.path}")
-    if t.warmup_seconds:
-        log(f"compile warm-up: {t.warmup_seconds:.1f} s (not counted in epoch times)")
-    on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log)  # RUN/tb, when asked for
-    log(HEADER + (VAL_HEADER if t.val_loader is not None else ""))
-    elapsed = sum(r["epoch_seconds"] for r in history)
-    best = select_best(history)
-    best_val = best["val_acc"] if best else -math.inf
-    resume_hint = f"python -m cvlab train --resume --out {run.path}"
-    status = "running"
-    clock.epochs_begin()
-    try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            row = run_epoch(t, epoch)
-            saved_epochs = len(history)
-            save_start = time.perf_counter()
-            try:
-                if row.get("val_acc") is not None and row["val_acc"] > best_val:
-                    run.save_checkpoint(best_state(t, row), "best")  # before last.pt: a resume redoes this epoch
-                    best_val = row["val_acc"]
-                run.save_checkpoint(checkpoint_state(t, epoch, history + [row]), "last")
-                saved_epochs += 1
-                history.append(row)
-                elapsed += row["epoch_seconds"]
-                run.write_history(history)
-                clock.saved(time.perf_counter() - save_start)
-                status = "complete" if epoch == cfg.epochs else "running"
-                run.write_metrics(summarize(t, history, status, elapsed, clock))
-            except OSError as exc:
-                try:
-                    run.write_metrics(summarize(t, history[:saved_epochs], "interrupted", elapsed, clock))
-                except OSError:
-                    pass
-                raise RunDirError(f"cannot save epoch {epoch} in {run.path} ({disk_error(exc)}); the run directory "
-                                  f"keeps epoch {saved_epochs}; make room, then continue with: {resume_hint}") from None
-            log(format_row(row))
-            if on_epoch_end is not None:
-                on_epoch_end(row)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
-        run.write_metrics(summarize(t, history, "interrupted", elapsed, clock))
-        log(f"interrupted by {signals.stop_reason(exc)} after epoch {len(history)}; continue with: {resume_hint}")
-        raise
-    except NonFiniteLoss as exc:
-        metrics = summarize(t, history, "diverged", elapsed, clock)
-        metrics["diverged"] = {"epoch": exc.epoch, "step": exc.step, "steps_per_epoch": exc.steps}
-        run.write_metrics(metrics)
-        raise Diverged(f"training diverged: {exc}; {run.path} keeps its last good epoch ({len(history)}); "
-                       "lower the learning rate and start a new run") from None
-    if status != "complete":  # nothing left to train (resumed a finished run)
-        run.write_metrics(summarize(t, history, "complete", elapsed, clock))
-    return run.path
+    return cfg
 
 
 def _follow() -> Path:
@@ -698,7 +414,7 @@ def _follow() -> Path:
     t = build_trainer(cfg)
     start_epoch = 0
     if start["resume"] and run.has_checkpoint("last"):
-        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location="cpu"))  # as in _train
+        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location="cpu"))  # as Recording.start does
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         run_epoch(t, epoch)
     return run.path

@@ -31,6 +31,14 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
+class NonFiniteLoss(Exception):
+    """Raised by `engine.run_epoch` when a training loss was NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, steps: int):
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}/{steps}")
+        self.epoch, self.step, self.steps = epoch, step, steps
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most `limit` characters), or its type's name when it
     has none: what a one-line error quotes of the cause."""

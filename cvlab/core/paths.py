@@ -50,3 +50,18 @@ def check_output_file(path: str | os.PathLike, force: bool, option: str, default
         raise UsageError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
                          "choose another file") from None
     return path
+
+
+def git_commit() -> str | None:
+    """The commit of the cvlab checkout, with '-dirty' when it has local changes; None outside git."""
+    import subprocess
+
+    repo = REPO_ROOT
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")

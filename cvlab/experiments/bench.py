@@ -463,7 +463,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------- report
 
 def environment(device: torch.device) -> dict:
-    from ..core.engine import git_commit
+    from ..core.paths import git_commit
     import torchvision
     cpu = platform.processor() or platform.machine()
     try:

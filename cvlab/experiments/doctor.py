@@ -80,7 +80,7 @@ class Report:
 def _versions() -> str:
     import numpy as np
     import torchvision
-    from ..core.engine import git_commit
+    from ..core.paths import git_commit
     commit = git_commit()
     return (f"python {platform.python_version()} · torch {torch.__version__} · torchvision {torchvision.__version__}"
             f" · numpy {np.__version__} · cvlab {__version__}" + (f" (git {commit[:12]})" if commit else ""))
