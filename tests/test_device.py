@@ -245,13 +245,3 @@ def test_real_cpu_probe():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
-
-
-def test_grad_scaler_on_a_torch_without_torch_amp_grad_scaler(monkeypatch):
-    """torch < 2.3 has only torch.cuda.amp.GradScaler: used on CUDA; fp16 elsewhere is refused, not unscaled."""
-    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)  # absent anyway before torch 2.3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "CUDA is not available" on this machine
-        assert isinstance(devices.make_grad_scaler(types.SimpleNamespace(type="cuda")), torch.cuda.amp.GradScaler)
-    with pytest.raises(UsageError, match="torch >= 2.3"):
-        devices.make_grad_scaler(torch.device("mps"))

@@ -356,8 +356,4 @@ def make_grad_scaler(device: torch.device):
         npu_amp = getattr(getattr(torch, "npu", None), "amp", None)
         if npu_amp is not None and hasattr(npu_amp, "GradScaler"):
             return npu_amp.GradScaler()
-    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
-        return torch.amp.GradScaler(device.type)
-    if device.type == "cuda":
-        return torch.cuda.amp.GradScaler()
-    raise UsageError(f"fp16 on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); use bf16 or fp32")
+    return torch.amp.GradScaler(device.type)

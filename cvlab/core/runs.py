@@ -116,17 +116,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _legacy_globals() -> list:
-    """Types that checkpoints written before cvlab stored the numpy RNG state as a list hold:
-    numpy arrays (reconstructed from raw bytes, no code of the file's choosing runs)."""
-    import numpy as np
-    try:
-        reconstruct = np._core.multiarray._reconstruct
-    except AttributeError:  # numpy < 2
-        reconstruct = np.core.multiarray._reconstruct
-    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """Read a checkpoint written by `save_checkpoint`, as data only.
 
@@ -140,7 +129,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         what = "empty" if path.stat().st_size == 0 else "truncated, or not written by torch.save (no zip archive)"
         raise RunDirError(f"{path} is not a readable checkpoint ({what})")
     try:
-        with torch.serialization.safe_globals(_legacy_globals()), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch asks to file an issue
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

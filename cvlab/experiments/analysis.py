@@ -100,7 +100,6 @@ def _config_value(run_dir: Path, key: str, default):
 def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu", weights: str = "last") -> TrainedModel:
     """Rebuild the model of a run directory with the chosen `weights` (see WEIGHTS), in eval mode on `device`."""
     run_dir = Path(run_dir)
-    weights = {"auto": "last", "model": "raw"}.get(weights, weights)  # older spellings
     path = _checkpoint_for(run_dir, weights)
     state = load_checkpoint(path, "cpu")  # through the CPU whatever `device`: load_state_dict places the tensors
     cfg = _checkpoint_config(state, path)

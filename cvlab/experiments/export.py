@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import torch
 from .. import __version__
 from ..core.data import NORMALIZATION, class_names_for_config
 from ..core.errors import UsageError
-from ..core.models import build_model
 from ..core.paths import check_output_file
 from ..core.runs import RunDir, atomic_write_bytes
 from .analysis import TrainedModel, load_trained_model, with_data_root
@@ -112,16 +110,6 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "last", forc
     if onnx_path is not None:
         result.onnx_path, result.onnx_note = export_onnx(trained.model, onnx_path)
     return result
-
-
-def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, the exported dict) from a file written by `export_run`; never runs code from it."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict below places the tensors
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a cvlab export ({FORMAT})")
-    model = build_model(**ckpt["build"]).to(device).eval()
-    model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt
 
 
 def export_onnx(model: torch.nn.Module, path: Path, batch: int = 4, seed: int = 0) -> tuple[Path | None, str]:
