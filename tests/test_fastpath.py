@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvlab.experiments.bench import handout_loader, handout_test, handout_train, in_memory_data
+from cvlab.experiments.bench import in_memory_data
+from cvlab.experiments.handout import handout_loader, handout_test, handout_train
 from cvlab.core.config import make_config
 from cvlab.core.engine import build_trainer, evaluate, seed_everything, train_one_epoch, warm_up
 from cvlab.core.models import build_model

@@ -17,6 +17,7 @@ from torch import nn
 from ..core.data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, TensorLoader, channel_stats
 from ..core.models import HandoutBasicBlock, build_model
 from ..core.runs import Run
+from ..experiments.handout import LambdaShortcutBlock
 
 CHANNELS = ("R", "G", "B")
 
@@ -108,18 +109,6 @@ def to_device_seconds(model: nn.Module, device: torch.device, repeats: int = 50)
 def tensor_count(model: nn.Module) -> int:
     """Parameters and buffers that `.to()` visits."""
     return sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers())
-
-
-# ---------------------------------------------------------------------------- the lambda shortcut
-
-class LambdaShortcutBlock(HandoutBasicBlock):
-    """The handout's residual block as printed: the identity shortcut is `lambda x: x`."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__(inplanes, planes, stride)
-        if stride == 1:
-            del self.downsample  # drop cvlab's registered nn.Identity ...
-            self.downsample = lambda x: x  # ... for the handout's lambda, a plain attribute
 
 
 def pickle_check(obj: Any) -> dict:
