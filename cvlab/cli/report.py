@@ -5,14 +5,23 @@ import sys
 from pathlib import Path
 
 from ..report import runner
+from ..core.errors import UsageError
 from ..report.runner import NotebookFailed, available_profiles, run_report
+from ..report.submission import STUDENT_FILE, resolve_student
 
 
 def cmd_report(args) -> int:
+    student = None
+    if args.submission:
+        student = resolve_student(args.student_name, args.student_id, args.student_class,
+                                  Path(args.student_file) if args.student_file else None)
+    elif args.student_name or args.student_id or args.student_class or args.student_file:
+        raise UsageError("--student-* options go with --submission")
     try:
         run_report(args.profile, [tuple(p) for p in args.parameter], Path(args.notebooks) if args.notebooks else None,
                    Path(args.out) if args.out else None, args.only, args.log_output, args.no_input, args.pdf,
-                   args.kernel, args.cell_timeout, estimate=args.estimate)
+                   args.kernel, args.cell_timeout, estimate=args.estimate,
+                   student=student)
     except NotebookFailed as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return 1
@@ -37,4 +46,13 @@ def register(sub) -> None:
                    help="start at once, without printing the planned training and its time estimate")
     p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
     p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
+    g = p.add_argument_group("submission", "one A4 document to hand in: cover, contents, the handout's chapters "
+                             "and a source-code appendix -> reports/<profile>/submission.pdf and .html")
+    g.add_argument("--submission", action="store_true", help="also write submission.pdf / submission.html")
+    g.add_argument("--student-name", metavar="NAME", help="name on the cover")
+    g.add_argument("--student-id", metavar="ID", help="student ID on the cover")
+    g.add_argument("--student-class", metavar="CLASS", help="class on the cover (optional)")
+    g.add_argument("--student-file", metavar="FILE",
+                   help=f"YAML with name:, id:, class: (and date:) filled in once (default: ./{STUDENT_FILE} if present); "
+                        "options override it")
     p.set_defaults(func=cmd_report)

@@ -328,8 +328,9 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def offline_html_exporter(no_input: bool):
-    """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML."""
+def offline_html_exporter(no_input: bool, extra_css: str = ""):
+    """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML;
+    `extra_css` (a <style> element) is added after the offline page's own styles."""
     from jinja2 import DictLoader, pass_context
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import MarkdownWithMath
@@ -350,8 +351,12 @@ def offline_html_exporter(no_input: bool):
             return MarkdownWithMath(renderer=renderer).render(source)
 
     return OfflineHTMLExporter(
-        template_name="lab", extra_loaders=[DictLoader({"cvlab_offline.html.j2": OFFLINE_TEMPLATE})],
-        template_file="cvlab_offline.html.j2", embed_images=True, exclude_input=no_input,
+        template_name="lab", extra_loaders=[DictLoader({
+            "cvlab_offline.html.j2": OFFLINE_TEMPLATE,
+            "cvlab_extra.html.j2": "{%- extends 'cvlab_offline.html.j2' -%}{%- block extra_css -%}{{ super() }}{% raw %}"
+                                   + extra_css + "{% endraw %}{%- endblock extra_css -%}"})],
+        template_file="cvlab_extra.html.j2" if extra_css else "cvlab_offline.html.j2",
+        embed_images=True, exclude_input=no_input,
         exclude_input_prompt=no_input, exclude_output_prompt=no_input)
 
 
@@ -403,20 +408,28 @@ def cjk_font_present() -> bool | None:
     return bool(done.stdout.strip())
 
 
+def chromium_pdf(browser: str, html: Path, pdf: Path, timeout: float = 180) -> str:
+    """Print `html` to `pdf` (A4 from the page's print styles) with headless `browser`; "" or what went wrong."""
+    with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
+        cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
+               f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
+        try:
+            subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{browser} failed ({type(exc).__name__})"
+    if not pdf.is_file() or pdf.stat().st_size == 0:
+        return f"{browser} wrote no PDF"
+    return ""
+
+
 def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) -> tuple[Path | None, str]:
     """PDF from the exported HTML with headless Chromium (same page as the HTML); else nbconvert's
     webpdf (playwright); returns (path or None, one line saying what happened or what is missing)."""
     browser = find_browser()
     if browser:
-        with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
-            cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
-                   f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
-            try:
-                subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return None, f"PDF not made: {browser} failed ({type(exc).__name__})"
-        if not pdf.is_file() or pdf.stat().st_size == 0:
-            return None, f"PDF not made: {browser} wrote no PDF"
+        failed = chromium_pdf(browser, html, pdf)
+        if failed:
+            return None, f"PDF not made: {failed}"
         note = "" if cjk_font_present() is not False else \
             " (no Chinese font found: Chinese shows as boxes; apt-get install fonts-noto-cjk)"
         return pdf, f"PDF via {Path(browser).name}{note}"
@@ -465,9 +478,10 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                notebooks_dir: Path | None = None, out: Path | None = None, only: list[str] | None = None,
                log_output: bool = False, no_input: bool = False, pdf: bool = True, kernel: str | None = None,
                timeout: float | None = None, log: Callable[[str], None] = print,
-               estimate: bool = True) -> list[NotebookResult]:
+               estimate: bool = True, student=None) -> list[NotebookResult]:
     """Print what each notebook will train with an estimated time (`estimate`), execute the notebooks in
-    order and export each; raise NotebookFailed at the first failing one."""
+    order and export each; raise NotebookFailed at the first failing one. With `student` (a
+    submission.Student), also write the submission document (submission.html / .pdf) from them."""
     warn = lambda text: log(f"warning: {text}")  # noqa: E731
     require_report_packages()
     profile = load_profile(profile_name)
@@ -508,7 +522,12 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                 result.exports = export(executed, nb.parent, no_input, pdf, log)
                 log(f"{nb.stem}: ok in {result.seconds:.0f} s -> {', '.join(Path(p).name for p in [executed, *result.exports])}")
     finally:
-        write_manifest(out / "report.json", profile, results, no_input)
+        write_manifest(out / "report.json", profile, results, no_input, folder)
+    if student is not None:
+        from .submission import build_submission
+
+        made = build_submission(out, student, profile.name, folder, {nb.stem: params[nb] for nb in notebooks}, pdf, log)
+        log(f"submission: {', '.join(str(p) for p in made)}")
     return results
 
 
@@ -541,10 +560,11 @@ def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Cal
     return made
 
 
-def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool) -> None:
+def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool,
+                   notebooks_dir: Path | None = None) -> None:
     from .. import __version__
     from ..core.runs import write_json
 
     write_json(path, {"profile": profile.name, "cvlab": __version__, "python": sys.executable,
-                      "no_input": no_input, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "no_input": no_input, "notebooks_dir": str(notebooks_dir) if notebooks_dir else None, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "notebooks": [r.__dict__ for r in results]})
