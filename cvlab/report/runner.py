@@ -264,7 +264,7 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: st
                                    request_save_on_cell_execute=True, execution_timeout=timeout,
                                    # the kernel's own log (e.g. ipykernel 7's note that a loopback kernel
                                    # runs unencrypted over TCP) is noise on the report's stderr
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # papermill, nbclient and kernel errors all end the report here
