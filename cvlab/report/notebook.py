@@ -15,6 +15,8 @@ def setup() -> None:
         import tqdm.auto  # noqa: F401  (the first import decides and warns; later ones are silent)
     warnings.formatwarning = _one_line_warning
     warnings.showwarning = _note  # e.g. the MD5 note on a re-packed CIFAR-100 copy: a plain line, not a red box
+    from .plots import cjk_font
+    cjk_font()  # Chinese figure text where matplotlib finds a CJK font (else English, said once)
     pd.set_option("display.max_rows", 30)
     pd.set_option("display.width", 120)
 

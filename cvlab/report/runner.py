@@ -319,8 +319,12 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
     :root { --jp-cell-prompt-width: 44px; }
     pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
     .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
-    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em; }
-    .jp-RenderedHTMLCommon th { overflow-wrap: anywhere; }  /* long column names wrap; numbers stay whole */
+    /* cells wrap at spaces only (never inside a word or a number); a table too wide even so was given a
+       smaller font by fit_tables, or, as a last resort, the class cvlab-tight (breaks anywhere) */
+    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em;
+                                                           overflow-wrap: normal; word-break: normal; }
+    .cvlab-table table { font-size: 1em !important; }
+    .cvlab-tight th, .cvlab-tight td { overflow-wrap: anywhere !important; }
     .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   }
 </style>
@@ -360,6 +364,67 @@ def offline_html_exporter(no_input: bool, extra_css: str = ""):
         exclude_input_prompt=no_input, exclude_output_prompt=no_input)
 
 
+# Printable width of an A4 page in characters of a table at the print stylesheet's 0.68 em: 186 mm (the
+# narrowest margins used) at ~8 px per character as Chromium lays out the lab page (measured) -> ~84 characters.
+TABLE_CHARS_AT_DEFAULT, TABLE_DEFAULT_EM, TABLE_MIN_EM = 84, 0.68, 0.46
+
+
+def _cells_html(table: str) -> list[list[str]]:
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    return [[re.sub(r"<[^>]+>", " ", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)] for r in rows]
+
+
+def _cells_markdown(text: str) -> list[list[str]]:
+    return [[c.replace("`", "") for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.strip().startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|?", line.strip())]
+
+
+def _text_width(text: str) -> float:
+    """Width of `text` in digit widths (a CJK character is about two)."""
+    import unicodedata
+    return sum(2.0 if unicodedata.east_asian_width(ch) in "WF" else 1.0 for ch in text)
+
+
+def table_min_chars(rows: list[list[str]]) -> float:
+    """The narrowest a table can get wrapping at spaces only: per column its longest word, plus padding."""
+    import html as html_lib
+
+    widths: dict[int, float] = {}
+    for row in rows:
+        for i, cell in enumerate(row):
+            words = html_lib.unescape(cell).split() or [""]
+            widths[i] = max(widths.get(i, 0.0), max(_text_width(w) for w in words))
+    return sum(w + 1.6 for w in widths.values())
+
+
+def table_font(rows: list[list[str]]) -> tuple[float, bool]:
+    """(font size in em, whether words must break anywhere) that fits the table to the A4 width."""
+    needed = table_min_chars(rows)
+    em = min(TABLE_DEFAULT_EM, TABLE_DEFAULT_EM * TABLE_CHARS_AT_DEFAULT / max(needed, 1.0))
+    return max(em, TABLE_MIN_EM), em < TABLE_MIN_EM
+
+
+def fit_tables(nb) -> int:
+    """Wrap each wide table output (HTML or Markdown) in a div with the font size that fits it on an A4 page;
+    the count of tables shrunk. Works on a copy the exporter renders, never on the executed notebook."""
+    shrunk = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            for mime, cells_of in (("text/html", _cells_html), ("text/markdown", _cells_markdown)):
+                text = data.get(mime, "")
+                if "<table" not in text and not (mime == "text/markdown" and "|---" in text):
+                    continue
+                em, tight = table_font(cells_of(text))
+                if em >= TABLE_DEFAULT_EM:
+                    continue
+                shrunk += 1
+                css = ' cvlab-tight' if tight else ''
+                data[mime] = (f'<div class="cvlab-table{css}" style="font-size: {em:.2f}em">\n\n{text}\n\n</div>\n')
+                break
+    return shrunk
+
+
 def count_math(nb) -> int:
     pattern = re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]", re.S)
     return sum(len(pattern.findall(c.source)) for c in nb.cells if c.cell_type == "markdown")
@@ -374,6 +439,7 @@ def export_html(executed: Path, html: Path, source_dir: Path, no_input: bool = F
     if _mathml_renderer_class() is None and count_math(nb):
         warn(f"{executed.stem}: {count_math(nb)} formula(s) left as TeX in the HTML; "
              "pip install latex2mathml to render them offline")
+    fit_tables(nb)
     exporter = offline_html_exporter(no_input)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir),
                                                                       "name": executed.stem}})

@@ -410,10 +410,11 @@ SUBMISSION_CSS = """
 
 
 def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
-    from .runner import offline_html_exporter
+    from .runner import fit_tables, offline_html_exporter
 
     exporter = offline_html_exporter(no_input=True, extra_css=SUBMISSION_CSS)
     nb = copy.deepcopy(nb)
+    fit_tables(nb)
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source == "<!-- toc -->":
             cell.source = toc_html(headings)
