@@ -70,7 +70,7 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
     """Test loss and test accuracy per epoch, one line per preset (mean over seeds), from a long
     DataFrame as returned by cvlab.runs.load_runs."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter, ScalarFormatter
 
     names = list(dict.fromkeys(list(order or []) + list(histories["preset"])))
     names = [n for n in names if n in set(histories["preset"])]
@@ -81,14 +81,18 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
         rows = mean[mean["preset"] == name]
         ax_loss.plot(rows["epoch"], rows["test_loss"], marker=".", color=cmap(i), label=name)
         ax_acc.plot(rows["epoch"], 100 * rows["test_acc"], marker=".", color=cmap(i), label=name)
-    ax_loss.set(xlabel="epoch", ylabel=zh("测试损失（对数坐标）", "test loss (log scale)"), title=zh("测试损失", "test loss"))
-    ax_loss.set_yscale("log")  # an early epoch with unsettled BN statistics can be 100x the rest
-    # plain decimals on the log axis ("4.62", not "4.618x10^0"); minor ticks unlabelled
-    ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    ax_loss.yaxis.set_minor_formatter(NullFormatter())
-    if ax_loss.get_ylim()[1] / ax_loss.get_ylim()[0] < 10:  # less than a decade: no major tick would show
-        from matplotlib.ticker import LinearLocator
-        ax_loss.yaxis.set_major_locator(LinearLocator(5))
+    # A log axis only where the losses span more than a decade (an early epoch with unsettled BN statistics
+    # can be 100x the rest); plain decimals either way ("4.62", not "4.618x10^0"), no offset notation.
+    losses = mean["test_loss"][mean["test_loss"] > 0]
+    log_axis = len(losses) > 0 and losses.max() / losses.min() > 10
+    ax_loss.set(xlabel="epoch", title=zh("测试损失", "test loss"),
+                ylabel=zh("测试损失（对数坐标）", "test loss (log scale)") if log_axis else zh("测试损失", "test loss"))
+    if log_axis:
+        ax_loss.set_yscale("log")
+        ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax_loss.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax_loss.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     ax_acc.set(xlabel="epoch", ylabel=zh("测试 top-1 (%)", "test top-1 (%)"), title=zh("测试准确率", "test accuracy"))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

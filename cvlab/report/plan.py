@@ -145,13 +145,71 @@ def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]
     return train / train_rate + evaluated / eval_rate
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.4 h'."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
         else f"{seconds / 3600:.1f} h"
 
 
-def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]], device_label: str) -> list[str]:
-    """Lines for the console: one per planned group, the warm-up rates, and the total estimate."""
+_duration = duration
+
+
+def cost_lines(total_seconds: float, price_per_hour: float | None, auto_stop_hours: float | None) -> list[str]:
+    """The estimated cost at `price_per_hour`, and a warning when the run outlasts an instance's auto-stop time."""
+    lines = []
+    hours = total_seconds / 3600
+    if price_per_hour:
+        lines.append(f"  cost: ~{hours:.1f} h x {price_per_hour:g} per hour = ~{hours * price_per_hour:.2f} "
+                     "(same currency as --price-per-hour; the estimate, not a quote)")
+    if auto_stop_hours and hours > auto_stop_hours:
+        lines.append(f"  warning: the estimate (~{duration(total_seconds)}) is longer than {auto_stop_hours:g} h, the "
+                     "auto-stop time given (--auto-stop-hours); a ModelArts notebook instance stops then and the training "
+                     "with it: extend auto-stop in the console, or run it again afterwards: notebooks resume from the "
+                     "last finished epoch (RUN_DIR), the CLI with train --resume --out RUN (docs/modelarts.md, section 6)")
+    return lines
+
+
+class StepEstimate:
+    """After the first measured training steps, log once how long the whole run will take.
+
+        fit(cfg, out, on_step=StepEstimate(cfg, eval_images, log))
+
+    Called after every training step with (epoch, step, steps per epoch). Step 1 of the first epoch seen is
+    not timed (allocations, kernel selection); the estimate comes after `min_steps` timed steps and at least
+    `min_seconds`, or at the end of that epoch. Evaluation is counted as forward passes at a third of the
+    per-image cost of a training step (measured ratio on the CPU: see the report's warm-up lines)."""
+
+    def __init__(self, epochs: int, batch_size: int, eval_images: int, log: Callable[[str], None] = print,
+                 min_steps: int = 3, min_seconds: float = 5.0) -> None:
+        self.epochs, self.batch_size, self.eval_images, self.log = epochs, batch_size, eval_images, log
+        self.min_steps, self.min_seconds = min_steps, min_seconds
+        self.start: float | None = None
+        self.first_step = 0
+        self.seconds: float | None = None  # the estimate, once made
+
+    def __call__(self, epoch: int, step: int, steps: int) -> None:
+        if self.seconds is not None:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start, self.first_step = now, step
+            return
+        timed, elapsed = step - self.first_step, now - self.start
+        if not ((timed >= self.min_steps and elapsed >= self.min_seconds) or step == steps):
+            return
+        per_step = elapsed / max(timed, 1)
+        steps_left = steps * (self.epochs - epoch + 1) - step
+        eval_seconds = (self.epochs - epoch + 1) * self.eval_images * per_step / self.batch_size / 3
+        self.seconds = steps_left * per_step + eval_seconds
+        self.log(f"estimate: {per_step:.2f} s per step over the first {timed} timed steps -> "
+                 f"~{duration(self.seconds)} left for {self.epochs - epoch + 1} epoch(s) of {steps} steps "
+                 f"(evaluation ~{duration(eval_seconds)} of it)")
+
+
+def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]], device_label: str,
+             price_per_hour: float | None = None, auto_stop_hours: float | None = None) -> list[str]:
+    """Lines for the console: one per planned group, the warm-up rates, the total estimate, and (when given a
+    price per hour or an auto-stop time) the cost and an auto-stop warning."""
     lines = [f"plan (estimate from a short warm-up on {device_label}, fp32; data loading and figures not "
              "counted, a busy machine is slower):"]
     for name, (train, evaluated) in rates.items():
@@ -167,4 +225,4 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
                      f"{', ' + p.note if p.note else ''}: ~{_duration(seconds) if seconds is not None else '?'}")
     lines.append(f"  total: ~{_duration(total)}")
-    return lines
+    return lines + cost_lines(total, price_per_hour, auto_stop_hours)

@@ -24,6 +24,7 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQ
 CJK_FILES = ("notosanscjk", "sourcehansans", "wqy-", "msyh", "simhei", "pingfang", "stheiti")
 PRINT_WIDTH_IN = 7.3    # A4 width less the report's margins, inches
 MIN_PRINTED_PT = 7.5    # smallest text size on the printed page, points
+MIN_LEGEND_PT = 6.0     # legends: a little smaller, they sit on the curves
 _cjk: list[str | None] = []  # the font found, once looked up
 
 
@@ -172,25 +173,22 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 def legible_in_print(fig: Figure) -> None:
     """Enlarge the text of a figure wider than an A4 page (it is shrunk to the page width when printed) so
-    that no label prints smaller than MIN_PRINTED_PT; crowded legends go below their axes."""
+    that no label prints smaller than MIN_PRINTED_PT (at most 2.2x its size); legends get an opaque frame."""
     from matplotlib.text import Text
 
     scale = fig.get_figwidth() / PRINT_WIDTH_IN
     if scale <= 1.05:
         return
+    legend_texts = {id(t) for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     for text in fig.findobj(Text):
         size = text.get_fontsize()
-        if text.get_text() and size / scale < MIN_PRINTED_PT:
-            text.set_fontsize(min(MIN_PRINTED_PT * scale, 2.2 * size))
-    if fig.get_layout_engine() is None or len(fig.axes) < 3:
-        return
-    for ax in fig.axes:  # constrained layout makes room below for a legend moved there
+        smallest = MIN_LEGEND_PT if id(text) in legend_texts else MIN_PRINTED_PT  # legends sit on the curves
+        if text.get_text() and size / scale < smallest:
+            text.set_fontsize(min(smallest * scale, 2.2 * size))
+    for ax in fig.axes:  # a legend drawn over curves: an opaque box keeps both readable
         legend = ax.get_legend()
-        if legend is None or len(legend.get_texts()) < 4 or legend.get_bbox_to_anchor().x0 > ax.bbox.x1:
-            continue
-        legend.set_loc("upper center")
-        legend.set_bbox_to_anchor((0.5, -0.16), transform=ax.transAxes)
-        legend.set_ncols(2)
+        if legend is not None:
+            legend.get_frame().set_alpha(0.9)
 
 
 # ---------------------------------------------------------------------------- predictions
