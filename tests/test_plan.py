@@ -46,3 +46,25 @@ def test_a_plan_that_cannot_be_made_is_one_line(capsys):
     runner.print_plan({"01_baseline": {"PRESET": "no-such-preset"}}, print)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("plan: not available")
+
+
+def test_cost_and_auto_stop_warning():
+    from cvlab.report.plan import cost_lines
+
+    lines = cost_lines(2 * 3600, price_per_hour=3.5, auto_stop_hours=1.0)
+    assert "~7.00" in lines[0] and "warning" in lines[1] and "--resume" in lines[1]
+    assert cost_lines(1800, None, 1.0) == []  # shorter than the auto-stop time, no price: nothing to say
+
+
+def test_step_estimate_from_the_first_timed_steps(monkeypatch):
+    from cvlab.report import plan
+
+    clock = iter([0.0, 2.0, 4.0, 6.0, 8.0])  # 2 s per step
+    monkeypatch.setattr(plan.time, "perf_counter", lambda: next(clock))
+    said = []
+    estimate = plan.StepEstimate(epochs=3, batch_size=100, eval_images=300, log=said.append, min_steps=3,
+                                 min_seconds=5.0)
+    for step in range(1, 5):
+        estimate(1, step, 10)  # step 1 untimed; steps 2-4: 3 steps in 6 s
+    # 26 training steps left at 2 s, plus 3 epochs x 300 eval images at a third of 2 s per 100 images (6 s)
+    assert estimate.seconds == 26 * 2 + 6 and len(said) == 1

@@ -21,7 +21,7 @@ def cmd_report(args) -> int:
         run_report(args.profile, [tuple(p) for p in args.parameter], Path(args.notebooks) if args.notebooks else None,
                    Path(args.out) if args.out else None, args.only, args.log_output, args.no_input, args.pdf,
                    args.kernel, args.cell_timeout, estimate=args.estimate,
-                   student=student)
+                   student=student, price_per_hour=args.price_per_hour, auto_stop_hours=args.auto_stop_hours)
     except NotebookFailed as exc:
         sys.stderr.write(f"cvlab: error: {exc}\n")
         return 1
@@ -44,6 +44,11 @@ def register(sub) -> None:
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="start at once, without printing the planned training and its time estimate")
+    p.add_argument("--price-per-hour", type=float, metavar="PRICE",
+                   help="hourly price of this machine (e.g. the ModelArts flavour's): the plan adds the estimated cost")
+    p.add_argument("--auto-stop-hours", type=float, default=1.0, metavar="HOURS",
+                   help="warn when the estimate is longer than this: a ModelArts notebook instance's auto-stop time, "
+                        "set when it is created (default 1; 0 = no warning)")
     p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
     p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
     g = p.add_argument_group("submission", "one A4 document to hand in: cover, contents, the handout's chapters "

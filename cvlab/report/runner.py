@@ -544,7 +544,8 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                notebooks_dir: Path | None = None, out: Path | None = None, only: list[str] | None = None,
                log_output: bool = False, no_input: bool = False, pdf: bool = True, kernel: str | None = None,
                timeout: float | None = None, log: Callable[[str], None] = print,
-               estimate: bool = True, student=None) -> list[NotebookResult]:
+               estimate: bool = True, student=None, price_per_hour: float | None = None,
+               auto_stop_hours: float | None = None) -> list[NotebookResult]:
     """Print what each notebook will train with an estimated time (`estimate`), execute the notebooks in
     order and export each; raise NotebookFailed at the first failing one. With `student` (a
     submission.Student), also write the submission document (submission.html / .pdf) from them."""
@@ -567,7 +568,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     if estimate:
-        print_plan({nb.stem: params[nb] for nb in notebooks}, log)
+        print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours)
     results: list[NotebookResult] = []
     try:
         with kernel_environment(REPO_ROOT):
@@ -597,7 +598,8 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     return results
 
 
-def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
+def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,
+               auto_stop_hours: float | None = None) -> None:
     """Log each notebook's planned training (runs x epochs x images) and a time estimate measured by a
     short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error."""
     from ..core.device import device_name, resolve_device
@@ -608,7 +610,7 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None]) ->
         requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
         device = resolve_device(requested)
         rates = plan.measure_rates({p.model for p in plans if p.model}, device)
-        for line in plan.describe(plans, rates, device_name(device)):
+        for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
     except Exception as exc:  # the notebooks report real errors themselves
         log(f"plan: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
