@@ -453,3 +453,26 @@ def test_headings_demoted_outside_code_and_found_in_page_text():
     headings = [submission.Heading("a", "一、实验目的"), submission.Heading("b", "A.2\u3000+crop-flip", 2)]
     pages = ["cover", "目录 一、实验目的 A.2 +crop-flip", "一、实验目的", "x", "A.2\n中间\n+crop-flip"]
     assert submission.number_headings(headings, pages) == 2 and [h.page for h in headings] == [3, 5]
+
+
+# ---------------------------------------------------------------------------- live feedback in a notebook run by hand
+
+def test_interactive_cpu_run_stops_a_long_training_and_says_what_to_change(monkeypatch):
+    from cvlab.core.config import make_config
+    from cvlab.report import notebook
+
+    monkeypatch.setattr(notebook, "interactive", lambda: True)
+    with pytest.raises(notebook.LongRun, match="EPOCHS = 3") as stopped:
+        notebook.live_training(make_config("handout", device="cpu"))   # the handout's 100 epochs on a CPU
+    assert "confirm=True" in stopped.value._render_traceback_()[0]
+    small = make_config("handout", device="cpu", epochs=1, subset=200, test_subset=100, synthetic=True, progress=False)
+    live = notebook.live_training(small)
+    assert live.cfg.progress and live.on_epoch_end is not None and live.on_step is not None
+
+
+def test_report_kernels_are_not_interactive(monkeypatch):
+    from cvlab.report import notebook
+
+    monkeypatch.setenv(notebook.REPORT_ENV, "1")
+    live = notebook.live_training(object())  # not even looked at under `cvlab report`
+    assert live.on_epoch_end is None and live.on_step is None

@@ -219,11 +219,13 @@ def ensure_kernel(log: Callable[[str], None] = print) -> str:
 
 @contextlib.contextmanager
 def kernel_environment(repo_root: Path) -> Iterator[None]:
-    """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them, and with
+    CVLAB_REPORT=1, so notebooks know no one is watching (no progress bars or live plots in the executed copy)."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYDEVD_DISABLE_FILE_VALIDATION", "CVLAB_REPORT")}
     paths = [str(repo_root)] + [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences the debugger's frozen-modules warning
+    os.environ["CVLAB_REPORT"] = "1"  # notebook.interactive() is False in these kernels
     try:
         yield
     finally:
