@@ -319,7 +319,11 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
   @media print {  /* the PDF: wrap long code lines, shrink and wrap wide tables instead of cutting them */
     @page { size: A4; margin: 12mm 10mm; }
     :root { --jp-cell-prompt-width: 44px; }
-    pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+    /* long lines wrap at spaces (JupyterLab's outputs break anywhere, splitting numbers); a smaller font keeps
+       the per-epoch log (about 100 characters a row) on one line */
+    pre { white-space: pre-wrap !important; word-break: normal !important; line-break: auto !important;
+          overflow-wrap: break-word !important; }
+    .jp-OutputArea-output pre { font-size: 0.78em; }
     .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
     /* cells wrap at spaces only (never inside a word or a number); a table too wide even so was given a
        smaller font by fit_tables, or, as a last resort, the class cvlab-tight (breaks anywhere) */
