@@ -20,10 +20,13 @@ import torch
 from ..core.config import Config, make_config
 from ..core.data import SPLIT_SIZES
 
-# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds where they
-# were measured, a shared 2-core CPU under heavy load (load average ~10): QUICK=False on real data 569 s
-# (report --profile quick), QUICK=True 103 s (without data: q2, q5, q6 only). An idle CPU is faster.
-THEORY_SECONDS = {True: 100, False: 570}
+# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds on a shared
+# 2-core CPU: QUICK=False on real data 63 s at a load average near 3 (report --profile quick, 2026-11-28; an
+# earlier run at load ~10 took 569 s), QUICK=True 18-45 s on synthetic data (report --profile smoke, load 2-4).
+THEORY_SECONDS = {True: 40, False: 65}
+# What notebooks 01 and 03 spend besides training epochs (data loading, figures, re-evaluation, HTML/PDF
+# export): 23 s and 17 s in the same quick run (notebook seconds minus the epochs' seconds).
+NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
 
 
 @dataclass
@@ -93,15 +96,20 @@ def plan_report(params: dict[str, dict[str, Any]]) -> list[PlannedTraining]:
     return [p for stem, values in params.items() for p in plan_notebook(stem, values)]
 
 
-def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0
-                  ) -> dict[str, tuple[float, float]]:
+def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0,
+                  batches: set[tuple[str, int]] = frozenset()) -> dict:
     """model -> (training, evaluation) images per second on `device`, fp32, from `steps` timed steps
-    after one untimed step on random 32x32 images (CPU: batch 32, 1 step; elsewhere: batch 256, 3 steps)."""
+    after one untimed step on random 32x32 images (batch 128, CPU: 1 step; elsewhere: batch 256, 3 steps).
+    On a CPU a batch of 32 measured 2.5x fewer images per second than the report's batches of 256 train at
+    (61 vs 111-174 img/s, handout model, one thread): per-image cost falls with the batch, so the warm-up
+    uses a batch near the ones it predicts. `batches` ((model, batch) pairs, batch capped at 1024) adds a
+    training rate measured at that batch under the key (model, batch): on a CPU, batches of 1024 trained at
+    ~130 img/s where batches of 256 reached ~190 (report --profile quick, handout model, one thread)."""
     from ..core.device import synchronize
     from ..core.models import build_model
 
     cpu = device.type == "cpu"
-    batch, steps = batch_size or (32 if cpu else 256), steps or (1 if cpu else 3)
+    batch, steps = batch_size or (128 if cpu else 256), steps or (1 if cpu else 3)
     rates = {}
     for name in sorted(models):
         model = build_model(name).to(device)
@@ -120,6 +128,10 @@ def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, s
 
         rates[name] = (_rate(train_step, model.train, batch, steps, device, synchronize),
                        _rate(eval_step, model.eval, batch, steps, device, synchronize))
+        for b in sorted({min(b, 1024) for m, b in batches if m == name} - {batch}):
+            x = torch.randn(b, 3, 32, 32, device=device)
+            y = torch.randint(0, 100, (b,), device=device)
+            rates[(name, b)] = (_rate(train_step, model.train, b, steps, device, synchronize), rates[name][1])
     return rates
 
 
@@ -141,7 +153,7 @@ def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]
     if plan.model not in rates:
         return None
     train, evaluated = plan.images
-    train_rate, eval_rate = rates[plan.model]
+    train_rate, eval_rate = rates.get((plan.model, min(plan.batch_size, 1024)), rates[plan.model])
     return train / train_rate + evaluated / eval_rate
 
 
@@ -210,11 +222,17 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
              price_per_hour: float | None = None, auto_stop_hours: float | None = None) -> list[str]:
     """Lines for the console: one per planned group, the warm-up rates, the total estimate, and (when given a
     price per hour or an auto-stop time) the cost and an auto-stop warning."""
-    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32; data loading and figures not "
-             "counted, a busy machine is slower):"]
+    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32, plus each notebook's data loading, "
+             "figures and export as measured on a CPU; a busy machine is slower):"]
     for name, (train, evaluated) in rates.items():
-        lines.append(f"  warm-up {name}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
+        label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
+        lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
     total = 0.0
+    for notebook, seconds in NOTEBOOK_OVERHEAD_SECONDS.items():
+        if any(p.notebook.startswith(notebook) for p in plans):
+            lines.append(f"  {next(p.notebook for p in plans if p.notebook.startswith(notebook))}: "
+                         f"data, figures, evaluation and export ~{seconds} s")
+            total += seconds
     for p in plans:
         seconds = estimate_seconds(p, rates)
         total += seconds or 0.0

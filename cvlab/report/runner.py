@@ -615,7 +615,8 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], pr
         plans = plan.plan_report(params)
         requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
         device = resolve_device(requested)
-        rates = plan.measure_rates({p.model for p in plans if p.model}, device)
+        batches = {(p.model, p.batch_size) for p in plans if p.model} if device.type == "cpu" else set()
+        rates = plan.measure_rates({p.model for p in plans if p.model}, device, batches=batches)
         for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
     except Exception as exc:  # the notebooks report real errors themselves

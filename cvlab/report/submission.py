@@ -397,13 +397,13 @@ SUBMISSION_CSS = """
   p.listing { font-size: 8.5pt; color: #444; margin: 6px 0 0; font-family: monospace; }
   .jp-RenderedHTMLCommon table.side-by-side { table-layout: fixed; width: 100%; font-size: 1em; }
   .jp-RenderedHTMLCommon table.side-by-side td { vertical-align: top; width: 50%; text-align: left; padding: 0 2mm; }
-  .side-by-side pre { font-size: 6.6pt; line-height: 1.25; white-space: pre-wrap; overflow-wrap: normal;
-                      word-break: normal; margin: 0; }
+  .jp-RenderedHTMLCommon table.side-by-side pre { font-size: 6pt !important; line-height: 1.25; white-space: pre-wrap;
+                      margin: 0; padding: 0; background: none; }
   @media print {
     @page { size: A4; margin: 14mm 12mm 16mm;
             @bottom-center { content: counter(page) " / " counter(pages); font-size: 9pt; color: #555; } }
     @page :first { @bottom-center { content: none; } }
-    .jp-RenderedHTMLCommon pre { font-size: 7.5pt; }
+    .jp-RenderedHTMLCommon pre { font-size: 6.8pt; }  /* ~125 characters a line: cvlab's lines fit unwrapped */
   }
 </style>
 """
