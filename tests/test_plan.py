@@ -32,14 +32,18 @@ def test_estimate_and_description():
     rates = {"handout_resnet18": (100.0, 500.0)}
     assert plan.estimate_seconds(plans[0], rates) == 2000 / 100 + 1000 / 500
     lines = plan.describe(plans, rates, "cpu (test)")
-    assert "1 run(s) x 2 epoch(s) x 1,000 train images" in lines[2] and lines[-1].startswith("  total: ~")
+    assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
+    assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")
+    rates[("handout_resnet18", 100)] = (50.0, 500.0)  # a rate measured at the planned batch wins
+    assert plan.estimate_seconds(plans[0], rates) == 2000 / 50 + 1000 / 500
 
 
 def test_warm_up_measures_positive_rates():
     torch.set_num_threads(1)
-    rates = plan.measure_rates({"handout_resnet18"}, torch.device("cpu"), batch_size=2, steps=1)
+    rates = plan.measure_rates({"handout_resnet18"}, torch.device("cpu"), batch_size=2, steps=1,
+                               batches={("handout_resnet18", 4)})
     train, evaluated = rates["handout_resnet18"]
-    assert train > 0 and evaluated > 0
+    assert train > 0 and evaluated > 0 and rates[("handout_resnet18", 4)][0] > 0
 
 
 def test_a_plan_that_cannot_be_made_is_one_line(capsys):
