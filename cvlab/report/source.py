@@ -5,7 +5,7 @@ switches on, read from the cvlab checkout at a given commit (git), with file and
     for obj in rung_objects("+crop-flip"):               # augment.random_crop, augment.random_hflip
         print(object_listing(obj, commit).header)
 
-The map from config fields to the code they switch on (FIELD_CODE) is the one place that says which
+The map from config fields to the code they switch on (`_field_code`) is the one place that says which
 function implements which switch; notebook 03 points at the same objects (`notebook.show_source`).
 """
 from __future__ import annotations
