@@ -6,7 +6,7 @@ switches on, read from the cvlab checkout at a given commit (git), with file and
         print(object_listing(obj, commit).header)
 
 The map from config fields to the code they switch on (`_field_code`) is the one place that says which
-function implements which switch; notebook 03 points at the same objects (`notebook.show_source`).
+function implements which switch (notebook 03 names where its functions live with `notebook.show_source`).
 """
 from __future__ import annotations
 
