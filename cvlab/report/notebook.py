@@ -28,7 +28,7 @@ _noted: set[str] = set()
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
     # stdout, so the executed notebook shows one plain note where Jupyter would draw a red stderr box; once per
     # kernel (each later load of the data warns again: filter changes elsewhere reset Python's once-registry)
-    text = f"注意：{message}（{category.__name__}）"
+    text = f"注意：{message}"
     if text not in _noted:
         _noted.add(text)
         print(text, flush=True)
