@@ -403,7 +403,9 @@ SUBMISSION_CSS = """
     @page { size: A4; margin: 14mm 12mm 16mm;
             @bottom-center { content: counter(page) " / " counter(pages); font-size: 9pt; color: #555; } }
     @page :first { @bottom-center { content: none; } }
-    .jp-RenderedHTMLCommon pre { font-size: 6.8pt; }  /* ~125 characters a line: cvlab's lines fit unwrapped */
+    /* ~125 characters a line: cvlab's lines (at most 120) print unwrapped */
+    .jp-RenderedHTMLCommon pre, .jp-RenderedHTMLCommon .highlight pre, .jp-RenderedHTMLCommon pre code {
+      font-size: 6.8pt !important; line-height: 1.3; }
   }
 </style>
 """
