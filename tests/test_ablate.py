@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -187,3 +188,16 @@ def test_cli_presets_and_ablate_table_only(tmp_path, capsys):
         main(["ablate", "--budget", "nope"])
     assert exc.value.code == 2
     assert main(["ablate", "--presets", "no-such", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_superclass_table_breaks_accuracy_ties_by_name():
+    from cvlab.experiments.analysis import Predictions
+
+    coarse_names = [f"super_{c:02d}" for c in range(20)][::-1]        # index order is not name order
+    fine = torch.arange(100)
+    coarse = fine // 5
+    pred = Predictions(torch.zeros(100, 100), fine, coarse, [f"c{i}" for i in range(100)], coarse_names,
+                       "test", "model", True, Path("."))
+    table = per_superclass_accuracy(pred)            # every prediction is class 0: 19 superclasses tie at 0
+    ties = table[table["fine_acc"] == 0]["superclass"].tolist()
+    assert len(ties) == 19 and ties == sorted(ties)

@@ -32,17 +32,43 @@ def test_estimate_and_description():
     rates = {"handout_resnet18": (100.0, 500.0)}
     assert plan.estimate_seconds(plans[0], rates) == 2000 / 100 + 1000 / 500
     lines = plan.describe(plans, rates, "cpu (test)")
-    assert "1 run(s) x 2 epoch(s) x 1,000 train images" in lines[2] and lines[-1].startswith("  total: ~")
+    assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
+    assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")
+    rates[("handout_resnet18", 100)] = (50.0, 500.0)  # a rate measured at the planned batch wins
+    assert plan.estimate_seconds(plans[0], rates) == 2000 / 50 + 1000 / 500
 
 
 def test_warm_up_measures_positive_rates():
     torch.set_num_threads(1)
-    rates = plan.measure_rates({"handout_resnet18"}, torch.device("cpu"), batch_size=2, steps=1)
+    rates = plan.measure_rates({"handout_resnet18"}, torch.device("cpu"), batch_size=2, steps=1,
+                               batches={("handout_resnet18", 4)})
     train, evaluated = rates["handout_resnet18"]
-    assert train > 0 and evaluated > 0
+    assert train > 0 and evaluated > 0 and rates[("handout_resnet18", 4)][0] > 0
 
 
 def test_a_plan_that_cannot_be_made_is_one_line(capsys):
     runner.print_plan({"01_baseline": {"PRESET": "no-such-preset"}}, print)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("plan: not available")
+
+
+def test_cost_and_auto_stop_warning():
+    from cvlab.report.plan import cost_lines
+
+    lines = cost_lines(2 * 3600, price_per_hour=3.5, auto_stop_hours=1.0)
+    assert "~7.00" in lines[0] and "warning" in lines[1] and "--resume" in lines[1]
+    assert cost_lines(1800, None, 1.0) == []  # shorter than the auto-stop time, no price: nothing to say
+
+
+def test_step_estimate_from_the_first_timed_steps(monkeypatch):
+    from cvlab.report import plan
+
+    clock = iter([0.0, 2.0, 4.0, 6.0, 8.0])  # 2 s per step
+    monkeypatch.setattr(plan.time, "perf_counter", lambda: next(clock))
+    said = []
+    estimate = plan.StepEstimate(epochs=3, batch_size=100, eval_images=300, log=said.append, min_steps=3,
+                                 min_seconds=5.0)
+    for step in range(1, 5):
+        estimate(1, step, 10)  # step 1 untimed; steps 2-4: 3 steps in 6 s
+    # 26 training steps left at 2 s, plus 3 epochs x 300 eval images at a third of 2 s per 100 images (6 s)
+    assert estimate.seconds == 26 * 2 + 6 and len(said) == 1

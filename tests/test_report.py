@@ -16,7 +16,7 @@ import torch
 nbformat = pytest.importorskip("nbformat")  # the report extras; a GPU image without them still collects `-m gpu`
 
 from cvlab.coursework import baseline
-from cvlab.report import plots, runner
+from cvlab.report import plots, runner, source, submission
 from cvlab.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -240,6 +240,9 @@ def _report(tmp_path, *args) -> subprocess.CompletedProcess:
 
 
 GENERATED = {"notebooks", "runs", "reports", "figures", "data", ".git"}
+STUDENT = {"name": "张三", "id": "2023012345", "class": "计科2101"}
+SUBMISSION_ARGS = ("--submission", "--student-name", STUDENT["name"], "--student-id", STUDENT["id"],
+                   "--student-class", STUDENT["class"])
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +254,7 @@ def smoke(tmp_path_factory):
     for entry in REPO.iterdir():
         if entry.name not in GENERATED:
             (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
-    done = _report(root, "--profile", "smoke")
+    done = _report(root, "--profile", "smoke", *SUBMISSION_ARGS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
 
@@ -382,3 +385,142 @@ def test_sigterm_stops_a_training_notebook_cleanly_and_the_same_command_resumes_
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = load_run(run)
     assert resumed.metrics["status"] == "complete" and list(resumed.history.epoch) == [1, 2]
+
+
+# ---------------------------------------------------------------------------- the submission document
+
+CHAPTERS = ("一、实验目的", "二、实验内容", "三、实验步骤与结果", "四、问题解答", "五、改进方法与结果", "六、结论", "附录 A")
+NOT_FOR_GRADERS = ("Traceback", "Warning", "KeyboardInterrupt", "IPKernelApp")
+
+
+def _visible_text(html: str) -> str:
+    import re
+    from html import unescape
+    html = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", html, flags=re.S)
+    return unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def test_submission_document_has_cover_contents_chapters_and_appendix(smoke):
+    from cvlab.core.config import LADDER, PARENT
+
+    html = (smoke / "reports" / "smoke" / "submission.html").read_text(encoding="utf-8")
+    text = _visible_text(html)
+    for value in (*STUDENT.values(), submission.COURSE, submission.PROJECT, submission.TITLE):
+        assert value in text, value
+    assert "目　录" in text and all(f'href="#{a}"' in html for a in ("aims", "chapter-01", "conclusion", "appendix"))
+    for chapter in CHAPTERS:
+        assert text.count(chapter) >= 2, chapter  # in the contents and as a heading
+    assert "问题解答" in text and all(f"({i})" in text for i in range(1, 7))  # Q1-Q6 in chapter 4
+    rungs = [n for n in LADDER if n in PARENT and n not in ("fast", "best")]
+    for name in rungs:
+        assert f'_derive("{name}"' in text, name
+        for obj in source.rung_objects(name):
+            assert obj.__qualname__.split(".")[-1] in text, (name, obj.__qualname__)
+    assert "ResNet_18 = torch.nn.Sequential(" in html and "def handout_resnet18" in html  # side by side
+    assert "cvlab/core/config.py:" in text and "来源：" in text and "合成数据 SYNTHETIC" in text
+    assert html.count('class="provenance"') >= html.count("data:image/png")  # one per figure, at least
+    assert not [w for w in NOT_FOR_GRADERS if w in text]
+    assert "<script" not in html and 'src="http' not in html  # offline
+
+
+def test_submission_pdf_is_a4_with_page_numbers_in_the_contents(smoke, tmp_path):
+    if runner.find_browser() is None or shutil.which("pdftotext") is None:
+        pytest.skip("needs Chromium and pdftotext (apt-get install chromium poppler-utils)")
+    out = smoke / "reports" / "smoke"
+    manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    params = {Path(n["notebook"]).stem: n["parameters"] for n in manifest["notebooks"]}
+    student = submission.Student(STUDENT["name"], STUDENT["id"], STUDENT["class"], "2026-01-01")
+    made = submission.build_submission(out, student, "smoke", smoke / "notebooks", params, pdf=True, log=lambda _: None)
+    pdf = out / "submission.pdf"
+    assert pdf in made and pdf.read_bytes()[:5] == b"%PDF-"
+    pages = submission.pdf_pages_text(pdf)
+    assert STUDENT["name"] in pages[0] and STUDENT["id"] in pages[0]
+    contents = pages[1]
+    import re
+    assert all(chapter in contents for chapter in CHAPTERS)
+    numbers = [int(n) for n in re.findall(r"^\s*(\d+)\s*$", contents, re.M)]  # the page numbers, one a line
+    assert len(numbers) >= len(CHAPTERS) and numbers[0] == 3 and numbers == sorted(numbers) and numbers[-1] <= len(pages)
+    assert not [w for page in pages for w in NOT_FOR_GRADERS if w in page]
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+    assert "(A4)" in info or not shutil.which("pdfinfo")
+
+
+def _wide_tables(html_path: Path, browser: str, tmp: Path, width_mm: int = 186) -> list:
+    """Tables wider than an A4 page's printable width, measured by headless Chromium on the print layout."""
+    import re
+    script = ("<script>document.addEventListener('DOMContentLoaded', () => {"
+              " const right = document.body.getBoundingClientRect().right; const wide = [];"
+              " document.querySelectorAll('table').forEach((t) => { const r = t.getBoundingClientRect();"
+              "  if (r.right > right + 1) wide.push((t.textContent || '').trim().slice(0, 50)); });"
+              " const out = document.createElement('pre'); out.id = 'cvlab-wide'; out.textContent = JSON.stringify(wide);"
+              " document.body.appendChild(out); });</script>")
+    page = html_path.read_text(encoding="utf-8").replace("@media print", "@media all").replace(
+        "</head>", f"<style>body {{ width: {width_mm}mm !important; margin: 0 !important; padding: 0 !important; }}"
+                   f"</style>{script}</head>", 1)
+    copy = tmp / html_path.name
+    copy.write_text(page, encoding="utf-8")
+    done = subprocess.run([browser, *runner.headless_browser_args(str(tmp / "profile")), "--window-size=1200,900",
+                           "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=300)
+    found = re.search(r'<pre id="cvlab-wide">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-500:]
+    import html as html_lib
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def test_no_table_is_wider_than_an_a4_page(smoke, tmp_path):
+    browser = runner.find_browser()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    out = smoke / "reports" / "smoke"
+    for html in sorted(out.glob("*.html")):
+        assert _wide_tables(html, browser, tmp_path) == [], html.name
+
+
+def test_table_font_shrinks_wide_tables_and_never_breaks_words_when_avoidable():
+    narrow = [["epoch", "loss"], ["1", "4.6"]]
+    assert runner.table_font(narrow) == (runner.TABLE_DEFAULT_EM, False)
+    wide = [[f"column_name_{i}" for i in range(6)], [f"{i}.123456" for i in range(6)]]
+    em, tight = runner.table_font(wide)
+    assert runner.TABLE_MIN_EM <= em < runner.TABLE_DEFAULT_EM and not tight
+    assert runner.table_font([[f"a_very_long_column_name_{i}" for i in range(20)]])[1]  # last resort
+
+
+def test_submission_needs_name_and_id_from_options_or_the_student_file(tmp_path):
+    with pytest.raises(UsageError, match="--student-name"):
+        submission.resolve_student(None, "1", None, None)
+    file = tmp_path / "student.yaml"
+    file.write_text("name: 李四\nid: '007'\nclass: 计科\n", encoding="utf-8")
+    student = submission.resolve_student(None, None, None, file)
+    assert (student.name, student.student_id, student.class_name) == ("李四", "007", "计科") and student.date
+    assert submission.resolve_student("王五", None, None, file).name == "王五"  # options override the file
+
+
+def test_headings_demoted_outside_code_and_found_in_page_text():
+    text = "## 3. 手册代码的问题\n```python\n# 获取测试集\n```\n### 3.1 标准化"
+    assert submission.demote_headings(text) == "### 3. 手册代码的问题\n```python\n# 获取测试集\n```\n#### 3.1 标准化"
+    headings = [submission.Heading("a", "一、实验目的"), submission.Heading("b", "A.2\u3000+crop-flip", 2)]
+    pages = ["cover", "目录 一、实验目的 A.2 +crop-flip", "一、实验目的", "x", "A.2\n中间\n+crop-flip"]
+    assert submission.number_headings(headings, pages) == 2 and [h.page for h in headings] == [3, 5]
+
+
+# ---------------------------------------------------------------------------- live feedback in a notebook run by hand
+
+def test_interactive_cpu_run_stops_a_long_training_and_says_what_to_change(monkeypatch):
+    from cvlab.core.config import make_config
+    from cvlab.report import notebook
+
+    monkeypatch.setattr(notebook, "interactive", lambda: True)
+    with pytest.raises(notebook.LongRun, match="EPOCHS = 3") as stopped:
+        notebook.live_training(make_config("handout", device="cpu"))   # the handout's 100 epochs on a CPU
+    assert "confirm=True" in stopped.value._render_traceback_()[0]
+    small = make_config("handout", device="cpu", epochs=1, subset=200, test_subset=100, synthetic=True, progress=False)
+    live = notebook.live_training(small)
+    assert live.cfg.progress and live.on_epoch_end is not None and live.on_step is not None
+
+
+def test_report_kernels_are_not_interactive(monkeypatch):
+    from cvlab.report import notebook
+
+    monkeypatch.setenv(notebook.REPORT_ENV, "1")
+    live = notebook.live_training(object())  # not even looked at under `cvlab report`
+    assert live.on_epoch_end is None and live.on_step is None

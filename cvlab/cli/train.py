@@ -72,11 +72,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
         out = args.out or str(Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = fit(cfg, out, resume=args.resume)
+    run_dir = fit(cfg, out, resume=args.resume, on_step=_step_estimate(cfg))
     distributed.leave()  # after a failure the process just exits: torchrun ends the others
     if distributed.is_main_process():
         print(f"run directory: {run_dir}")
     return 0
+
+
+def _step_estimate(cfg):
+    """The one-line time estimate `train` prints after its first steps (shared with `report`'s plan)."""
+    from ..report.plan import StepEstimate, split_sizes
+
+    if cfg is None:  # resumed with the run's own config: sizes unknown here, no estimate
+        return None
+    from tqdm.auto import tqdm
+
+    return StepEstimate(cfg.epochs, cfg.batch_size, split_sizes(cfg)[1], log=tqdm.write)  # not through the bar
 
 
 def register_train(sub) -> None:

@@ -103,10 +103,12 @@ def _progress(loader, desc: str, enabled: bool):
 
 
 def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = False, log_every: int = 10,
-                    desc: str = "train") -> dict:
+                    desc: str = "train", on_step: Callable[[int, int], None] | None = None) -> dict:
     """One pass of `step` over `loader`; returns mean loss, top-1 and top-5 accuracy (fractions), images, seconds,
     and `nonfinite_step`: None, or the (1-based) step of the first non-finite loss, where the pass stopped early.
-    Metrics stay on the device until the end (one read per epoch, plus one every `log_every` steps with `progress`)."""
+    Metrics stay on the device until the end (one read per epoch, plus one every `log_every` steps with `progress`;
+    every step on the CPU, where a read costs nothing and steps are slow). `on_step(step, steps)` is called
+    after each step (1-based), e.g. for a time estimate."""
     step.model.train()
     loss_sum = torch.zeros((), device=step.device)
     correct = torch.zeros((), device=step.device, dtype=torch.long)
@@ -127,10 +129,14 @@ def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = Fals
         seen += labels.shape[0]
         finite &= torch.isfinite(loss)
         finite_steps += finite
-        if progress and i % log_every == 0:  # the progress bar's live loss: a read every log_every steps, on request
+        # The progress bar's live loss: a read every log_every steps on request, and every step on the CPU,
+        # where a read costs nothing and steps are slow.
+        if progress and (i % log_every == 0 or step.device.type == "cpu"):
             bar.set_postfix(loss=f"{loss.item():.4f}")  # sync-ok: progress only
             if not finite.item():  # sync-ok: progress only (the read above has already waited)
                 break  # diverged: the rest of the epoch would train on NaN
+        if on_step is not None:
+            on_step(i + 1, len(loader))
     devices.synchronize(step.device)
     seconds = time.perf_counter() - start
     loss_total, correct_total, correct5_total, seen = distributed.sum_counts(loss_sum, correct, correct5, seen)
@@ -323,13 +329,14 @@ def warm_up(t: Trainer) -> float:
     return seconds
 
 
-def run_epoch(t: Trainer, epoch: int) -> dict:
+def run_epoch(t: Trainer, epoch: int, on_step: Callable[[int, int, int], None] | None = None) -> dict:
     """Train one epoch, then evaluate (EMA weights when enabled) on the validation and test sets: a history row.
     Raises NonFiniteLoss (before evaluating) when a training loss was not finite."""
     lr = t.optimizer.param_groups[0]["lr"]
     epoch_start = time.perf_counter()
     train = train_one_epoch(t.train_step, t.train_loader, t.cfg.progress, t.cfg.log_every,
-                            desc=f"epoch {epoch}/{t.cfg.epochs}")
+                            desc=f"epoch {epoch}/{t.cfg.epochs}",
+                            on_step=(lambda i, n: on_step(epoch, i, n)) if on_step is not None else None)
     if train.get("nonfinite_step") is not None:
         raise NonFiniteLoss(epoch, train["nonfinite_step"], len(t.train_loader))
     distributed.broadcast_buffers(t.model, t.ema.module if t.ema is not None else None)
@@ -345,7 +352,8 @@ def run_epoch(t: Trainer, epoch: int) -> dict:
 
 
 def fit(cfg: Config | None, out: str | Path, resume: bool = False,
-        on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> Path:
+        on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print,
+        on_step: Callable[[int, int, int], None] | None = None) -> Path:
     """Train `cfg` for its epochs, writing the run directory `out` after every epoch.
 
     With `resume`, continue from `out/last.pt` (its config.json wins; `cfg` may be None, and may only
@@ -354,7 +362,8 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     Nothing is created before the start is known to be valid (settings, data); one process at a time
     writes the directory (run.lock). Ctrl-C or SIGTERM (errors.Terminated) leaves it valid up to the last
     finished epoch, with status "interrupted" and the lock released; a non-finite loss stops training with
-    status "diverged" and raises errors.Diverged.
+    status "diverged" and raises errors.Diverged. `on_step(epoch, step, steps)` is called after every
+    training step (e.g. report.plan.StepEstimate).
     """
     clock = WallClock()  # end-to-end wall time, start-up included
     with signals.sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does (errors.Terminated)
@@ -370,7 +379,7 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
             log(banner(t, run.path))
             on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log)  # RUN/tb, when asked
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
-                row = run_epoch(t, epoch)                  # train, then evaluate; NonFiniteLoss when it diverged
+                row = run_epoch(t, epoch, on_step)         # train, then evaluate; NonFiniteLoss when it diverged
                 record.save_epoch(row)                     # best.pt, last.pt, history.csv, metrics.json
                 log(format_row(row))
                 if on_epoch_end is not None:

@@ -244,10 +244,14 @@ def _pct(value: float, std: float = math.nan, signed: bool = False) -> str:
     return text + (f" ± {100 * std:.2f}" if not math.isnan(std) else "")
 
 
-def markdown_table(table) -> str:
-    """The table as GitHub Markdown, accuracies in percent (mean ± std over seeds when there are several)."""
-    header = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %", "train−test gap (pp)",
-              "gain (pp)", "vs", "time (s)", "img/s"]
+TABLE_HEADER = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %", "train−test gap (pp)",
+                "gain (pp)", "vs", "time (s)", "img/s"]
+
+
+def markdown_table(table, header: list[str] | None = None) -> str:
+    """The table as GitHub Markdown, accuracies in percent (mean ± std over seeds when there are several);
+    `header`: other names for TABLE_HEADER's columns (e.g. the report's Chinese ones)."""
+    header = header or TABLE_HEADER
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table.to_dict("records"):
         cells = [f"`{r['preset']}`", str(r["seeds"]), _pct(r["test_acc"], r["test_acc_std"]),

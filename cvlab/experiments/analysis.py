@@ -237,7 +237,7 @@ def superclass_confusion(pred: Predictions) -> torch.Tensor:
 
 def per_superclass_accuracy(pred: Predictions):
     """One row per superclass: images, fine-class accuracy on them, and superclass accuracy
-    (the predicted fine class lies in the right superclass), sorted from worst to best."""
+    (the predicted fine class lies in the right superclass), sorted from worst to best; ties by name."""
     import pandas as pd
 
     predicted = pred.predicted
@@ -251,7 +251,7 @@ def per_superclass_accuracy(pred: Predictions):
         rows.append({"superclass": name, "images": n,
                      "fine_acc": (predicted[mask] == pred.fine[mask]).float().mean().item(),
                      "superclass_acc": (predicted_coarse[mask] == c).float().mean().item()})
-    return pd.DataFrame(rows).sort_values("fine_acc").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["fine_acc", "superclass"], kind="stable").reset_index(drop=True)
 
 
 def confused_pairs(pred: Predictions, top: int = 10):

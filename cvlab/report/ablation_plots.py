@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..core import augment as aug
-from .plots import stamp_synthetic
+from .plots import stamp_synthetic, zh
 
 
 def _stamp(fig, synthetic: bool) -> None:
@@ -59,7 +59,8 @@ def augmentation_gallery(images: torch.Tensor, seed: int = 0, synthetic: bool = 
                 ax.set_title(captions[c], fontsize=7, pad=2)
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(title or ("Augmentations" + (" (SYNTHETIC images)" if synthetic else "")), fontsize=11)
+    fig.suptitle(title or (zh("数据增强的效果", "Augmentations") + (" (SYNTHETIC images)" if synthetic else "")),
+                 fontsize=11)
     _stamp(fig, synthetic)
     fig.tight_layout()
     return fig
@@ -69,7 +70,7 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
     """Test loss and test accuracy per epoch, one line per preset (mean over seeds), from a long
     DataFrame as returned by cvlab.runs.load_runs."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter, ScalarFormatter
 
     names = list(dict.fromkeys(list(order or []) + list(histories["preset"])))
     names = [n for n in names if n in set(histories["preset"])]
@@ -80,9 +81,19 @@ def ladder_curves(histories, order: list[str] | None = None, synthetic: bool = F
         rows = mean[mean["preset"] == name]
         ax_loss.plot(rows["epoch"], rows["test_loss"], marker=".", color=cmap(i), label=name)
         ax_acc.plot(rows["epoch"], 100 * rows["test_acc"], marker=".", color=cmap(i), label=name)
-    ax_loss.set(xlabel="epoch", ylabel="test loss (log scale)", title="test loss")
-    ax_loss.set_yscale("log")  # an early epoch with unsettled BN statistics can be 100x the rest
-    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
+    # A log axis only where the losses span more than a decade (an early epoch with unsettled BN statistics
+    # can be 100x the rest); plain decimals either way ("4.62", not "4.618x10^0"), no offset notation.
+    losses = mean["test_loss"][mean["test_loss"] > 0]
+    log_axis = len(losses) > 0 and losses.max() / losses.min() > 10
+    ax_loss.set(xlabel="epoch", title=zh("测试损失", "test loss"),
+                ylabel=zh("测试损失（对数坐标）", "test loss (log scale)") if log_axis else zh("测试损失", "test loss"))
+    if log_axis:
+        ax_loss.set_yscale("log")
+        ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax_loss.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax_loss.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    ax_acc.set(xlabel="epoch", ylabel=zh("测试 top-1 (%)", "test top-1 (%)"), title=zh("测试准确率", "test accuracy"))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, also for a 2-epoch budget
@@ -105,7 +116,7 @@ def gains_bar(table, synthetic: bool = False, title: str = ""):
     ax.barh(labels, gains, color=colours)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("gain in test top-1 (percentage points)")
+    ax.set_xlabel(zh("测试 top-1 的增益（百分点）", "gain in test top-1 (percentage points)"))
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     _stamp(fig, synthetic)
@@ -119,10 +130,10 @@ def superclass_bars(frame, synthetic: bool = False, title: str = ""):
 
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(frame) + 1.2))
     y = range(len(frame))
-    ax.barh([i + 0.2 for i in y], 100 * frame["superclass_acc"], height=0.4, label="superclass correct")
-    ax.barh([i - 0.2 for i in y], 100 * frame["fine_acc"], height=0.4, label="fine class correct")
+    ax.barh([i + 0.2 for i in y], 100 * frame["superclass_acc"], height=0.4, label=zh("超类正确", "superclass correct"))
+    ax.barh([i - 0.2 for i in y], 100 * frame["fine_acc"], height=0.4, label=zh("细类正确", "fine class correct"))
     ax.set_yticks(list(y), frame["superclass"], fontsize=8)
-    ax.set_xlabel("accuracy (%)")
+    ax.set_xlabel(zh("准确率 (%)", "accuracy (%)"))
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)

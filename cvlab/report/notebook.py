@@ -1,6 +1,7 @@
 """Small helpers every report notebook calls in its setup cell (notebooks run with cwd = notebooks/)."""
 from __future__ import annotations
 
+import os
 import warnings
 
 
@@ -13,10 +14,141 @@ def setup() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TqdmWarning: IProgress not found
         import tqdm.auto  # noqa: F401  (the first import decides and warns; later ones are silent)
-    warnings.formatwarning = _one_line_warning  # e.g. the MD5 note on a re-packed CIFAR-100 copy
+    warnings.formatwarning = _one_line_warning
+    warnings.showwarning = _note  # e.g. the MD5 note on a re-packed CIFAR-100 copy: a plain line, not a red box
+    from .plots import cjk_font
+    cjk_font()  # Chinese figure text where matplotlib finds a CJK font (else English, said once)
     pd.set_option("display.max_rows", 30)
     pd.set_option("display.width", 120)
 
 
+_noted: set[str] = set()
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    # stdout, so the executed notebook shows one plain note where Jupyter would draw a red stderr box; once per
+    # kernel (each later load of the data warns again: filter changes elsewhere reset Python's once-registry)
+    text = f"注意：{message}"
+    if text not in _noted:
+        _noted.add(text)
+        print(text, flush=True)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
+
+
+def show_source(*objects) -> None:
+    """One line naming where each object's code lives (module.name, file:line). The code itself belongs
+    in the submission's appendix (cvlab.report.source), not in the body of the report."""
+    from IPython.display import Markdown, display
+
+    from .source import reference
+
+    refs = "；".join(f"`{reference(obj)}`" for obj in objects)
+    display(Markdown(f"实现：{refs}（源代码见提交文档的附录 A；交互运行时可用 `inspect.getsource` 查看）"))
+
+
+# ---------------------------------------------------------------------------- live feedback when a person runs it
+
+REPORT_ENV = "CVLAB_REPORT"   # set by `cvlab report` in its kernels' environment (runner.kernel_environment)
+LONG_RUN_SECONDS = 30 * 60    # on a CPU, an interactive run estimated longer than this stops first and says why
+
+
+def interactive() -> bool:
+    """True in a Jupyter kernel a person drives (JupyterLab, Notebook, VS Code); False under `cvlab report`
+    (papermill: one line per epoch, no bars or live plots in the executed copy) and outside Jupyter."""
+    if os.environ.get(REPORT_ENV):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class LongRun(Exception):
+    """An interactive CPU run that would take long: stopped before it starts, with what to change."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [str(self)]
+
+
+class LivePlot:
+    """Loss and accuracy per epoch, redrawn in place after every epoch (d2l's Animator, as a PNG: no widgets)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.rows, self.handle = epochs, [], None
+
+    def __call__(self, row: dict) -> None:
+        from io import BytesIO
+
+        from IPython.display import Image, display
+        from matplotlib.figure import Figure
+
+        from .plots import zh
+
+        self.rows.append(row)
+        epochs = [r["epoch"] for r in self.rows]
+        fig = Figure(figsize=(9, 3.2), layout="constrained")
+        loss, acc = fig.subplots(1, 2)
+        loss.plot(epochs, [r["train_loss"] for r in self.rows], "o-", label=zh("训练损失", "train loss"))
+        loss.plot(epochs, [r["test_loss"] for r in self.rows], "s-", label=zh("测试损失", "test loss"))
+        acc.plot(epochs, [100 * r["train_acc"] for r in self.rows], "o-", label=zh("训练 top-1", "train top-1"))
+        acc.plot(epochs, [100 * r["test_acc"] for r in self.rows], "s-", label=zh("测试 top-1", "test top-1"))
+        for ax, ylabel in ((loss, zh("交叉熵损失", "loss")), (acc, zh("准确率 (%)", "accuracy (%)"))):
+            ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, max(self.epochs, 1) + 0.5))
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+        fig.suptitle(zh(f"第 {epochs[-1]}/{self.epochs} 个 epoch", f"epoch {epochs[-1]}/{self.epochs}"))
+        buffer = BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        image = Image(data=buffer.getvalue(), format="png")
+        if self.handle is None:
+            self.handle = display(image, display_id=True)
+        else:
+            self.handle.update(image)
+
+
+class LiveTraining:
+    """What `engine.fit` gets from a notebook: the config (progress bar on when interactive) and the hooks."""
+
+    def __init__(self, cfg, on_epoch_end=None, on_step=None) -> None:
+        self.cfg, self.on_epoch_end, self.on_step = cfg, on_epoch_end, on_step
+
+
+def live_training(cfg, confirm: bool = False, long_run_seconds: float = LONG_RUN_SECONDS) -> LiveTraining:
+    """Live feedback for `fit(cfg, ...)` when a person runs the notebook: on a CPU, the estimated time first
+    (a long run stops here with the parameters to change, unless `confirm`); then a progress bar within each
+    epoch (tqdm.auto: a widget with ipywidgets, else text), a time estimate after the first steps, and a
+    loss/accuracy plot redrawn after every epoch. Under `cvlab report` it changes nothing."""
+    if not interactive():
+        return LiveTraining(cfg)
+    from ..core.config import with_overrides
+    from ..core.device import device_name, resolve_device
+    from . import plan
+
+    device = resolve_device(cfg.device)
+    train_images, eval_images = plan.split_sizes(cfg)
+    if device.type == "cpu":
+        rates = plan.measure_rates({cfg.model}, device, batches={(cfg.model, cfg.batch_size)})
+        seconds = plan.estimate_seconds(plan._planned("notebook", [cfg])[0], rates) or 0.0
+        what = (f"{cfg.epochs} 个 epoch × {train_images:,} 张训练图像（batch {cfg.batch_size}），"
+                f"{device_name(device)}")
+        if seconds > long_run_seconds and not confirm:
+            raise LongRun(
+                f"按当前参数训练（{what}）预计约 {plan.duration(seconds)}（本机几步预热测得，实际更慢）。"
+                "这是 GPU 上的工作量，所以没有开始训练。\n"
+                "在 CPU 上检查流程：把参数格改成 EPOCHS = 3、SUBSET = 5000、TEST_SUBSET = 1000、BATCH_SIZE = 256"
+                "（几分钟），或在命令行运行 python -m cvlab report --profile quick；\n"
+                "确实要在 CPU 上完整训练：把这一格的 notebook.live_training(cfg) 改成 "
+                "notebook.live_training(cfg, confirm=True)。")
+        print(f"预计训练时间约 {plan.duration(seconds)}（{what}；本机几步预热测得）")
+    return LiveTraining(with_overrides(cfg, {"progress": True}), LivePlot(cfg.epochs),
+                        plan.StepEstimate(cfg.epochs, cfg.batch_size, eval_images, log=_tqdm_write))
+
+
+def _tqdm_write(text: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(text)

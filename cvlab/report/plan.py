@@ -20,10 +20,13 @@ import torch
 from ..core.config import Config, make_config
 from ..core.data import SPLIT_SIZES
 
-# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds where they
-# were measured, a shared 2-core CPU under heavy load (load average ~10): QUICK=False on real data 569 s
-# (report --profile quick), QUICK=True 103 s (without data: q2, q5, q6 only). An idle CPU is faster.
-THEORY_SECONDS = {True: 100, False: 570}
+# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds on a shared
+# 2-core CPU: QUICK=False on real data 63 s at a load average near 3 (report --profile quick, 2026-11-28; an
+# earlier run at load ~10 took 569 s), QUICK=True 18-45 s on synthetic data (report --profile smoke, load 2-4).
+THEORY_SECONDS = {True: 40, False: 65}
+# What notebooks 01 and 03 spend besides training epochs (data loading, figures, re-evaluation, HTML/PDF
+# export): 23 s and 17 s in the same quick run (notebook seconds minus the epochs' seconds).
+NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
 
 
 @dataclass
@@ -93,15 +96,20 @@ def plan_report(params: dict[str, dict[str, Any]]) -> list[PlannedTraining]:
     return [p for stem, values in params.items() for p in plan_notebook(stem, values)]
 
 
-def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0
-                  ) -> dict[str, tuple[float, float]]:
+def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0,
+                  batches: set[tuple[str, int]] = frozenset()) -> dict:
     """model -> (training, evaluation) images per second on `device`, fp32, from `steps` timed steps
-    after one untimed step on random 32x32 images (CPU: batch 32, 1 step; elsewhere: batch 256, 3 steps)."""
+    after one untimed step on random 32x32 images (batch 128, CPU: 1 step; elsewhere: batch 256, 3 steps).
+    On a CPU a batch of 32 measured 2.5x fewer images per second than the report's batches of 256 train at
+    (61 vs 111-174 img/s, handout model, one thread): per-image cost falls with the batch, so the warm-up
+    uses a batch near the ones it predicts. `batches` ((model, batch) pairs, batch capped at 1024) adds a
+    training rate measured at that batch under the key (model, batch): on a CPU, batches of 1024 trained at
+    ~130 img/s where batches of 256 reached ~190 (report --profile quick, handout model, one thread)."""
     from ..core.device import synchronize
     from ..core.models import build_model
 
     cpu = device.type == "cpu"
-    batch, steps = batch_size or (32 if cpu else 256), steps or (1 if cpu else 3)
+    batch, steps = batch_size or (128 if cpu else 256), steps or (1 if cpu else 3)
     rates = {}
     for name in sorted(models):
         model = build_model(name).to(device)
@@ -120,6 +128,10 @@ def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, s
 
         rates[name] = (_rate(train_step, model.train, batch, steps, device, synchronize),
                        _rate(eval_step, model.eval, batch, steps, device, synchronize))
+        for b in sorted({min(b, 1024) for m, b in batches if m == name} - {batch}):
+            x = torch.randn(b, 3, 32, 32, device=device)
+            y = torch.randint(0, 100, (b,), device=device)
+            rates[(name, b)] = (_rate(train_step, model.train, b, steps, device, synchronize), rates[name][1])
     return rates
 
 
@@ -141,22 +153,86 @@ def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]
     if plan.model not in rates:
         return None
     train, evaluated = plan.images
-    train_rate, eval_rate = rates[plan.model]
+    train_rate, eval_rate = rates.get((plan.model, min(plan.batch_size, 1024)), rates[plan.model])
     return train / train_rate + evaluated / eval_rate
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.4 h'."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
         else f"{seconds / 3600:.1f} h"
 
 
-def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]], device_label: str) -> list[str]:
-    """Lines for the console: one per planned group, the warm-up rates, and the total estimate."""
-    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32; data loading and figures not "
-             "counted, a busy machine is slower):"]
+_duration = duration
+
+
+def cost_lines(total_seconds: float, price_per_hour: float | None, auto_stop_hours: float | None) -> list[str]:
+    """The estimated cost at `price_per_hour`, and a warning when the run outlasts an instance's auto-stop time."""
+    lines = []
+    hours = total_seconds / 3600
+    if price_per_hour:
+        lines.append(f"  cost: ~{hours:.1f} h x {price_per_hour:g} per hour = ~{hours * price_per_hour:.2f} "
+                     "(same currency as --price-per-hour; the estimate, not a quote)")
+    if auto_stop_hours and hours > auto_stop_hours:
+        lines.append(f"  warning: the estimate (~{duration(total_seconds)}) is longer than {auto_stop_hours:g} h, the "
+                     "auto-stop time given (--auto-stop-hours); a ModelArts notebook instance stops then and the training "
+                     "with it: extend auto-stop in the console, or run it again afterwards: notebooks resume from the "
+                     "last finished epoch (RUN_DIR), the CLI with train --resume --out RUN (docs/modelarts.md, section 6)")
+    return lines
+
+
+class StepEstimate:
+    """After the first measured training steps, log once how long the whole run will take.
+
+        fit(cfg, out, on_step=StepEstimate(cfg, eval_images, log))
+
+    Called after every training step with (epoch, step, steps per epoch). Step 1 of the first epoch seen is
+    not timed (allocations, kernel selection); the estimate comes after `min_steps` timed steps and at least
+    `min_seconds`, or at the end of that epoch. Evaluation is counted as forward passes at a third of the
+    per-image cost of a training step (measured ratio on the CPU: see the report's warm-up lines)."""
+
+    def __init__(self, epochs: int, batch_size: int, eval_images: int, log: Callable[[str], None] = print,
+                 min_steps: int = 3, min_seconds: float = 5.0) -> None:
+        self.epochs, self.batch_size, self.eval_images, self.log = epochs, batch_size, eval_images, log
+        self.min_steps, self.min_seconds = min_steps, min_seconds
+        self.start: float | None = None
+        self.first_step = 0
+        self.seconds: float | None = None  # the estimate, once made
+
+    def __call__(self, epoch: int, step: int, steps: int) -> None:
+        if self.seconds is not None:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start, self.first_step = now, step
+            return
+        timed, elapsed = step - self.first_step, now - self.start
+        if not ((timed >= self.min_steps and elapsed >= self.min_seconds) or step == steps):
+            return
+        per_step = elapsed / max(timed, 1)
+        steps_left = steps * (self.epochs - epoch + 1) - step
+        eval_seconds = (self.epochs - epoch + 1) * self.eval_images * per_step / self.batch_size / 3
+        self.seconds = steps_left * per_step + eval_seconds
+        self.log(f"estimate: {per_step:.2f} s per step over the first {timed} timed steps -> "
+                 f"~{duration(self.seconds)} left for {self.epochs - epoch + 1} epoch(s) of {steps} steps "
+                 f"(evaluation ~{duration(eval_seconds)} of it)")
+
+
+def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]], device_label: str,
+             price_per_hour: float | None = None, auto_stop_hours: float | None = None) -> list[str]:
+    """Lines for the console: one per planned group, the warm-up rates, the total estimate, and (when given a
+    price per hour or an auto-stop time) the cost and an auto-stop warning."""
+    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32, plus each notebook's data loading, "
+             "figures and export as measured on a CPU; a busy machine is slower):"]
     for name, (train, evaluated) in rates.items():
-        lines.append(f"  warm-up {name}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
+        label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
+        lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
     total = 0.0
+    for notebook, seconds in NOTEBOOK_OVERHEAD_SECONDS.items():
+        if any(p.notebook.startswith(notebook) for p in plans):
+            lines.append(f"  {next(p.notebook for p in plans if p.notebook.startswith(notebook))}: "
+                         f"data, figures, evaluation and export ~{seconds} s")
+            total += seconds
     for p in plans:
         seconds = estimate_seconds(p, rates)
         total += seconds or 0.0
@@ -167,4 +243,4 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
                      f"{', ' + p.note if p.note else ''}: ~{_duration(seconds) if seconds is not None else '?'}")
     lines.append(f"  total: ~{_duration(total)}")
-    return lines
+    return lines + cost_lines(total, price_per_hour, auto_stop_hours)

@@ -3,8 +3,9 @@
     run = cvlab.runs.load_run("runs/01_baseline")
     save_figure(loss_curves(run), "figures/01_baseline_loss.png")
 
-Every figure made from synthetic data carries a SYNTHETIC stamp on its face. Figure text is
-English on purpose: matplotlib's default fonts have no CJK glyphs on most machines.
+Every figure made from synthetic data carries a SYNTHETIC stamp on its face. Titles and labels are
+Chinese when matplotlib finds a CJK font (cjk_font; e.g. apt-get install fonts-noto-cjk), else English,
+said once. save_figure enlarges the text of a figure wider than an A4 page so it prints legibly.
 """
 from __future__ import annotations
 
@@ -17,6 +18,50 @@ from matplotlib.figure import Figure
 from ..core.runs import Run, load_run
 
 COLORS = {"train": "#1f77b4", "test": "#d62728", "top5": "#9467bd"}
+# Fonts with Chinese glyphs, in order of preference (Linux, Windows, macOS).
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+             "Microsoft YaHei", "SimHei", "PingFang SC", "Heiti SC", "Arial Unicode MS")
+CJK_FILES = ("notosanscjk", "sourcehansans", "wqy-", "msyh", "simhei", "pingfang", "stheiti")
+PRINT_WIDTH_IN = 7.3    # A4 width less the report's margins, inches
+MIN_PRINTED_PT = 7.5    # smallest text size on the printed page, points
+MIN_LEGEND_PT = 6.0     # legends: a little smaller, they sit on the curves
+_cjk: list[str | None] = []  # the font found, once looked up
+
+
+def cjk_font() -> str | None:
+    """The first CJK font matplotlib can use, put first in font.sans-serif; None (said once) when there is none.
+
+    Fonts installed after matplotlib built its font cache are found by file name and added."""
+    if _cjk:
+        return _cjk[0]
+    from matplotlib import font_manager, rcParams
+
+    def known() -> str | None:
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((n for n in CJK_FONTS if n in names), None)
+
+    found = known()
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if any(key in Path(path).name.lower() for key in CJK_FILES):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        found = known()
+    if found:
+        rcParams["font.sans-serif"] = [found, *[f for f in rcParams["font.sans-serif"] if f != found]]
+        rcParams["axes.unicode_minus"] = False  # not every CJK font has U+2212
+    else:
+        print("注意：matplotlib 没有找到中文字体，图中的文字用英文（Debian/Ubuntu: apt-get install fonts-noto-cjk，"
+              "然后重启内核）")
+    _cjk.append(found)
+    return found
+
+
+def zh(chinese: str, english: str) -> str:
+    """`chinese` where a CJK font is available to matplotlib, else `english`."""
+    return chinese if cjk_font() else english
 
 
 def _as_run(run: Run | str | Path) -> Run:
@@ -58,13 +103,14 @@ def loss_curves(run: Run | str | Path) -> Figure:
     run = _as_run(run)
     h = run.history.sort_values("epoch")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(h["epoch"], h["train_loss"], "o-", color=COLORS["train"], ms=4, label="train loss (epoch mean)")
-    ax.plot(h["epoch"], h["test_loss"], "s-", color=COLORS["test"], ms=4, label="test loss (end of epoch)")
+    ax.plot(h["epoch"], h["train_loss"], "o-", color=COLORS["train"], ms=4, label=zh("训练损失（epoch 平均）", "train loss (epoch mean)"))
+    ax.plot(h["epoch"], h["test_loss"], "s-", color=COLORS["test"], ms=4, label=zh("测试损失（epoch 结束时）", "test loss (end of epoch)"))
     low = run.summary()
     ax.axvline(low["min_test_loss_epoch"], color="0.5", ls="--", lw=1,
-               label=f"lowest test loss {low['min_test_loss']:.3f} (epoch {int(low['min_test_loss_epoch'])})")
-    _epoch_axes(ax, h["epoch"], "cross-entropy loss")
-    return _finish(fig, run, "Train and test loss per epoch")
+               label=zh(f"测试损失最低 {low['min_test_loss']:.3f}（第 {int(low['min_test_loss_epoch'])} 个 epoch）",
+                        f"lowest test loss {low['min_test_loss']:.3f} (epoch {int(low['min_test_loss_epoch'])})"))
+    _epoch_axes(ax, h["epoch"], zh("交叉熵损失", "cross-entropy loss"))
+    return _finish(fig, run, zh("训练损失与测试损失随 epoch 的变化", "Train and test loss per epoch"))
 
 
 def accuracy_curves(run: Run | str | Path) -> Figure:
@@ -72,11 +118,11 @@ def accuracy_curves(run: Run | str | Path) -> Figure:
     run = _as_run(run)
     h = run.history.sort_values("epoch")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(h["epoch"], 100 * h["train_acc"], "o-", color=COLORS["train"], ms=4, label="train top-1")
-    ax.plot(h["epoch"], 100 * h["test_acc"], "s-", color=COLORS["test"], ms=4, label="test top-1")
-    ax.plot(h["epoch"], 100 * h["test_top5"], "^--", color=COLORS["top5"], ms=4, label="test top-5")
-    _epoch_axes(ax, h["epoch"], "accuracy (%)")
-    return _finish(fig, run, "Train and test accuracy per epoch")
+    ax.plot(h["epoch"], 100 * h["train_acc"], "o-", color=COLORS["train"], ms=4, label=zh("训练 top-1", "train top-1"))
+    ax.plot(h["epoch"], 100 * h["test_acc"], "s-", color=COLORS["test"], ms=4, label=zh("测试 top-1", "test top-1"))
+    ax.plot(h["epoch"], 100 * h["test_top5"], "^--", color=COLORS["top5"], ms=4, label=zh("测试 top-5", "test top-5"))
+    _epoch_axes(ax, h["epoch"], zh("准确率 (%)", "accuracy (%)"))
+    return _finish(fig, run, zh("训练与测试准确率随 epoch 的变化", "Train and test accuracy per epoch"))
 
 
 def _epoch_axes(ax, epochs, ylabel: str) -> None:
@@ -97,8 +143,9 @@ def _integer_epochs(ax, epochs) -> None:
 
 
 def sample_grid(images, labels, names: Sequence[str], synthetic: bool, columns: int = 8,
-                title: str = "Training images") -> Figure:
+                title: str | None = None) -> Figure:
     """A grid of uint8 images (N, 3, 32, 32) with their class names."""
+    title = title or zh("训练图像", "Training images")
     n = len(labels)
     rows = -(-n // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.45), squeeze=False)
@@ -121,9 +168,30 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save as PNG (folders created) and close the figure, so notebooks show the saved file once."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    legible_in_print(fig)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def legible_in_print(fig: Figure) -> None:
+    """Enlarge the text of a figure wider than an A4 page (it is shrunk to the page width when printed) so
+    that no label prints smaller than MIN_PRINTED_PT (at most 2.2x its size); legends get an opaque frame."""
+    from matplotlib.text import Text
+
+    scale = fig.get_figwidth() / PRINT_WIDTH_IN
+    if scale <= 1.05:
+        return
+    legend_texts = {id(t) for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    for text in fig.findobj(Text):
+        size = text.get_fontsize()
+        smallest = MIN_LEGEND_PT if id(text) in legend_texts else MIN_PRINTED_PT  # legends sit on the curves
+        if text.get_text() and size / scale < smallest:
+            text.set_fontsize(min(smallest * scale, 2.2 * size))
+    for ax in fig.axes:  # a legend drawn over curves: an opaque box keeps both readable
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_alpha(0.9)
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -169,8 +237,11 @@ def prediction_examples(pred, n: int = 32, columns: int = 8) -> Figure:
     captions = [f"{pred.fine_names[g]}\n(true: {pred.fine_names[t]})" if g != t else pred.fine_names[g]
                 for g, t in zip(guess, truth)]
     wrong = [g != t for g, t in zip(guess, truth)]
-    title = (f"First {n} {pred.split} images: predicted class, true class when wrong "
-             f"({sum(wrong)} of {n} wrong; {pred.weights} weights of {pred.run.name})")
+    split = zh({"test": "测试集", "val": "验证集"}.get(pred.split, pred.split), pred.split)
+    title = zh(f"{split}前 {n} 张图像：预测类别，预测错误时括号内为真实类别（错 {sum(wrong)} 张；"
+               f"{pred.run.name} 的 {pred.weights} 权重）",
+               f"First {n} {pred.split} images: predicted class, true class when wrong "
+               f"({sum(wrong)} of {n} wrong; {pred.weights} weights of {pred.run.name})")
     return prediction_grid(pred.images[:n], captions, pred.synthetic, title, wrong=wrong, columns=columns)
 
 
@@ -192,13 +263,16 @@ def superclass_confusion_heatmap(pred) -> Figure:
                         color="white" if value > 55 else "black")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("superclass of the predicted class")
-    ax.set_ylabel("true superclass")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="% of the true superclass's images")
+    ax.set_xlabel(zh("预测类别所属的超类", "superclass of the predicted class"))
+    ax.set_ylabel(zh("真实超类", "true superclass"))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02,
+                 label=zh("占该真实超类图像的百分比", "% of the true superclass's images"))
     total = int(counts.sum().item())
     accuracy = 100 * counts.diag().sum().item() / max(1, total)
-    fig.suptitle(f"Superclass confusion ({pred.split}, {total:,} images, superclass accuracy {accuracy:.1f}%; "
-                 f"{pred.weights} weights of {pred.run.name})" + ("  [SYNTHETIC]" if pred.synthetic else ""),
+    fig.suptitle(zh(f"超类混淆矩阵（{pred.split}，{total:,} 张图像，超类准确率 {accuracy:.1f}%；"
+                    f"{pred.run.name} 的 {pred.weights} 权重）",
+                    f"Superclass confusion ({pred.split}, {total:,} images, superclass accuracy {accuracy:.1f}%; "
+                    f"{pred.weights} weights of {pred.run.name})") + ("  [SYNTHETIC]" if pred.synthetic else ""),
                  fontsize=10)
     fig.tight_layout()
     if pred.synthetic:

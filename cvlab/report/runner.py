@@ -260,11 +260,13 @@ def make_output_dir(out: Path) -> Path:
 
 @contextlib.contextmanager
 def kernel_environment(repo_root: Path) -> Iterator[None]:
-    """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    """Kernels start with this checkout first on PYTHONPATH, so they import the cvlab that runs them, and with
+    CVLAB_REPORT=1, so notebooks know no one is watching (no progress bars or live plots in the executed copy)."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYDEVD_DISABLE_FILE_VALIDATION", "CVLAB_REPORT")}
     paths = [str(repo_root)] + [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # silences the debugger's frozen-modules warning
+    os.environ["CVLAB_REPORT"] = "1"  # notebook.interactive() is False in these kernels
     try:
         yield
     finally:
@@ -435,10 +437,18 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
   @media print {  /* the PDF: wrap long code lines, shrink and wrap wide tables instead of cutting them */
     @page { size: A4; margin: 12mm 10mm; }
     :root { --jp-cell-prompt-width: 44px; }
-    pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+    /* long lines wrap at spaces (JupyterLab's outputs break anywhere, splitting numbers); a smaller font keeps
+       the per-epoch log (about 100 characters a row) on one line */
+    pre { white-space: pre-wrap !important; word-break: normal !important; line-break: auto !important;
+          overflow-wrap: break-word !important; }
+    .jp-OutputArea-output pre { font-size: 0.78em; }
     .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
-    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em; }
-    .jp-RenderedHTMLCommon th { overflow-wrap: anywhere; }  /* long column names wrap; numbers stay whole */
+    /* cells wrap at spaces only (never inside a word or a number); a table too wide even so was given a
+       smaller font by fit_tables, or, as a last resort, the class cvlab-tight (breaks anywhere) */
+    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em;
+                                                           overflow-wrap: normal; word-break: normal; }
+    .cvlab-table table { font-size: 1em !important; }
+    .cvlab-tight th, .cvlab-tight td { overflow-wrap: anywhere !important; }
     .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
   }
 </style>
@@ -446,8 +456,9 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def offline_html_exporter(no_input: bool):
-    """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML."""
+def offline_html_exporter(no_input: bool, extra_css: str = ""):
+    """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML;
+    `extra_css` (a <style> element) is added after the offline page's own styles."""
     from jinja2 import DictLoader, pass_context
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import MarkdownWithMath
@@ -468,9 +479,74 @@ def offline_html_exporter(no_input: bool):
             return MarkdownWithMath(renderer=renderer).render(source)
 
     return OfflineHTMLExporter(
-        template_name="lab", extra_loaders=[DictLoader({"cvlab_offline.html.j2": OFFLINE_TEMPLATE})],
-        template_file="cvlab_offline.html.j2", embed_images=True, exclude_input=no_input,
+        template_name="lab", extra_loaders=[DictLoader({
+            "cvlab_offline.html.j2": OFFLINE_TEMPLATE,
+            "cvlab_extra.html.j2": "{%- extends 'cvlab_offline.html.j2' -%}{%- block extra_css -%}{{ super() }}{% raw %}"
+                                   + extra_css + "{% endraw %}{%- endblock extra_css -%}"})],
+        template_file="cvlab_extra.html.j2" if extra_css else "cvlab_offline.html.j2",
+        embed_images=True, exclude_input=no_input,
         exclude_input_prompt=no_input, exclude_output_prompt=no_input)
+
+
+# Printable width of an A4 page in characters of a table at the print stylesheet's 0.68 em: 186 mm (the
+# narrowest margins used) at ~8 px per character as Chromium lays out the lab page (measured) -> ~84 characters.
+TABLE_CHARS_AT_DEFAULT, TABLE_DEFAULT_EM, TABLE_MIN_EM = 84, 0.68, 0.46
+
+
+def _cells_html(table: str) -> list[list[str]]:
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    return [[re.sub(r"<[^>]+>", " ", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)] for r in rows]
+
+
+def _cells_markdown(text: str) -> list[list[str]]:
+    return [[c.replace("`", "") for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.strip().startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|?", line.strip())]
+
+
+def _text_width(text: str) -> float:
+    """Width of `text` in digit widths (a CJK character is about two)."""
+    import unicodedata
+    return sum(2.0 if unicodedata.east_asian_width(ch) in "WF" else 1.0 for ch in text)
+
+
+def table_min_chars(rows: list[list[str]]) -> float:
+    """The narrowest a table can get wrapping at spaces only: per column its longest word, plus padding."""
+    import html as html_lib
+
+    widths: dict[int, float] = {}
+    for row in rows:
+        for i, cell in enumerate(row):
+            words = html_lib.unescape(cell).split() or [""]
+            widths[i] = max(widths.get(i, 0.0), max(_text_width(w) for w in words))
+    return sum(w + 1.6 for w in widths.values())
+
+
+def table_font(rows: list[list[str]]) -> tuple[float, bool]:
+    """(font size in em, whether words must break anywhere) that fits the table to the A4 width."""
+    needed = table_min_chars(rows)
+    em = min(TABLE_DEFAULT_EM, TABLE_DEFAULT_EM * TABLE_CHARS_AT_DEFAULT / max(needed, 1.0))
+    return max(em, TABLE_MIN_EM), em < TABLE_MIN_EM
+
+
+def fit_tables(nb) -> int:
+    """Wrap each wide table output (HTML or Markdown) in a div with the font size that fits it on an A4 page;
+    the count of tables shrunk. Works on a copy the exporter renders, never on the executed notebook."""
+    shrunk = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            for mime, cells_of in (("text/html", _cells_html), ("text/markdown", _cells_markdown)):
+                text = data.get(mime, "")
+                if "<table" not in text and not (mime == "text/markdown" and "|---" in text):
+                    continue
+                em, tight = table_font(cells_of(text))
+                if em >= TABLE_DEFAULT_EM:
+                    continue
+                shrunk += 1
+                css = ' cvlab-tight' if tight else ''
+                data[mime] = (f'<div class="cvlab-table{css}" style="font-size: {em:.2f}em">\n\n{text}\n\n</div>\n')
+                break
+    return shrunk
 
 
 def count_math(nb) -> int:
@@ -487,6 +563,7 @@ def export_html(executed: Path, html: Path, source_dir: Path, no_input: bool = F
     if _mathml_renderer_class() is None and count_math(nb):
         warn(f"{executed.stem}: {count_math(nb)} formula(s) left as TeX in the HTML; "
              "pip install latex2mathml to render them offline")
+    fit_tables(nb)
     exporter = offline_html_exporter(no_input)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir),
                                                                       "name": executed.stem}})
@@ -521,20 +598,28 @@ def cjk_font_present() -> bool | None:
     return bool(done.stdout.strip())
 
 
+def chromium_pdf(browser: str, html: Path, pdf: Path, timeout: float = 180) -> str:
+    """Print `html` to `pdf` (A4 from the page's print styles) with headless `browser`; "" or what went wrong."""
+    with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
+        cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
+               f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
+        try:
+            subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{browser} failed ({type(exc).__name__})"
+    if not pdf.is_file() or pdf.stat().st_size == 0:
+        return f"{browser} wrote no PDF"
+    return ""
+
+
 def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) -> tuple[Path | None, str]:
     """PDF from the exported HTML with headless Chromium (same page as the HTML); else nbconvert's
     webpdf (playwright); returns (path or None, one line saying what happened or what is missing)."""
     browser = find_browser()
     if browser:
-        with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
-            cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
-                   f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
-            try:
-                subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return None, f"PDF not made: {browser} failed ({type(exc).__name__})"
-        if not pdf.is_file() or pdf.stat().st_size == 0:
-            return None, f"PDF not made: {browser} wrote no PDF"
+        failed = chromium_pdf(browser, html, pdf)
+        if failed:
+            return None, f"PDF not made: {failed}"
         note = "" if cjk_font_present() is not False else \
             " (no Chinese font found: Chinese shows as boxes; apt-get install fonts-noto-cjk)"
         return pdf, f"PDF via {Path(browser).name}{note}"
@@ -583,9 +668,11 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                notebooks_dir: Path | None = None, out: Path | None = None, only: list[str] | None = None,
                log_output: bool = False, no_input: bool = False, pdf: bool = True, kernel: str | None = None,
                timeout: float | None = None, log: Callable[[str], None] = print,
-               estimate: bool = True) -> list[NotebookResult]:
+               estimate: bool = True, student=None, price_per_hour: float | None = None,
+               auto_stop_hours: float | None = None) -> list[NotebookResult]:
     """Print what each notebook will train with an estimated time (`estimate`), execute the notebooks in
-    order and export each; raise NotebookFailed at the first failing one."""
+    order and export each; raise NotebookFailed at the first failing one. With `student` (a
+    submission.Student), also write the submission document (submission.html / .pdf) from them."""
     warn = lambda text: log(f"warning: {text}")  # noqa: E731
     require_report_packages()
     profile = load_profile(profile_name)
@@ -605,7 +692,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     if estimate:
-        print_plan({nb.stem: params[nb] for nb in notebooks}, log)
+        print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours)
     results: list[NotebookResult] = []
     try:
         with kernel_environment(REPO_ROOT):
@@ -629,11 +716,17 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                 result.exports = export(executed, nb.parent, no_input, pdf, log)
                 log(f"{nb.stem}: ok in {result.seconds:.0f} s -> {', '.join(Path(p).name for p in [executed, *result.exports])}")
     finally:
-        write_manifest(out / "report.json", profile, results, no_input)
+        write_manifest(out / "report.json", profile, results, no_input, folder)
+    if student is not None:
+        from .submission import build_submission
+
+        made = build_submission(out, student, profile.name, folder, {nb.stem: params[nb] for nb in notebooks}, pdf, log)
+        log(f"submission: {', '.join(str(p) for p in made)}")
     return results
 
 
-def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
+def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,
+               auto_stop_hours: float | None = None) -> None:
     """Log each notebook's planned training (runs x epochs x images) and a time estimate measured by a
     short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error."""
     from ..core.device import device_name, resolve_device
@@ -643,8 +736,9 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None]) ->
         plans = plan.plan_report(params)
         requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
         device = resolve_device(requested)
-        rates = plan.measure_rates({p.model for p in plans if p.model}, device)
-        for line in plan.describe(plans, rates, device_name(device)):
+        batches = {(p.model, p.batch_size) for p in plans if p.model} if device.type == "cpu" else set()
+        rates = plan.measure_rates({p.model for p in plans if p.model}, device, batches=batches)
+        for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
     except Exception as exc:  # the notebooks report real errors themselves
         log(f"plan: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
@@ -662,10 +756,11 @@ def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Cal
     return made
 
 
-def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool) -> None:
+def write_manifest(path: Path, profile: Profile, results: list[NotebookResult], no_input: bool,
+                   notebooks_dir: Path | None = None) -> None:
     from .. import __version__
     from ..core.runs import write_json
 
     write_json(path, {"profile": profile.name, "cvlab": __version__, "python": sys.executable,
-                      "no_input": no_input, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "no_input": no_input, "notebooks_dir": str(notebooks_dir) if notebooks_dir else None, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "notebooks": [r.__dict__ for r in results]})

@@ -1,0 +1,486 @@
+"""The submission: one A4 PDF and one self-contained HTML (实验报告) from a profile's executed notebooks.
+
+    python -m cvlab report --profile quick --submission --student-name 张三 --student-id 2023012345
+
+Cover (course, student, date), contents with page numbers, then the handout's parts as chapters:
+实验目的 / 实验内容 / 实验步骤与结果 (notebook 01) / 问题解答 (02) / 改进方法与结果 (03) / 结论 (the
+notebooks' closing sections), and an appendix with the source code of every ladder rung, read from the
+commit that produced the runs. The body is the executed notebooks' own cells with code hidden; every
+figure and table carries a provenance line (device, precision, data, epochs, seeds, commit) read from
+the run directories. Student details come from the options or a small YAML file (STUDENT_FILE).
+"""
+from __future__ import annotations
+
+import copy
+import html
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.errors import UsageError
+from . import source
+
+COURSE, PROJECT, TITLE = "计算机视觉技术基础", "实践项目一", "ResNet-18 实现图像分类"
+STUDENT_FILE = "student.yaml"   # name / id / class (/ date), filled in once; options override it
+SUBMISSION_NAME = "submission"
+# The handout's own words for its first two parts (实验目的, 实验内容): the assignment, quoted.
+HANDOUT_AIMS = ["了解图像分类任务", "了解深度学习技术在图像分类领域的应用", "学习神经网络的设计与实现"]
+HANDOUT_CONTENT = "基于 CIFAR100 数据集，使用 Resnet 模型进行图像分类任务。"
+# notebook stem prefix -> (chapter number, chapter title, conclusion subsection title)
+NOTEBOOK_CHAPTERS = {"01": ("三", "实验步骤与结果", "基线"), "02": ("四", "问题解答", "问题解答"),
+                     "03": ("五", "改进方法与结果", "改进")}
+CONCLUSION_HEADING = re.compile(r"^#{1,6}\s*(\d+\.\s*)?小结")
+PARAMETERS_HEADING = re.compile(r"^#{1,6}\s*参数")
+
+
+@dataclass
+class Student:
+    name: str
+    student_id: str
+    class_name: str = ""
+    date: str = ""
+
+
+def resolve_student(name: str | None, student_id: str | None, class_name: str | None,
+                    path: Path | None = None) -> Student:
+    """Options first, then the student file (`path`, else ./student.yaml when present); name and id required."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    file = path or Path(STUDENT_FILE)
+    if path is not None and not path.is_file():
+        raise UsageError(f"--student-file {path}: no such file")
+    if file.is_file():
+        try:
+            values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"{file} must map name, id, class (and optionally date) to values")
+    student = Student(str(name or values.get("name") or "").strip(), str(student_id or values.get("id") or "").strip(),
+                      str(class_name or values.get("class") or "").strip(),
+                      str(values.get("date") or time.strftime("%Y-%m-%d")))
+    if not student.name or not student.student_id:
+        raise UsageError("--submission needs --student-name and --student-id "
+                         f"(or a {STUDENT_FILE} with name: and id:)")
+    return student
+
+
+# ---------------------------------------------------------------------------- provenance
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in sorted(set(values), key=str)) or "?"
+
+
+def run_provenance(run_dirs: list[Path]) -> tuple[str, list[str]]:
+    """One line (device, precision, data, epochs, seeds, commit) for the runs in `run_dirs`, and their commits."""
+    metrics = [m for m in (_read_json(d / "metrics.json") for d in run_dirs) if m]
+    if not metrics:
+        return "", []
+    datasets = [m.get("dataset", {}) for m in metrics]
+    synthetic = any(d.get("synthetic") for d in datasets)
+    sizes = _join(f"{d.get('n_train', '?'):,} / {d.get('n_test', '?'):,}" if isinstance(d.get("n_train"), int)
+                  else "?" for d in datasets)
+    whole = all(not d.get("subset") and not d.get("test_subset") for d in datasets)
+    commits = [m.get("versions", {}).get("git_commit") or "" for m in metrics]
+    data = "合成数据 SYNTHETIC（数字没有意义）" if synthetic else "CIFAR-100 真实数据"
+    line = (f"设备 {_join(m.get('device', '?') for m in metrics)} ｜ 精度 {_join(m.get('precision', '?') for m in metrics)}"
+            f" ｜ 数据 {data}，{'全量' if whole else '子集'}，训练/测试 {sizes} 张"
+            f" ｜ epoch {_join(m.get('epochs_done', '?') for m in metrics)}"
+            f" ｜ 种子 {_join(m.get('seed', '?') for m in metrics)}"
+            f" ｜ {len(metrics)} 次运行 ｜ commit {_join(c[:10] + ('-dirty' if c.endswith('-dirty') else '') for c in commits)}")
+    return line, commits
+
+
+def notebook_provenance(stem: str, params: dict[str, Any], notebooks_dir: Path, report_commit: str) -> tuple[str, list[str]]:
+    """The provenance line for the results of one notebook (and the commits of its runs)."""
+    if stem.startswith("01"):
+        return run_provenance([notebooks_dir / params.get("RUN_DIR", "../runs/01_baseline")])
+    if stem.startswith("03"):
+        root = notebooks_dir / params.get("RUNS_DIR", "../runs/03_improvements") / str(params.get("BUDGET", "subset"))
+        return run_provenance(sorted(p.parent for p in root.glob("*/metrics.json")))
+    if stem.startswith("02"):
+        synthetic = params.get("SYNTHETIC", False)
+        data = "合成数据 SYNTHETIC（数字没有意义）" if synthetic else "CIFAR-100 真实数据，类别均衡子集"
+        return (f"设备 cpu（演示固定在 CPU 上）｜ 精度 fp32 ｜ 数据 {data}（Q2、Q5、Q6 不用图像）"
+                f" ｜ QUICK={params.get('QUICK')} ｜ 种子 {params.get('SEED', 0)} ｜ 第 (3) 题的基线曲线来自第三章的运行"
+                f" ｜ commit {report_commit[:10] or '?'}（生成报告时）"), []
+    return "", []
+
+
+# ---------------------------------------------------------------------------- notebook cells -> chapters
+
+def demote_headings(markdown: str, levels: int = 1) -> str:
+    """Every Markdown heading `levels` deeper (outside fenced code), at most h6."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"^(#{1,6})(\s)", line)):
+            line = "#" * min(6, len(m.group(1)) + levels) + line[len(m.group(1)):]
+        out.append(line)
+    return "\n".join(out)
+
+
+def _is_result(output: dict) -> bool:
+    data = output.get("data", {})
+    return "image/png" in data or "<table" in data.get("text/html", "") or \
+        bool(re.search(r"^\|.*\|\s*$\n^\|[\s:|-]+\|\s*$", data.get("text/markdown", ""), re.M))
+
+
+def _provenance_output(line: str) -> dict:
+    import nbformat
+    return nbformat.v4.new_output("display_data", data={
+        "text/html": f'<div class="provenance">来源：{html.escape(line)}</div>', "text/plain": f"来源：{line}"})
+
+
+def clean_output(output: dict) -> dict | None:
+    """An output as the submission shows it: no stderr, warnings or errors; source listings become their
+    one-line reference (the code is in the appendix); Markdown headings one level deeper."""
+    if output.get("output_type") == "error":
+        return None
+    if output.get("output_type") == "stream":
+        return None if output.get("name") == "stderr" else output
+    if output.get("metadata", {}).get("cvlab") == "source":
+        return None
+    data = output.get("data", {})
+    if "text/markdown" in data:
+        output = copy.deepcopy(output)
+        output["data"]["text/markdown"] = demote_headings(data["text/markdown"], 2)
+    return output
+
+
+def split_notebook(nb, provenance: str) -> tuple[list, list]:
+    """(body cells, conclusion cells) of an executed notebook: parameters and setup output dropped, headings
+    two levels deeper, the title line dropped, each figure and table followed by its provenance line."""
+    body: list = []
+    conclusion: list = []
+    target = body
+    after_parameters = False
+    seen_title = False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            after_parameters = True
+            continue
+        cell = copy.deepcopy(cell)
+        if cell.cell_type == "markdown":
+            text = cell.source
+            if PARAMETERS_HEADING.match(text.lstrip()):
+                continue
+            if CONCLUSION_HEADING.match(text.lstrip()):
+                target = conclusion
+                text = "\n".join(text.lstrip().splitlines()[1:])  # the section title becomes 6.x
+            elif not seen_title and text.lstrip().startswith("# "):
+                text = "\n".join(text.lstrip().splitlines()[1:])
+            seen_title = True
+            cell.source = demote_headings(text, 1)
+            target.append(cell)
+            continue
+        if cell.cell_type != "code":
+            continue
+        if after_parameters:  # the setup cell: versions and paths, not results
+            after_parameters = False
+            cell.outputs = []
+        outputs = []
+        for output in cell.get("outputs", []):
+            kept = clean_output(output)
+            if kept is None:
+                continue
+            outputs.append(kept)
+            if provenance and _is_result(kept):
+                outputs.append(_provenance_output(provenance))
+        cell.outputs = outputs
+        target.append(cell)
+    return body, conclusion
+
+
+def notebook_errors(nb) -> list[str]:
+    return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+# ---------------------------------------------------------------------------- front matter and appendix
+
+def _md(text: str):
+    import nbformat
+    return nbformat.v4.new_markdown_cell(text)
+
+
+@dataclass
+class Heading:
+    anchor: str
+    text: str
+    level: int = 1
+    page: int | None = None
+
+
+@dataclass
+class Document:
+    cells: list = field(default_factory=list)
+    headings: list[Heading] = field(default_factory=list)
+
+    def heading(self, anchor: str, text: str, level: int = 1, css: str = "chapter") -> None:
+        self.headings.append(Heading(anchor, text, level))
+        tag = f"h{level}"
+        self.cells.append(_md(f'<{tag} id="{anchor}" class="{css}">{html.escape(text)}</{tag}>'))
+
+
+def cover_html(student: Student, profile: str) -> str:
+    rows = [("课程", COURSE), ("项目", f"{PROJECT} · {TITLE}"), ("姓名", student.name), ("学号", student.student_id),
+            ("班级", student.class_name or "（未填写）"), ("日期", student.date)]
+    table = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return (f'<div class="cover"><p class="cover-course">{COURSE}</p><p class="cover-kind">实验报告</p>'
+            f'<p class="cover-title">{PROJECT} · {TITLE}</p><table class="cover-table">{table}</table>'
+            f'<p class="cover-note">由 cvlab（report --profile {html.escape(profile)} --submission）从执行过的 notebook 生成</p></div>')
+
+
+def toc_html(headings: list[Heading]) -> str:
+    items = []
+    for h in headings:
+        page = f'<span class="toc-page">{h.page}</span>' if h.page else '<span class="toc-page"></span>'
+        items.append(f'<li class="toc-l{h.level}"><a href="#{h.anchor}">{html.escape(h.text)}</a>'
+                     f'<span class="toc-dots"></span>{page}</li>')
+    return f'<div class="toc"><h1 class="toc-title">目　录</h1><ul>{"".join(items)}</ul></div>'
+
+
+def _code_block(listing: source.Listing) -> str:
+    return f'<p class="listing">{html.escape(listing.title)} — {html.escape(listing.header)}</p>\n\n' \
+           f"```python\n{listing.text}\n```\n"
+
+
+def _one_line(code: str) -> str:
+    """Escaped code whose line breaks are character references: a raw-HTML block in Markdown ends at a
+    blank line, after which a '# comment' line would turn into a heading."""
+    return html.escape(code).replace("\n", "&#10;")
+
+
+def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) -> None:
+    """Appendix A: the handout's network beside cvlab's; each rung's preset and the code it switches on."""
+    from ..core import config, models
+
+    doc.heading("appendix", "附录 A　源代码")
+    doc.cells.append(_md(
+        f"讲义要求\"提供你的思路和源代码\"。本附录从 `cvlab` 包中逐级摘出每一级改进的预设定义（preset）和它打开的函数，"
+        f"每段代码标出文件与行号。{note}。思路与实验结果见第五章。"))
+    doc.heading("appendix-network", "A.1　讲义的网络与 cvlab 的复现", level=2, css="section")
+    handout = (Path(__file__).resolve().parent / "handout_network.py.txt").read_text(encoding="utf-8")
+    ours = [source.object_listing(obj, commit) for obj in (models.HandoutBasicBlock, models.handout_resnet18)]
+    right = "\n\n".join(f"# {l.header}\n{l.text}" for l in ours)
+    doc.cells.append(_md(
+        "左：讲义第三部分 (2) 中印出的网络（原样，包括缺少的右括号）；右：`cvlab.core.models` 中的复现"
+        "（`lambda` 捷径换成可序列化的 `nn.Identity`，其余层与参数相同，11,223,140 个参数）。\n\n"
+        f'<table class="side-by-side"><tr><th>讲义</th><th>cvlab</th></tr><tr>'
+        f"<td><pre>{_one_line(handout)}</pre></td><td><pre>{_one_line(right)}</pre></td></tr></table>"))
+    shown: dict[str, str] = {}
+    rungs = [n for n in config.LADDER if n in config.PARENT and n not in ("fast", "best")]
+    for i, name in enumerate(rungs, start=2):
+        anchor = f"appendix-{i}"
+        description = config.PRESETS[name][0]
+        doc.heading(anchor, f"A.{i}　{name}", level=2, css="section")
+        parts = [f"**{html.escape(description)}**（{'本报告训练了这一级' if name in trained else '本报告的预算没有单独训练这一级'}）",
+                 "预设定义：", _code_block(source.preset_listing(name, commit))]
+        for obj in source.rung_objects(name):
+            listing = source.object_listing(obj, commit)
+            if listing.title in shown:
+                parts.append(f"`{listing.title}`：见 {shown[listing.title]}。")
+                continue
+            shown[listing.title] = f"A.{i}"
+            parts.append(_code_block(listing))
+        doc.cells.append(_md("\n\n".join(parts)))
+    ends = [n for n in ("fast", "best") if n in config.PRESETS]
+    if ends:
+        i = len(rungs) + 2
+        doc.heading(f"appendix-{i}", f"A.{i}　阶梯的两个终点：{' 与 '.join(ends)}", level=2, css="section")
+        doc.cells.append(_md("\n\n".join(
+            f"**{n}**：{html.escape(config.PRESETS[n][0])}\n\n" + _code_block(source.preset_listing(n, commit))
+            for n in ends)))
+
+
+# ---------------------------------------------------------------------------- the document
+
+def _executed(out: Path, prefix: str) -> Path | None:
+    found = sorted(out.glob(f"{prefix}*.ipynb"))
+    return found[0] if found else None
+
+
+def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Path, params: dict[str, dict],
+                   report_commit: str):
+    """The submission as one notebook (Markdown and output cells only) and its headings."""
+    import nbformat
+
+
+    executed = {prefix: _executed(out, prefix) for prefix in NOTEBOOK_CHAPTERS}
+    missing = [p for p, path in executed.items() if path is None]
+    if missing:
+        raise UsageError(f"--submission needs the executed notebooks {', '.join(missing)} in {out}; "
+                         "run the report without --only first")
+    doc = Document()
+    doc.cells.append(_md(cover_html(student, profile)))
+    doc.cells.append(_md("<!-- toc -->"))
+    doc.heading("aims", "一、实验目的")
+    doc.cells.append(_md("\n".join(f"{i}. {a}" for i, a in enumerate(HANDOUT_AIMS, 1))))
+    doc.heading("content", "二、实验内容", css="chapter-continued")
+    settings = "\n".join(f"| {path.stem} | {html.escape(', '.join(f'{k}={v}' for k, v in params.get(path.stem, {}).items()))} |"
+                         for path in executed.values())
+    doc.cells.append(_md(
+        f"{HANDOUT_CONTENT}按讲义第四部分的要求：用讲义的 ResNet-18 训练并画出 train loss 与 test loss 随 epoch 的变化（第三章），"
+        f"回答六个问题（第四章），改进模型并用训练结果证明改进有效（第五章，源代码见附录 A）。\n\n"
+        f"本报告由 profile `{profile}` 生成，各 notebook 的参数如下：\n\n| notebook | 参数 |\n|---|---|\n{settings}"))
+    conclusions, commits = [], []
+    for prefix, path in executed.items():
+        nb = nbformat.read(str(path), as_version=4)
+        errors = notebook_errors(nb)
+        if errors:
+            raise UsageError(f"{path.name} holds an error ({errors[0][:80]}); fix it and run the report again")
+        number, title, short = NOTEBOOK_CHAPTERS[prefix]
+        line, run_commits = notebook_provenance(path.stem, params.get(path.stem, {}), notebooks_dir, report_commit)
+        commits += run_commits
+        body, conclusion = split_notebook(nb, line)
+        doc.heading(f"chapter-{prefix}", f"{number}、{title}")
+        doc.cells.extend(body)
+        conclusions.append((short, conclusion))
+    doc.heading("conclusion", "六、结论")
+    for i, (short, cells) in enumerate(conclusions, 1):
+        doc.cells.append(_md(f"## 6.{i}　{short}"))
+        doc.cells.extend(cells)
+    commit, note = source.resolve_commit(next((c for c in commits if c), report_commit or None))
+    budget = params.get(executed["03"].stem, {}).get("BUDGET", "subset")
+    appendix(doc, commit, note, _trained_presets(budget))
+    return nbformat.v4.new_notebook(cells=doc.cells, metadata={"language_info": {"name": "python"}}), doc
+
+
+def _trained_presets(budget: str) -> set[str]:
+    from ..experiments import ablate
+    try:
+        return set(ablate.get_budget(budget).presets)
+    except UsageError:
+        return set()
+
+
+SUBMISSION_CSS = """
+<style type="text/css">
+  .jp-RenderedHTMLCommon .cover p { text-align: center; }
+  .cover { text-align: center; padding-top: 38mm; page-break-after: always; break-after: page; }
+  .cover-course { font-size: 20pt; letter-spacing: 0.2em; margin: 0; }
+  .cover-kind { font-size: 30pt; font-weight: bold; margin: 14mm 0 6mm; letter-spacing: 0.3em; }
+  .cover-title { font-size: 17pt; margin: 0 0 26mm; }
+  .jp-RenderedHTMLCommon table.cover-table { margin: 0 auto !important; font-size: 13pt; border: none; }
+  .jp-RenderedHTMLCommon table.cover-table th, .jp-RenderedHTMLCommon table.cover-table td {
+    border: none; border-bottom: 1px solid #444; padding: 3mm 8mm; text-align: left; font-size: 13pt; }
+  .jp-RenderedHTMLCommon p.cover-note { margin-top: 40mm; font-size: 9pt; color: #666; }
+  .toc { page-break-after: always; break-after: page; }
+  .toc ul { list-style: none; padding: 0; }
+  .toc li { display: flex; align-items: baseline; margin: 1.5mm 0; }
+  .toc li.toc-l1 { font-weight: bold; margin-top: 3mm; }
+  .toc li.toc-l2 { padding-left: 8mm; font-size: 0.92em; }
+  .toc a { color: inherit; text-decoration: none; }
+  .toc-dots { flex: 1; border-bottom: 1px dotted #888; margin: 0 2mm; }
+  .toc-page { min-width: 8mm; text-align: right; }
+  h1.chapter { page-break-before: always; break-before: page; }
+  h1.chapter-continued { margin-top: 12mm; }
+  .provenance { font-size: 8pt; color: #555; border-left: 3px solid #aac; padding: 1px 6px; margin: 2px 0 10px; }
+  p.listing { font-size: 8.5pt; color: #444; margin: 6px 0 0; font-family: monospace; }
+  .jp-RenderedHTMLCommon table.side-by-side { table-layout: fixed; width: 100%; font-size: 1em; }
+  .jp-RenderedHTMLCommon table.side-by-side td { vertical-align: top; width: 50%; text-align: left; padding: 0 2mm; }
+  .jp-RenderedHTMLCommon table.side-by-side pre { font-size: 6pt !important; line-height: 1.25; white-space: pre-wrap;
+                      margin: 0; padding: 0; background: none; }
+  @media print {
+    @page { size: A4; margin: 14mm 12mm 16mm;
+            @bottom-center { content: counter(page) " / " counter(pages); font-size: 9pt; color: #555; } }
+    @page :first { @bottom-center { content: none; } }
+    /* ~125 characters a line: cvlab's lines (at most 120) print unwrapped */
+    .jp-RenderedHTMLCommon pre, .jp-RenderedHTMLCommon .highlight pre, .jp-RenderedHTMLCommon pre code {
+      font-size: 6.8pt !important; line-height: 1.3; }
+  }
+</style>
+"""
+
+
+def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
+    from .runner import fit_tables, offline_html_exporter
+
+    exporter = offline_html_exporter(no_input=True, extra_css=SUBMISSION_CSS)
+    nb = copy.deepcopy(nb)
+    fit_tables(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source == "<!-- toc -->":
+            cell.source = toc_html(headings)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir), "name": SUBMISSION_NAME}})
+    body = re.sub(r"<title>.*?</title>", f"<title>{COURSE} · {PROJECT} · 实验报告</title>", body, count=1, flags=re.S)
+    out_html.write_text(body, encoding="utf-8")
+
+
+def pdf_pages_text(pdf: Path) -> list[str] | None:
+    """The text of each page (pdftotext), None where poppler is missing."""
+    if not shutil.which("pdftotext"):
+        return None
+    done = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True, timeout=120)
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", "replace").split("\f")
+
+
+def number_headings(headings: list[Heading], pages: list[str], first_body_page: int = 3) -> int:
+    """Set each heading's page from the PDF's text (searched in order from the body's first page); the count found."""
+    squash = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
+    texts = [squash(p) for p in pages]
+    page, found = first_body_page - 1, 0
+    for h in headings:
+        parts = [squash(part) for part in h.text.split("\u3000")]  # "A.3　+crop-flip": both on one page
+        for i in range(page, len(texts)):
+            if all(part in texts[i] for part in parts):
+                h.page, page, found = i + 1, i, found + 1
+                break
+    return found
+
+
+def build_submission(out: Path, student: Student, profile: str, notebooks_dir: Path, params: dict[str, dict],
+                     pdf: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Write out/submission.html (and .pdf with headless Chromium); the paths written."""
+    from ..core.engine import git_commit
+    from .runner import chromium_pdf, find_browser
+
+    nb, doc = build_notebook(out, student, profile, notebooks_dir, params, git_commit() or "")
+    html_path, pdf_path = out / f"{SUBMISSION_NAME}.html", out / f"{SUBMISSION_NAME}.pdf"
+    render_html(nb, html_path, notebooks_dir, doc.headings)
+    made = [html_path]
+    if not pdf:
+        return made
+    browser = find_browser()
+    if browser is None:
+        log("submission: PDF not made: needs Chromium (apt-get install chromium fonts-noto-cjk, "
+            "or set CVLAB_CHROMIUM to a Chrome/Edge binary); the HTML prints to A4 from any browser")
+        return made
+    with tempfile.TemporaryDirectory(prefix="cvlab-submission-") as tmp:
+        draft = Path(tmp) / "draft.pdf"
+        note = chromium_pdf(browser, html_path, draft)
+        if note:
+            log(f"submission: PDF not made: {note}")
+            return made
+        pages = pdf_pages_text(draft)
+        if pages is None:
+            log("submission: contents without page numbers (pdftotext missing: apt-get install poppler-utils)")
+            shutil.copyfile(draft, pdf_path)
+        else:
+            number_headings(doc.headings, pages)
+            render_html(nb, html_path, notebooks_dir, doc.headings)
+            note = chromium_pdf(browser, html_path, pdf_path)
+            if note:
+                log(f"submission: PDF not made: {note}")
+                return made
+    made.append(pdf_path)
+    return made
