@@ -505,10 +505,10 @@ def test_ablation_goes_on_after_a_diverged_run(tmp_path, monkeypatch):
                                                 device="cpu", progress=False, download=False))
     real = engine.run_epoch
 
-    def diverge_for_seed_1(t, epoch):
+    def diverge_for_seed_1(t, epoch, *rest):
         if t.cfg.seed == 1:
             raise engine.NonFiniteLoss(epoch, 1, len(t.train_loader))
-        return real(t, epoch)
+        return real(t, epoch, *rest)
     monkeypatch.setattr(engine, "run_epoch", diverge_for_seed_1)
     result = ablate.run_ablation(["handout"], seeds=[0, 1], out=tmp_path, budget=budget, log=lambda s: None)
     assert list(result.runs["seed"]) == [0]
