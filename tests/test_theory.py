@@ -66,9 +66,12 @@ def test_residual_demo_plain_gradients_vanish_without_bn(tmp_path, data):
     out = theory.residual_demo(tmp_path, data, steps=8)
     assert out["figure"].is_file()
     g = out["gradient_norms"]
-    assert g["plain", False][0] < g["residual", False][0]      # early layer, no BatchNorm
-    assert g["plain", False][0] < 1e-3 * g["plain", False][-1]  # ... vanishing towards the input
-    assert len(g["plain", True]) == 31                          # stem + 15 blocks x 2 convs
+    plain, residual = g["plain", False, "default"], g["residual", False, "default"]
+    assert plain[0] < residual[0]                               # early layer, no BatchNorm
+    assert plain[0] < 1e-3 * plain[-1]                          # ... vanishing towards the input
+    he = g["plain", False, "he"]                                # the control: same net, He init
+    assert he[0] > 1e3 * plain[0]                               # the init, not depth alone, makes it vanish
+    assert len(g["plain", True, "default"]) == 31               # stem + 15 blocks x 2 convs
     curves = out["curves"]
     assert set(curves) == set(theory.DEGRADATION_MODELS)
     assert all(len(c) == 8 and all(math.isfinite(v) for v in c) for c in curves.values())

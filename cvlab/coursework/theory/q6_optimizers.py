@@ -47,10 +47,15 @@ OPTIMIZERS: dict[str, tuple[Callable, str]] = {
 }
 
 
-def lr_grid(quick: bool) -> list[float]:
-    """Learning rates tried for every optimizer: 1e-3 .. 1, half decades (quick) or quarter decades."""
+# The grid's ends, as powers of ten: wide enough that every optimizer's best rate on every surface lies
+# strictly inside it (optimizer_demo reports any that does not), so no best is an artefact of the grid.
+LR_DECADES = (-4, 2)
+
+
+def lr_grid(quick: bool, decades: tuple[int, int] = LR_DECADES) -> list[float]:
+    """Learning rates tried for every optimizer: 1e-4 .. 100, half decades (quick) or quarter decades."""
     per_decade = 2 if quick else 4
-    return [10 ** (k / per_decade) for k in range(-3 * per_decade, 1)]
+    return [10 ** (k / per_decade) for k in range(decades[0] * per_decade, decades[1] * per_decade + 1)]
 
 
 def optimize(fn: Callable, start: tuple[float, float], name: str, lrs: list[float], steps: int
@@ -83,7 +88,9 @@ def _best_lr(losses: torch.Tensor, tail: int = 10) -> int:
 
 def optimizer_demo(fig_dir: str | Path, quick: bool = True) -> dict:
     """Seven torch.optim optimizers on three 2-D surfaces, each with its best learning rate
-    from the same grid at the same step count: trajectories and loss-vs-step curves."""
+    from the same grid at the same step count: trajectories and loss-vs-step curves. The table's
+    `interior` says whether that best rate lies strictly inside the grid (else the grid is too narrow).
+    Ties (several rates reaching the same floor, e.g. exactly 0 in float64) go to the smallest rate."""
     import pandas as pd
 
     lrs = lr_grid(quick)
@@ -96,7 +103,8 @@ def optimizer_demo(fig_dir: str | Path, quick: bool = True) -> dict:
                 best = _best_lr(losses)
                 runs[surface, name] = (losses[:, best], path[:, best])
                 rows.append({"surface": surface, "optimizer": name, "settings": OPTIMIZERS[name][1],
-                             "best_lr": lrs[best], "steps": steps, "final_loss": losses[-1, best].item(),
+                             "best_lr": lrs[best], "interior": 0 < best < len(lrs) - 1,
+                             "steps": steps, "final_loss": losses[-1, best].item(),
                              "final_point": tuple(round(v, 4) for v in path[-1, best].tolist())})
     table = pd.DataFrame(rows)
     figure = _plot_optimizers(fig_dir, runs, table)
