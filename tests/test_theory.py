@@ -171,7 +171,7 @@ def test_notebook_02_follows_the_contract():
     assert len(params) == 1 and params[0] is code[0]
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params[0].source).body
               for t in node.targets}
-    assert values == {"QUICK": True, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
+    assert values == {"QUICK": False, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
                       "DEVICE": "auto", "SYNTHETIC": False, "SEED": 0}
     import re
     rendered = [m for c in code for m in re.findall(r'^answer\("(\w+)"\)', c.source, re.M)]
@@ -180,3 +180,25 @@ def test_notebook_02_follows_the_contract():
     for name in rendered:
         text = (repo / "answers" / "templates" / f"{name}.md").read_text(encoding="utf-8")
         assert "**参考文献**" in text and "**本项目实测**" in text
+
+
+def test_notebook_02_defaults_to_the_reports_setting():
+    """Run All on notebook 02 gives the report's numbers: its QUICK default is the setting of the committed
+    docs/results/theory.json and of the report's real-data profiles (quick, full), and its seed theirs."""
+    import ast
+    from pathlib import Path
+
+    import nbformat
+    import yaml
+
+    from cvlab.coursework.theory import results as tr
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "notebooks" / "02_theory.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params.source).body for t in node.targets}
+    committed = tr.read_results(tr.RESULTS_FILE)["setting"]
+    assert values["QUICK"] is committed["quick"] and values["SEED"] == committed["seed"]
+    for profile in ("quick", "full"):
+        spec = yaml.safe_load((repo / "cvlab" / "report" / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8"))
+        assert spec["notebooks"]["02_theory"]["QUICK"] is values["QUICK"], profile

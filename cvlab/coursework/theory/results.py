@@ -294,9 +294,46 @@ WORDING: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
     "q1": q1_wording, "q3": q3_wording, "q4": q4_wording, "q6": q6_wording}
 
 
+def cpu_run_numbers(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """The handout network's own train/test figures from the committed CPU run on the full data
+    (cvlab.coursework.baseline.HANDOUT_CPU_RUN), read when an answer is rendered so the answer always
+    matches the committed files; every value None when the run is missing."""
+    from ...core.errors import RunDirError
+    from ...core.runs import load_run
+    from ..baseline import HANDOUT_CPU_RUN, cpu_run_label_zh, curve_summary
+
+    keys = ("label_zh", "epochs", "planned_epochs", "n_train", "n_test", "device", "seed", "train_loss", "test_loss",
+            "train_acc", "test_acc", "acc_gap_pp", "min_epoch", "rise", "trend_zh", "seconds_per_epoch")
+    try:
+        run = load_run(run_dir or HANDOUT_CPU_RUN)
+        s = curve_summary(run.history)
+    except (RunDirError, OSError, KeyError, ValueError):
+        return {f"cpu_{k}": None for k in keys}
+    ds = run.metrics.get("dataset", {})
+    if s["epochs"] < 2:
+        trend = "只有 1 个 epoch，还看不出测试损失的走势"
+    elif s["turned_up"]:
+        trend = (f"测试损失在第 {s['min_test_loss_epoch']} 个 epoch 最低，到第 {s['final_epoch']} 个 epoch 回升了 "
+                 f"{s['test_loss_rise']:.3f}：过拟合已经开始")
+    else:
+        trend = (f"测试损失到第 {s['final_epoch']} 个 epoch 还没有回升（最低点在第 {s['min_test_loss_epoch']} 个 epoch）："
+                 "这些 epoch 里还看不到过拟合的拐点，讲义的 100 个 epoch 的后段会怎样，这次运行不能回答")
+    values = {"label_zh": cpu_run_label_zh(run), "epochs": s["epochs"],
+              "planned_epochs": run.metrics.get("epochs_planned") or run.config.get("epochs"),
+              "n_train": ds.get("n_train"), "n_test": ds.get("n_test"), "device": run.metrics.get("device"),
+              "seed": run.config.get("seed"), "train_loss": s["final_train_loss"], "test_loss": s["final_test_loss"],
+              "train_acc": s["final_train_acc"], "test_acc": s["final_test_acc"], "acc_gap_pp": 100 * s["acc_gap"],
+              "min_epoch": s["min_test_loss_epoch"], "rise": s["test_loss_rise"], "trend_zh": trend,
+              "seconds_per_epoch": float(run.history.epoch_seconds.mean())}
+    return {f"cpu_{k}": v for k, v in values.items()}
+
+
 def with_wording(results: dict[str, Any]) -> dict[str, Any]:
-    """`results` with each question's derived sentences added (a question not computed stays None)."""
+    """`results` with each question's derived sentences added (a question not computed stays None), and q3
+    with the committed CPU run's figures (cpu_run_numbers)."""
     out = dict(results)
+    if out.get("q3") is not None:
+        out["q3"] = {**out["q3"], **cpu_run_numbers()}
     for key, wording in WORDING.items():
         if out.get(key) is not None:
             try:
