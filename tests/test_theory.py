@@ -202,3 +202,14 @@ def test_notebook_02_defaults_to_the_reports_setting():
     for profile in ("quick", "full"):
         spec = yaml.safe_load((repo / "cvlab" / "report" / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8"))
         assert spec["notebooks"]["02_theory"]["QUICK"] is values["QUICK"], profile
+
+
+def test_batch_training_demo_sees_the_same_images_at_every_batch_size(tmp_path, data):
+    out = theory.batch_training_demo(tmp_path, data, batch_sizes=(20, 100), epochs=1, n_train=200)
+    assert out["figure"].is_file()
+    t = out["table"].set_index("batch_size")
+    assert list(t.images_seen) == [200, 200]                   # same images seen ...
+    assert list(t.steps) == [10, 2]                             # ... in B-times fewer steps
+    assert t.lr[100] == pytest.approx(5 * t.lr[20]) and t.lr[100] == pytest.approx(0.1 * 100 / 256)  # linear rule
+    assert all(math.isfinite(v) for v in t.train_loss_last_quarter)
+    assert set(out["history"].epoch) == {1} and out["n_train"] == 200

@@ -59,7 +59,18 @@ def q1_numbers(r: dict) -> dict[str, Any]:
             "cos_bmax": _f(noise.mean_cosine_to_full.iloc[-1]), "b_simple": _f(r["noise_scale_B_simple"]),
             "steps_1024": int(steps.steps_per_epoch[1024]), "steps_128": int(steps.steps_per_epoch[128]),
             "total_1024": int(steps.steps_in_100_epochs[1024]), "total_128": int(steps.steps_in_100_epochs[128]),
-            "data": r["data"], "data_zh": data_zh(r["data"])}
+            "data": r["data"], "data_zh": data_zh(r["data"]), **q1_training_numbers(r.get("training"))}
+
+
+def q1_training_numbers(t: dict | None) -> dict[str, Any]:
+    """The handout network trained at several batch sizes (batch_training_demo); None values without it."""
+    if t is None:
+        return {"train_n": None, "train_epochs": None, "train_rows": None, "train_data_zh": None}
+    rows = [{"batch_size": int(r.batch_size), "lr": _f(r.lr), "steps": int(r.steps), "images_seen": int(r.images_seen),
+             "train_loss": _f(r.train_loss_last_quarter), "test_loss": _f(r.final_test_loss),
+             "test_acc": _f(r.final_test_acc)} for r in t["table"].itertuples()]
+    return {"train_n": int(t["n_train"]), "train_epochs": int(t["epochs"]), "train_rows": rows,
+            "train_data_zh": data_zh(t["data"])}
 
 
 def q2_numbers(r: dict) -> dict[str, Any]:
@@ -267,10 +278,31 @@ def recipe_numbers(optimizer_rung: str = "+sgd", preset: str = "+onecycle") -> d
 
 
 def q1_wording(n: dict[str, Any]) -> dict[str, str]:
-    """Answer (1): whether the measured noise follows the sampling formula, as the numbers say."""
+    """Answer (1): whether the measured noise follows the sampling formula, and what the training runs at
+    several batch sizes show, as the numbers say."""
     agree = 0.9 <= n["ratio_min"] and n["ratio_max"] <= 1.1
-    return {"agree_zh": ("即 $1/B$ 规律（含有限总体修正）与测量一致" if agree
-                         else "比值偏离 1 超过 10%，抽样次数不够或测量有误，不能说与公式一致")}
+    out = {"agree_zh": ("即 $1/B$ 规律（含有限总体修正）与测量一致" if agree
+                        else "比值偏离 1 超过 10%，抽样次数不够或测量有误，不能说与公式一致")}
+    rows = n.get("train_rows")
+    if not rows:
+        return {**out, "train_rows_zh": None, "train_zh": None}
+    out["train_rows_zh"] = "；".join(
+        f"$B={r['batch_size']}$（学习率 {r['lr']:g}）走 {r['steps']} 步，最后四分之一步的平均训练损失 {r['train_loss']:.3f}，"
+        f"测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
+    by_batch = sorted(rows, key=lambda r: r["batch_size"])
+    losses = [r["train_loss"] for r in by_batch]
+    lowest = min(rows, key=lambda r: r["train_loss"])["batch_size"]
+    if all(a < b for a, b in zip(losses, losses[1:])):
+        trend = ("看到同样多的图像，批量越大、步数越少，训练损失降得越少：按线性缩放规则放大的学习率没有补回少走的步数。"
+                 "若这些批量都远小于梯度噪声尺度，按线性缩放后各条曲线应随看到的图像数大致重合；它们没有重合，"
+                 "说明至少较大的批量已不在这个范围内")
+    elif all(a > b for a, b in zip(losses, losses[1:])):
+        trend = "看到同样多的图像，批量越大训练损失反而越低：小批量配线性缩放后的小学习率，在这么短的训练里走得更慢"
+    else:
+        trend = f"训练损失没有随批量单调变化（最低的是 $B={lowest}$），这么短的训练不足以排出先后"
+    chance = all(r["test_acc"] < 0.05 for r in rows)
+    out["train_zh"] = trend + ("；测试准确率都还接近随机猜测（1%），测试损失的差别只反映训练的早期阶段" if chance else "")
+    return out
 
 
 def q3_wording(n: dict[str, Any]) -> dict[str, str]:
@@ -382,7 +414,8 @@ def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, basel
     which must have been computed at the same setting (quick, seed, data)."""
     from . import q1_batch_size, q2_epoch, q3_overfitting, q4_resnet, q5_activations, q6_optimizers
 
-    demos = {"q1": lambda: q1_batch_size.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
+    demos = {"q1": lambda: {**q1_batch_size.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
+                            "training": q1_batch_size.batch_training_demo(fig_dir, data, quick=quick, seed=seed)},
              "q2": lambda: q2_epoch.epoch_demo(fig_dir, seed=seed),
              "q3": lambda: q3_overfitting.regularization_demo(fig_dir, data, quick=quick, seed=seed),
              "q4": lambda: q4_resnet.residual_demo(fig_dir, data, quick=quick, seed=seed),
