@@ -13,6 +13,7 @@ import torch
 from cvlab.experiments.ablate import LADDER_CSV, LADDER_MD, RUNS_CSV, Budget, budget_config, ladder_table, run_ablation
 from cvlab.experiments.analysis import confused_pairs, per_superclass_accuracy, predict_run
 from cvlab.core.config import LADDER, PARENT, PRESETS, make_config
+from cvlab.core.errors import ConfigError
 from cvlab.core.engine import build_trainer, evaluate, fit, train_one_epoch
 from cvlab.core.errors import RunDirError
 from cvlab.core.models import MODELS, CifarResNet18, build_model, count_parameters
@@ -66,6 +67,38 @@ def test_ladder_adds_one_change_per_rung():
         assert LADDER.index(PARENT[name]) == LADDER.index(name) - 1
 
 
+# Fields that only make sense together, so one idea may set several of them (see the comment above +sgd in
+# cvlab.core.config): an optimizer with its momentum, rate and the batch its rate is quoted for; a schedule
+# with its warmup; a mixing method with its probability; a model with nothing else.
+ONE_IDEA = [{"optimizer", "nesterov", "momentum", "lr", "batch_size"}, {"schedule", "warmup"},
+            {"mix", "mix_alpha", "mix_prob"}, {"normalization", "shuffle"}, {"crop_padding", "hflip"}]
+
+
+def test_each_rung_changes_one_idea():
+    """+sgd-onecycle changed the optimizer, weight decay and the schedule at once; no rung may do that again.
+    (+norm-shuffle and +crop-flip pair two input-pipeline fixes each, as their names say.)"""
+    from cvlab.core.config import preset_changes
+    for name in LADDER[1:-2]:
+        changed = set(preset_changes(name))
+        assert len(changed) == 1 or any(changed <= group for group in ONE_IDEA), (name, sorted(changed))
+    assert set(preset_changes("+sgd")) == {"optimizer", "nesterov", "lr", "batch_size"}
+    assert preset_changes("+weight-decay") == {"weight_decay": 5e-4}
+    assert preset_changes("+onecycle") == {"schedule": "onecycle", "warmup": 0.15}
+
+
+def test_the_split_keeps_what_the_end_points_train():
+    """+onecycle trains what +sgd-onecycle trained, so fast and best (built on it) are unchanged."""
+    onecycle = make_config("+onecycle").to_dict()
+    expected = dict(make_config("+cifar-stem").to_dict(), optimizer="sgd", momentum=0.9, nesterov=True,
+                    weight_decay=5e-4, batch_size=256, lr=0.2, schedule="onecycle", warmup=0.15, preset="+onecycle")
+    assert onecycle == expected
+    fast = make_config("fast")
+    assert (fast.optimizer, fast.nesterov, fast.weight_decay, fast.schedule, fast.warmup, fast.batch_size, fast.lr,
+            fast.wd_exclude_norm_bias, fast.epochs) == ("sgd", True, 5e-4, "onecycle", 0.15, 512, 0.4, True, 30)
+    with pytest.raises(ConfigError, match=r"\+onecycle"):
+        make_config("+sgd-onecycle")
+
+
 def tiny_run(**overrides):
     values = dict(TINY, subset=100, test_subset=100, epochs=2, batch_size=25, eval_batch_size=100, lr=1e-3)
     values.update(overrides)
@@ -108,9 +141,9 @@ def test_no_validation_split_keeps_the_contract_columns(tmp_path):
 
 def test_budget_keeps_the_warmup_share_and_applies_overrides():
     budget = Budget("t", "test", dict(epochs=10, subset=500))
-    cfg = budget_config("+sgd-onecycle", budget, {"lr": 0.1}, seed=3)
+    cfg = budget_config("+onecycle", budget, {"lr": 0.1}, seed=3)
     assert (cfg.epochs, cfg.warmup, cfg.subset, cfg.lr, cfg.seed) == (10, 0.15, 500, 0.1, 3)
-    assert cfg.preset == "+sgd-onecycle"
+    assert cfg.preset == "+onecycle"
 
 
 def test_ablation_runs_skips_duplicates_and_tabulates_from_run_dirs(tmp_path):

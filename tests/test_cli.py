@@ -119,7 +119,7 @@ def test_only_the_options_given_override_the_preset():
     assert explicit_overrides(parse("train", "--lr", "0.5", "--set", "lr=0.25")) == {"lr": 0.25}  # --set wins
 
 
-@pytest.mark.parametrize("preset", ["fast", "best", "+sgd-onecycle"])
+@pytest.mark.parametrize("preset", ["fast", "best", "+onecycle"])
 def test_presets_with_a_warmup_take_one_epoch(preset):
     from cvlab.cli.train import config_from_args
     cfg = config_from_args(parse("train", "--preset", preset, "--epochs", "1"))

@@ -120,13 +120,13 @@ def test_every_preset_runs_at_any_length(name):
 
 
 def test_presets_keep_their_warmup_at_their_default_length():
-    # before the warmup became a fraction: +sgd-onecycle 15 of 100 epochs, fast 4.5 of 30, best 30 of 200
-    for name, epochs, warmup_epochs in (("+sgd-onecycle", 100, 15), ("fast", 30, 4.5), ("best", 200, 30)):
+    # before the warmup became a fraction: +sgd-onecycle (now +onecycle) 15 of 100 epochs, fast 4.5 of 30, best 30 of 200
+    for name, epochs, warmup_epochs in (("+onecycle", 100, 15), ("fast", 30, 4.5), ("best", 200, 30)):
         cfg = make_config(name)
         assert cfg.epochs == epochs and cfg.warmup * cfg.epochs == pytest.approx(warmup_epochs)
-    for name in PRESETS:  # every preset with a warmup derives from +sgd-onecycle
+    for name in PRESETS:  # every preset with a warmup derives from +onecycle
         assert make_config(name).warmup in (0.0, 0.15)
-    assert "15% of the steps" in PRESETS["+sgd-onecycle"][0]
+    assert "15% of the steps" in PRESETS["+onecycle"][0]
 
 
 def test_an_older_config_with_warmup_epochs_is_converted(tmp_path):

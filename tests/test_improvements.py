@@ -154,7 +154,7 @@ def test_weight_decay_skips_bn_and_bias():
     assert decayed["weight_decay"] == 5e-4 and exempt["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in exempt["params"])
     assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
-    assert len(build_optimizer(make_config("+sgd-onecycle"), model).param_groups) == 1
+    assert len(build_optimizer(make_config("+onecycle"), model).param_groups) == 1
 
 
 # ---------------------------------------------------------------------------- EMA and TTA

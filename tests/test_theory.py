@@ -66,9 +66,12 @@ def test_residual_demo_plain_gradients_vanish_without_bn(tmp_path, data):
     out = theory.residual_demo(tmp_path, data, steps=8)
     assert out["figure"].is_file()
     g = out["gradient_norms"]
-    assert g["plain", False][0] < g["residual", False][0]      # early layer, no BatchNorm
-    assert g["plain", False][0] < 1e-3 * g["plain", False][-1]  # ... vanishing towards the input
-    assert len(g["plain", True]) == 31                          # stem + 15 blocks x 2 convs
+    plain, residual = g["plain", False, "default"], g["residual", False, "default"]
+    assert plain[0] < residual[0]                               # early layer, no BatchNorm
+    assert plain[0] < 1e-3 * plain[-1]                          # ... vanishing towards the input
+    he = g["plain", False, "he"]                                # the control: same net, He init
+    assert he[0] > 1e3 * plain[0]                               # the init, not depth alone, makes it vanish
+    assert len(g["plain", True, "default"]) == 31               # stem + 15 blocks x 2 convs
     curves = out["curves"]
     assert set(curves) == set(theory.DEGRADATION_MODELS)
     assert all(len(c) == 8 and all(math.isfinite(v) for v in c) for c in curves.values())
@@ -168,7 +171,7 @@ def test_notebook_02_follows_the_contract():
     assert len(params) == 1 and params[0] is code[0]
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params[0].source).body
               for t in node.targets}
-    assert values == {"QUICK": True, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
+    assert values == {"QUICK": False, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
                       "DEVICE": "auto", "SYNTHETIC": False, "SEED": 0}
     import re
     rendered = [m for c in code for m in re.findall(r'^answer\("(\w+)"\)', c.source, re.M)]
@@ -177,3 +180,36 @@ def test_notebook_02_follows_the_contract():
     for name in rendered:
         text = (repo / "answers" / "templates" / f"{name}.md").read_text(encoding="utf-8")
         assert "**参考文献**" in text and "**本项目实测**" in text
+
+
+def test_notebook_02_defaults_to_the_reports_setting():
+    """Run All on notebook 02 gives the report's numbers: its QUICK default is the setting of the committed
+    docs/results/theory.json and of the report's real-data profiles (quick, full), and its seed theirs."""
+    import ast
+    from pathlib import Path
+
+    import nbformat
+    import yaml
+
+    from cvlab.coursework.theory import results as tr
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "notebooks" / "02_theory.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params.source).body for t in node.targets}
+    committed = tr.read_results(tr.RESULTS_FILE)["setting"]
+    assert values["QUICK"] is committed["quick"] and values["SEED"] == committed["seed"]
+    for profile in ("quick", "full"):
+        spec = yaml.safe_load((repo / "cvlab" / "report" / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8"))
+        assert spec["notebooks"]["02_theory"]["QUICK"] is values["QUICK"], profile
+
+
+def test_batch_training_demo_sees_the_same_images_at_every_batch_size(tmp_path, data):
+    out = theory.batch_training_demo(tmp_path, data, batch_sizes=(20, 100), epochs=1, n_train=200)
+    assert out["figure"].is_file()
+    t = out["table"].set_index("batch_size")
+    assert list(t.images_seen) == [200, 200]                   # same images seen ...
+    assert list(t.steps) == [10, 2]                             # ... in B-times fewer steps
+    assert t.lr[100] == pytest.approx(5 * t.lr[20]) and t.lr[100] == pytest.approx(0.1 * 100 / 256)  # linear rule
+    assert all(math.isfinite(v) for v in t.train_loss_last_quarter)
+    assert set(out["history"].epoch) == {1} and out["n_train"] == 200

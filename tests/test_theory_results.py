@@ -25,7 +25,7 @@ def test_committed_results_are_the_reports_setting():
 
 
 def test_every_placeholder_names_a_committed_number():
-    results = tr.read_results(tr.RESULTS_FILE)
+    results = tr.with_wording(tr.read_results(tr.RESULTS_FILE))  # numbers, and sentences derived from them
     for name in tr.QUESTIONS:
         template = (tr.TEMPLATES_DIR / f"{name}.md").read_text(encoding="utf-8")
         paths = [m.group(1) for m in tr.PLACEHOLDER.finditer(template)]
@@ -87,3 +87,28 @@ def test_one_theory_module_per_answer():
     package = Path(tr.__file__).parent
     for name in tr.QUESTIONS:
         assert (package / f"{name}.py").is_file(), f"cvlab/coursework/theory/{name}.py mirrors answers/{name}.md"
+
+
+def test_every_committed_best_learning_rate_is_inside_the_grid():
+    """A best rate at the grid's end says only that the grid was too narrow (issue 19, item 4)."""
+    q6 = tr.read_results(tr.RESULTS_FILE)["q6"]
+    rates = {k: v for k, v in q6.items() if k.endswith("_lr") and k.split("_")[0] in ("quad", "rot", "rosen")}
+    assert len(rates) == 21 and q6["n_best_at_edge"] == 0
+    assert all(q6["lr_min"] < lr < q6["lr_max"] for lr in rates.values()), rates
+
+
+def test_wording_follows_the_numbers():
+    """Sentences that state an outcome are derived from the numbers: change a number, the sentence changes."""
+    results = json.loads(json.dumps(tr.read_results(tr.RESULTS_FILE)))
+    text = tr.render_answer("q3_overfitting", results)
+    assert "测试准确率也是三者中最高的" in text
+    results["q3"]["none_test_acc"] = 0.99
+    assert "但测试准确率不是三者中最高的" in tr.render_answer("q3_overfitting", results)
+    results["q4"]["plain32_loss"] = results["q4"]["plain8_loss"] - 0.1
+    assert "不完全一致" in tr.render_answer("q4_resnet", results)
+
+
+def test_adam_bounds():
+    q6 = tr.read_results(tr.RESULTS_FILE)["q6"]
+    assert q6["adam_bound"] == pytest.approx(3.162, abs=1e-3)          # Kingma & Ba: one non-zero gradient
+    assert q6["adam_bound_general"] == pytest.approx(7.27, abs=1e-2)   # Cauchy-Schwarz, any gradient sequence

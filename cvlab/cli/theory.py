@@ -28,7 +28,17 @@ def cmd_theory(args) -> int:
                 raise UsageError(f"no CIFAR-100 in {root.resolve()} (q1, q3 and q4 need it); put "
                                  "cifar-100-python.tar.gz there, pass --data-root DIR, or --synthetic for a dry run")
             data = theory.load_demo_data(root, synthetic=False)
-        results = tr.compute(args.figures, data, quick=args.quick, seed=args.seed, baseline_run=args.baseline)
+        only = tuple(q.strip() for q in args.only.split(",") if q.strip()) if args.only else ()
+        unknown = [q for q in only if q not in tr.EXTRACT]
+        if unknown:
+            raise UsageError(f"--only takes question keys {', '.join(tr.EXTRACT)}, got {', '.join(unknown)}")
+        if only and not out.is_file():
+            raise UsageError(f"--only recomputes some questions of an existing results file; there is none at {out}")
+        try:
+            results = tr.compute(args.figures, data, quick=args.quick, seed=args.seed, baseline_run=args.baseline,
+                                 only=only, previous=tr.read_results(out) if only else None)
+        except ValueError as exc:
+            raise UsageError(f"--only: {exc} ({out})") from None
         print(f"wrote {tr.write_results(results, out)}")
     if args.answers:
         for path in tr.render_answers(results):
@@ -53,4 +63,7 @@ def register(sub) -> None:
     p.add_argument("--no-answers", dest="answers", action="store_false",
                    help="write the results file only, leave answers/ alone")
     p.add_argument("--render-only", action="store_true", help="render answers/ from the existing results file")
+    p.add_argument("--only", metavar="Q,...", default="",
+                   help="recompute only these questions (e.g. q4,q6) and keep the others' numbers from the results "
+                        "file, which must be at the same setting")
     p.set_defaults(func=cmd_theory)

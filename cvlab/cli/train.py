@@ -104,7 +104,7 @@ def register_train(sub) -> None:
 # ---------------------------------------------------------------------------- presets, models
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ..core.config import FIELDS, PRESETS
+    from ..core.config import FIELDS, PRESETS, changes_text, preset_changes
 
     if args.fields:
         for spec in FIELDS.values():
@@ -115,7 +115,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         return 0
     width = max(len(n) for n in PRESETS)
     for name, (description, _) in PRESETS.items():
-        print(f"{name:<{width}}  {description}")
+        changes = changes_text(preset_changes(name))
+        print(f"{name:<{width}}  {description}" + (f" [changes: {changes}]" if changes else ""))
     return 0
 
 

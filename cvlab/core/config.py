@@ -192,6 +192,8 @@ def _field_specs() -> dict[str, FieldSpec]:
 FIELDS: dict[str, FieldSpec] = _field_specs()
 # Keys of older config files and what they became (see `_upgrade`).
 RENAMED = {"warmup_epochs": "warmup"}
+# Presets that were renamed or split, and the preset that trains the same config today.
+RENAMED_PRESETS = {"+sgd-onecycle": "+onecycle"}
 
 # A preset: a one-line description and the fields it changes from the defaults above.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -224,11 +226,17 @@ _derive("+crop-flip", "+norm-shuffle", "+ random crop with 4-pixel zero padding 
         crop_padding=4, hflip=True)
 _derive("+cifar-stem", "+crop-flip", "+ the CIFAR ResNet-18: padded 3x3 stem without max-pool (32x32 feature maps "
         "in stage 1), BN in the projection shortcuts", model="cifar_resnet18")
-_derive("+sgd-onecycle", "+cifar-stem", "+ SGD with Nesterov momentum 0.9 and weight decay 5e-4, batch 256 with lr 0.2 "
-        "(0.1 per 128 images), linear warmup for the first 15% of the steps then linear decay to 0",
-        optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=256, lr=0.2,
-        schedule="onecycle", warmup=0.15)
-_derive("+no-bn-decay", "+sgd-onecycle", "+ no weight decay on BN parameters and biases", wd_exclude_norm_bias=True)
+# The optimizer switch is split in three so that each rung is one idea. +sgd keeps with the optimizer only what
+# the optimizer cannot run without: its momentum (Nesterov), its learning rate, and the batch size that rate is
+# quoted for (0.1 per 128 images, He et al. 2016); Adam's lr 1e-4 at batch 1024 means nothing to SGD. Weight
+# decay is a regularizer and the schedule is a separate idea, so each gets its own rung.
+_derive("+sgd", "+cifar-stem", "+ SGD with Nesterov momentum 0.9 instead of Adam, batch 256 with lr 0.2 (0.1 per "
+        "128 images), constant rate, no weight decay",
+        optimizer="sgd", momentum=0.9, nesterov=True, batch_size=256, lr=0.2)
+_derive("+weight-decay", "+sgd", "+ L2 weight decay 5e-4 on every parameter", weight_decay=5e-4)
+_derive("+onecycle", "+weight-decay", "+ the one-cycle schedule: linear warmup for the first 15% of the steps, then "
+        "linear decay to 0 (instead of the constant rate)", schedule="onecycle", warmup=0.15)
+_derive("+no-bn-decay", "+onecycle", "+ no weight decay on BN parameters and biases", wd_exclude_norm_bias=True)
 _derive("+label-smoothing", "+no-bn-decay", "+ label smoothing 0.1", label_smoothing=0.1)
 _derive("+zero-init", "+label-smoothing", "+ zero-initialized last BN in every residual block", zero_init_last_bn=True)
 _derive("+cutmix", "+zero-init", "+ CutMix (alpha 1) on half of the batches", mix="cutmix", mix_alpha=1.0, mix_prob=0.5)
@@ -255,6 +263,22 @@ _derive("best", "+tta-flip", "for 200 epochs, bf16 autocast where supported, cha
         "shared by groups of 16 images; target >= 80% top-1, mean of 3 seeds", rung=False,
         epochs=200, precision="auto", channels_last=True, policy_group=16, optimizer_impl="auto", cudnn_benchmark=True)
 LADDER += ["fast", "best"]
+
+
+def preset_changes(name: str, against: str | None = None) -> dict[str, Any]:
+    """The fields preset `name` sets differently from `against` (default: its parent), with its values:
+    what the rung changes, read from the configs themselves so the description cannot drift from them."""
+    against = against or PARENT.get(name)
+    if against is None:
+        return {}
+    mine, theirs = PRESETS[name][1], PRESETS[against][1]
+    return {k: v for k, v in mine.items() if k != "preset" and theirs.get(k, FIELDS[k].default) != v}
+
+
+def changes_text(changes: dict[str, Any]) -> str:
+    """{'lr': 0.2, 'nesterov': True} -> 'lr=0.2, nesterov=true'."""
+    show = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k}={show(v)}" for k, v in changes.items())
 
 
 # ---------------------------------------------------------------------------- text and typed values
@@ -370,6 +394,9 @@ def make_config(preset: str | None = None, **overrides: Any) -> Config:
     """Defaults, then the preset's fields, then `overrides`; validated."""
     values: dict[str, Any] = {}
     if preset is not None:
+        if preset in RENAMED_PRESETS:
+            raise ConfigError(f"preset {preset!r} was split so that each rung is one change; "
+                              f"{RENAMED_PRESETS[preset]!r} trains the same config (see 'python -m cvlab presets')")
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; run 'python -m cvlab presets' to list them")
         values.update(PRESETS[preset][1], preset=preset)

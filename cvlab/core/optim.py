@@ -22,7 +22,8 @@ def optimizer_impl_kwargs(impl: str, params: list[torch.Tensor], optimizer: str 
 def parameter_groups(cfg: Config, model: nn.Module) -> list[dict]:
     """One group for all trainable parameters, or with `wd_exclude_norm_bias` two: weights of
     convolutions and linear layers (decayed), and 1-D parameters, i.e. BN weights/biases and all
-    biases (not decayed: shrinking them does not regularize, it only fights the normalization)."""
+    biases (not decayed: the "no bias decay" heuristic of He et al. 2019; notebook 03 §2.9 says
+    what it changes in these networks)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not cfg.wd_exclude_norm_bias:
         return [{"params": params}]

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, TensorLoader, channel_stats
 from ..core.models import HandoutBasicBlock, build_model
+from ..core.paths import REPO_ROOT
 from ..core.runs import Run
 from ..experiments.handout import LambdaShortcutBlock
 
@@ -261,7 +262,8 @@ def discussion_zh(run: Run, bn: dict | None = None) -> str:
     gap_pp = 100 * s["acc_gap"]
     size = "已经明显" if gap_pp >= 10 else "还不大"
     lines.append(f"- 最后一个 epoch：训练准确率 {s['final_train_acc']:.1%}，测试准确率 {s['final_test_acc']:.1%}，"
-                 f"差距 {gap_pp:.1f} 个百分点（{size}）；测试损失比训练损失高 {s['loss_gap']:.3f}。")
+                 f"差距 {gap_pp:.1f} 个百分点（{size}）；测试损失比训练损失"
+                 f"{'高' if s['loss_gap'] >= 0 else '低'} {abs(s['loss_gap']):.3f}。")
     chance = math.log(run.config.get("num_classes", 100))
     if abs(s["final_test_loss"] - chance) < 0.02 * chance:
         lines.append(f"- 最后的测试损失 {s['final_test_loss']:.3f} 与 ln({run.config.get('num_classes', 100)}) = {chance:.3f} "
@@ -280,3 +282,31 @@ def discussion_zh(run: Run, bn: dict | None = None) -> str:
     lines.append("- 读图提示：训练损失是 epoch 内各 batch 的平均（模型边训练边变化、BN 处于训练模式），"
                  "测试损失是在 epoch 结束时用评估模式（eval mode）算的，两者的差距因此不完全是过拟合。")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the committed CPU run
+
+# The handout preset on the full CIFAR-100, trained on a CPU for as many epochs as a background run allowed;
+# its config.json, history.csv and metrics.json are committed here, so the answers can show the handout
+# network's own behaviour. How many of the 100 epochs it holds is read from the files, never typed in.
+HANDOUT_CPU_RUN = REPO_ROOT / "docs" / "results" / "handout-cpu-full"
+
+
+def cpu_run_label_zh(run: Run) -> str:
+    """'在 CPU 上训练了 100 个 epoch 中的前 N 个', N and 100 from the run's own files."""
+    planned = run.metrics.get("epochs_planned") or run.config.get("epochs")
+    return f"在 CPU 上训练了 {planned} 个 epoch 中的前 {len(run.history)} 个"
+
+
+def reference_run_zh(path=HANDOUT_CPU_RUN) -> str:
+    """What to expect from the handout's settings: the committed CPU run's curves discussed in Chinese
+    (discussion_zh), labelled with how many of its epochs it holds; one line when it is not there."""
+    from ..core.errors import RunDirError
+    from ..core.runs import load_run
+
+    try:
+        run = load_run(path)
+    except RunDirError:
+        return f"（没有找到提交的参照运行 `{path}`。）"
+    return (f"**参照：讲义的设置在完整 CIFAR-100 上的一次运行**（`docs/results/{run.path.name}`，"
+            f"{cpu_run_label_zh(run)}，状态 {run.metrics.get('status', '?')}）\n\n" + discussion_zh(run))

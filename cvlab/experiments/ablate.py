@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..core.config import LADDER, PARENT, Config, make_config, parse_pairs, with_overrides
+from ..core.config import LADDER, PARENT, Config, changes_text, make_config, parse_pairs, with_overrides
 from ..core.errors import Diverged, RunDirError, UsageError
 from ..core.runs import RESUMABLE_FIELDS, RunDir, atomic_write_text, load_run
 
@@ -35,8 +35,10 @@ class Budget:
 
 
 RUNGS = tuple(LADDER[:-2])  # the ladder without its two end points, fast and best
-SMOKE_RUNGS = ("handout", "+crop-flip", "+sgd-onecycle", "+cutmix", "+tta-flip")
-QUICK_RUNGS = ("handout", "+norm-shuffle", "+crop-flip", "+sgd-onecycle", "+label-smoothing")
+# Short budgets train a few rungs only; a row then differs from the row it is compared with by several rungs'
+# changes, which the table's `changes` column lists.
+SMOKE_RUNGS = ("handout", "+crop-flip", "+onecycle", "+cutmix", "+tta-flip")
+QUICK_RUNGS = ("handout", "+norm-shuffle", "+crop-flip", "+onecycle", "+label-smoothing")
 
 BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("smoke", "SYNTHETIC data (100 train / 100 validation / 100 test images), 2 epochs, five rungs of the "
@@ -228,13 +230,22 @@ def ladder_table(run_dirs: Iterable[str | Path], order: Iterable[str] | None = N
         rows.append(row)
     table = pd.DataFrame(rows)
     by_name = dict(zip(table["preset"], table["test_acc"]))
-    compared, gains = [], []
+    configs = {name: load_run(runs[runs["preset"] == name]["run"].iloc[0]).config for name in names}
+    compared, gains, changes = [], [], []
     for i, name in enumerate(table["preset"]):
         ref = PARENT.get(name) if PARENT.get(name) in by_name else (table["preset"][i - 1] if i else None)
         compared.append(ref or "")
         gains.append(by_name[name] - by_name[ref] if ref else math.nan)
-    table["compared_to"], table["gain"] = compared, gains
+        changes.append(config_changes(configs[name], configs[ref]) if ref else "")
+    table["compared_to"], table["gain"], table["changes"] = compared, gains, changes
     return table, runs
+
+
+def config_changes(config: dict, reference: dict) -> str:
+    """The fields in which two runs' saved configs differ (how they execute, their name and seed left out),
+    as 'key=value, ...' with this run's values: exactly what a row changes relative to the row in `vs`."""
+    skip = set(RESUMABLE_FIELDS) | {"preset", "seed"}
+    return changes_text({k: v for k, v in config.items() if k not in skip and reference.get(k) != v})
 
 
 def _pct(value: float, std: float = math.nan, signed: bool = False) -> str:
@@ -245,7 +256,7 @@ def _pct(value: float, std: float = math.nan, signed: bool = False) -> str:
 
 
 TABLE_HEADER = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %", "train−test gap (pp)",
-                "gain (pp)", "vs", "time (s)", "img/s"]
+                "gain (pp)", "vs", "changes vs that row", "time (s)", "img/s"]
 
 
 def markdown_table(table, header: list[str] | None = None) -> str:
@@ -257,7 +268,8 @@ def markdown_table(table, header: list[str] | None = None) -> str:
         cells = [f"`{r['preset']}`", str(r["seeds"]), _pct(r["test_acc"], r["test_acc_std"]),
                  _pct(r["test_top5"], r["test_top5_std"]), _pct(r["best_val_acc"], r["best_val_acc_std"]),
                  _pct(r["gap"], r["gap_std"], signed=True), _pct(r["gain"], signed=True),
-                 f"`{r['compared_to']}`" if r["compared_to"] else "", f"{r['seconds']:.0f}",
+                 f"`{r['compared_to']}`" if r["compared_to"] else "", r.get("changes", "") or "",
+                 f"{r['seconds']:.0f}",
                  f"{r['images_per_second']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -279,7 +291,8 @@ def write_tables(out: str | Path, run_dirs: Iterable[str | Path], order: Iterabl
               f"Models: {', '.join(sorted(set(runs['model'])))}.",
               "Accuracies at the final epoch; best val = highest validation accuracy over the epochs; gap = final "
               "train accuracy (on augmented/mixed batches, during the epoch) minus test accuracy; gain = test top-1 "
-              "minus the row named in `vs`; time = training + evaluation seconds per run.", ""]
+              "minus the row named in `vs`; changes = the config fields in which this row's runs differ from that row's "
+              "(read from their config.json); time = training + evaluation seconds per run.", ""]
     for name, why in (skipped or {}).items():
         notes.append(f"- `{name}` skipped: {why}.")
     atomic_write_text(out / LADDER_MD, "\n".join(notes) + ("\n" if skipped else "") + "\n" + markdown_table(table))

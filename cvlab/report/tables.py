@@ -5,7 +5,7 @@ from ..experiments import ablate
 
 # ablate.TABLE_HEADER in Chinese, short enough to fit an A4 page without breaking inside a word
 LADDER_HEADER_ZH = ["预设", "种子数", "测试 top-1 %", "测试 top-5 %", "最佳验证 %", "训练−测试差 (pp)",
-                    "增益 (pp)", "对照", "时间 (s)", "图像/秒"]
+                    "增益 (pp)", "对照", "相对对照的改动", "时间 (s)", "图像/秒"]
 
 
 def ladder_markdown_zh(result: "ablate.Ablation", budget: "ablate.Budget | None" = None) -> str:
@@ -21,3 +21,6 @@ def ladder_markdown_zh(result: "ablate.Ablation", budget: "ablate.Budget | None"
                  f"模型：{', '.join(sorted(set(runs['model'])))}。\n")
     lines += [f"- `{name}` 未单独训练：{why}" for name, why in result.skipped.items()]
     return "\n".join(lines) + "\n\n" + ablate.markdown_table(result.table, LADDER_HEADER_ZH)
+
+
+assert len(LADDER_HEADER_ZH) == len(ablate.TABLE_HEADER), "one Chinese name per column of ablate.TABLE_HEADER"

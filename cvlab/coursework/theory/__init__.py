@@ -9,7 +9,7 @@ docs/results/theory.json and renders answers/ from answers/templates/ with them.
     theory.residual_demo("figures", data)
 
     common.py           one CPU thread, figures, the demo data (DemoData, load_demo_data)
-    q1_batch_size.py    gradient noise vs batch size (per-example gradients)
+    q1_batch_size.py    gradient noise vs batch size (per-example gradients); the handout net trained at several batches
     q2_epoch.py         one epoch on cvlab's TensorLoader, with and without shuffling
     q3_overfitting.py   the baseline run's gap; a small CNN with and without regularization
     q4_resnet.py        plain vs residual: gradients at initialisation, a short training run
@@ -24,7 +24,7 @@ same machine and torch version.
 from ...core.errors import RunDirError
 from .common import (CIFAR_TRAIN_IMAGES, CPU, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, DemoData, find_data_root,
                      load_demo_data, single_thread, steps_per_epoch)
-from .q1_batch_size import NoiseNet, batch_size_demo, minibatch_noise, per_example_gradients
+from .q1_batch_size import NoiseNet, batch_size_demo, batch_training_demo, minibatch_noise, per_example_gradients
 from .q2_epoch import batchmates_kept, epoch_demo
 from .q3_overfitting import MISSING_BASELINE, REGULARIZERS, overfitting_from_run, regularization_demo, run_gap, small_cnn
 from .q4_resnet import DEGRADATION_MODELS, DepthBlock, DepthNet, conv_gradient_norms, residual_demo, train_steps
@@ -34,7 +34,7 @@ from .q6_optimizers import OPTIMIZERS, SURFACES, lr_grid, optimize, optimizer_de
 __all__ = [
     "RunDirError", "CIFAR_TRAIN_IMAGES", "CPU", "HANDOUT_BATCH_SIZE", "HANDOUT_EPOCHS", "DemoData", "find_data_root",
     "load_demo_data", "single_thread", "steps_per_epoch",
-    "NoiseNet", "batch_size_demo", "minibatch_noise", "per_example_gradients",
+    "NoiseNet", "batch_size_demo", "batch_training_demo", "minibatch_noise", "per_example_gradients",
     "batchmates_kept", "epoch_demo",
     "MISSING_BASELINE", "REGULARIZERS", "overfitting_from_run", "regularization_demo", "run_gap", "small_cnn",
     "DEGRADATION_MODELS", "DepthBlock", "DepthNet", "conv_gradient_norms", "residual_demo", "train_steps",

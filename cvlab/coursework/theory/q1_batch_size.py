@@ -106,3 +106,85 @@ def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Pa
         a.grid(alpha=0.3)
     ax[0, 0].legend(fontsize=8)
     return save_demo_figure(fig, fig_dir, "batch_size.png", synthetic=data.synthetic, which=" in the first two panels")
+
+
+# ---------------------------------------------------------------------------- the effect on training
+
+BASE_LR, BASE_BATCH = 0.1, 256   # the linear scaling rule the answer quotes: lr = 0.1 * B / 256 (Goyal et al. 2017)
+
+
+def scaled_lr(batch_size: int) -> float:
+    """SGD's learning rate for `batch_size` by the linear scaling rule, 0.1 per 256 images."""
+    return BASE_LR * batch_size / BASE_BATCH
+
+
+def batch_training_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed: int = 0,
+                        batch_sizes: tuple[int, ...] | None = None, epochs: int | None = None,
+                        n_train: int | None = None) -> dict:
+    """The handout's ResNet-18 trained from the same initial weights at several batch sizes, SGD with
+    momentum 0.9 and the learning rate scaled linearly with the batch (scaled_lr), constant, no warmup, for
+    the same number of epochs, i.e. the same images seen, on a class-balanced subset; shuffled every epoch.
+    Returns per-step training losses, per-epoch test loss/accuracy and a table. Defaults: quick 500 images,
+    1 epoch, batches (16, 64); thorough 2,000 images, 2 epochs, batches (32, 128, 512)."""
+    import pandas as pd
+
+    from ...core.data import TensorLoader, subset
+    from ...core.engine import EvalStep, TrainStep, evaluate
+    from ...core.models import build_model
+    from .common import CPU
+
+    batch_sizes = batch_sizes or ((16, 64) if quick else (32, 128, 512))
+    epochs = epochs or (1 if quick else 2)
+    n = min(len(data.train), n_train or (500 if quick else 2000))
+    train = subset(data.train, n, balanced=n >= 100)
+    steps, epochs_rows = {}, []
+    with single_thread():
+        for b in batch_sizes:
+            torch.manual_seed(seed)  # the same initial weights for every batch size
+            model = build_model("handout_resnet18")
+            opt = torch.optim.SGD(model.parameters(), lr=scaled_lr(b), momentum=0.9)
+            step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)
+            loader = TensorLoader(train, b, CPU, "cifar100", shuffle=True, seed=seed)
+            test = TensorLoader(data.test, 500, CPU, "cifar100")
+            losses, seen = [], []
+            for epoch in range(1, epochs + 1):
+                model.train()
+                for x, y in loader:
+                    loss, _ = step.step(x, y)
+                    losses.append(float(loss))
+                    seen.append((seen[-1] if seen else 0) + len(y))
+                te = evaluate(eval_step, test)
+                epochs_rows.append({"batch_size": b, "lr": scaled_lr(b), "epoch": epoch, "images_seen": seen[-1],
+                                    "steps": len(losses), "test_loss": te["loss"], "test_acc": te["acc"]})
+            steps[b] = pd.DataFrame({"images_seen": seen, "train_loss": losses})
+    history = pd.DataFrame(epochs_rows)
+    last = history.groupby("batch_size").tail(1).set_index("batch_size")
+    tail = {b: float(s.train_loss.tail(max(1, len(s) // 4)).mean()) for b, s in steps.items()}
+    table = pd.DataFrame([{"batch_size": b, "lr": scaled_lr(b), "steps": int(last.loc[b, "steps"]),
+                           "images_seen": int(last.loc[b, "images_seen"]),
+                           "train_loss_last_quarter": tail[b], "final_test_loss": float(last.loc[b, "test_loss"]),
+                           "final_test_acc": float(last.loc[b, "test_acc"])} for b in batch_sizes])
+    figure = _plot_batch_training(fig_dir, steps, history, data, n, epochs, seed)
+    return {"figure": figure, "table": table, "steps": steps, "history": history, "n_train": n,
+            "n_test": len(data.test), "epochs": epochs, "batch_sizes": list(batch_sizes), "data": data.description}
+
+
+def _plot_batch_training(fig_dir, steps: dict, history, data: DemoData, n: int, epochs: int, seed: int) -> Path:
+    import numpy as np
+
+    fig, ax = new_figure(2, panel=(5.0, 3.8))
+    for i, (b, s) in enumerate(steps.items()):
+        window = max(1, min(8, len(s) // 4))
+        smooth = np.convolve(s.train_loss, np.ones(window) / window, mode="valid")
+        ax[0, 0].plot(s.images_seen[window - 1:], smooth, color=f"C{i}",
+                      label=f"B={b}, lr={scaled_lr(b):g}, {len(s)} steps")
+        h = history[history.batch_size == b]
+        ax[0, 1].plot(h.images_seen, h.test_loss, "o-", color=f"C{i}", label=f"B={b}")
+    ax[0, 0].set(title=f"handout ResNet-18, SGD m=0.9, lr = 0.1 B/256\n{n} train images, {epochs} epochs, "
+                       f"CPU, seed {seed}", xlabel="training images seen", ylabel="train loss (mean of <= 8 steps)")
+    ax[0, 1].set(title=f"test loss after each epoch ({len(data.test)} test images)", xlabel="training images seen",
+                 ylabel="cross-entropy")
+    for a in ax[0]:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    return save_demo_figure(fig, fig_dir, "batch_size_training.png", synthetic=data.synthetic)

@@ -69,11 +69,14 @@ def small_cnn(num_classes: int = 100, width: int = 16) -> nn.Sequential:
         nn.Flatten(), nn.Linear(2 * width * 16, num_classes))
 
 
+LR = 1e-3  # AdamW's learning rate in regularization_demo, constant (no schedule)
+WEIGHT_DECAY = 0.5  # the weight-decay row's decoupled decay: each step multiplies the weights by 1 - LR * 0.5
+
 # name -> (augmentation of the uint8 batch or None, AdamW weight decay)
 REGULARIZERS = {
     "none": (None, 0.0),
     "augment (crop 4 + flip)": (compose(lambda x, g: random_crop(x, 4, g), random_hflip), 0.0),
-    "weight decay 0.5": (None, 0.5),
+    f"weight decay {WEIGHT_DECAY:g}": (None, WEIGHT_DECAY),
 }
 
 
@@ -92,7 +95,7 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
         for name, (augment, wd) in REGULARIZERS.items():
             torch.manual_seed(seed)
             model = small_cnn()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=wd)
+            opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=wd)
             train_step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)  # constant lr: no schedule
             loader = TensorLoader(train, 50, CPU, "cifar100", shuffle=True, augment=augment, seed=seed)
             clean = TensorLoader(train, 500, CPU, "cifar100")

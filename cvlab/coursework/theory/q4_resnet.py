@@ -53,14 +53,30 @@ def conv_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> l
     return [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+def he_init(model: nn.Module) -> nn.Module:
+    """He (Kaiming) normal initialisation of every conv weight, Var(w) = 2 / fan_in (sigma_w^2 = 2, so
+    chi = 1 for ReLU), biases zero: the control for PyTorch's default, Var(w) = 1 / (3 fan_in)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+# (network, batchnorm, init) of the gradient runs: PyTorch's default init with and without BN, and
+# the plain net without BN again with He init, to separate what depth does from what the init does.
+GRADIENT_RUNS = (("plain", True, "default"), ("residual", True, "default"), ("plain", False, "default"),
+                 ("residual", False, "default"), ("plain", False, "he"))
+
+
 def residual_gradients(x: torch.Tensor, y: torch.Tensor, blocks: int, seed: int = 0) -> dict:
-    """Conv weight-gradient norms at initialisation for plain/residual, with/without BN."""
+    """Conv weight-gradient norms at initialisation, keyed (network, batchnorm, init) as in GRADIENT_RUNS."""
     out = {}
-    for bn in (True, False):
-        for residual in (False, True):
-            torch.manual_seed(seed)
-            model = DepthNet(blocks, residual, bn, width=16)
-            out["residual" if residual else "plain", bn] = conv_gradient_norms(model, x, y)
+    for net, bn, init in GRADIENT_RUNS:
+        torch.manual_seed(seed)
+        model = DepthNet(blocks, net == "residual", bn, width=16)
+        out[net, bn, init] = conv_gradient_norms(he_init(model) if init == "he" else model, x, y)
     return out
 
 
@@ -88,7 +104,8 @@ DEGRADATION_MODELS = {"plain, 8 layers": (3, False), "plain, 32 layers": (15, Fa
 
 def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed: int = 0,
                   steps: int | None = None) -> dict:
-    """(a) dL/dW per conv layer at init, plain vs residual, 32 layers, with and without BN;
+    """(a) dL/dW per conv layer at init, plain vs residual, 32 layers, with and without BN (PyTorch's default
+    init), and the plain net without BN with He init as a control;
     (b) a short Adam run of a shallow plain, a deep plain and a deep residual net (all with BN).
     `steps` overrides the training steps (quick: 120, thorough: 600)."""
     import pandas as pd
@@ -105,8 +122,8 @@ def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed:
             torch.manual_seed(seed)
             model = DepthNet(blocks, residual, bn=True, width=8, pool=4)
             curves[name] = train_steps(model, x, y, steps, batch=64, lr=1e-3, seed=seed)
-    grad_rows = [{"network": net, "batchnorm": bn, "first_layer": g[0], "middle_layer": g[len(g) // 2],
-                  "last_conv_layer": g[-1]} for (net, bn), g in grads.items()]
+    grad_rows = [{"network": net, "batchnorm": bn, "init": init, "first_layer": g[0], "middle_layer": g[len(g) // 2],
+                  "last_conv_layer": g[-1]} for (net, bn, init), g in grads.items()]
     train_rows = [{"model": name, "steps": steps, f"mean_loss_last_{tail}_steps": float(np.mean(c[-tail:])),
                    "initial_loss": c[0]} for name, c in curves.items()]
     figure = _plot_residual(fig_dir, grads, curves, data, steps)
@@ -124,10 +141,13 @@ def _smooth(values: list[float], window: int = 10) -> np.ndarray:
 def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: int) -> Path:
     fig, ax = new_figure(3, panel=(4.8, 3.8))
     for col, bn in enumerate((True, False)):
-        for (net, has_bn), g in grads.items():
+        for (net, has_bn, init), g in grads.items():
             if has_bn == bn:
-                ax[0, col].semilogy(range(1, len(g) + 1), np.maximum(g, 1e-30), "o-" if net == "plain" else "s-",
-                                    ms=3, label=net, color="C3" if net == "plain" else "C0")
+                he = init == "he"
+                ax[0, col].semilogy(range(1, len(g) + 1), np.maximum(g, 1e-30),
+                                    "^--" if he else ("o-" if net == "plain" else "s-"), ms=3,
+                                    label=f"{net}, He init" if he else f"{net}, default init",
+                                    color="C1" if he else ("C3" if net == "plain" else "C0"))
         ax[0, col].set(title=f"gradient at init, 32 layers, {'with' if bn else 'no'} BatchNorm",
                        xlabel="conv layer (1 = input side)", ylabel="|dL/dW|  (floored at 1e-30)")
         ax[0, col].grid(alpha=0.3)

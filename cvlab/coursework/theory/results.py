@@ -59,7 +59,18 @@ def q1_numbers(r: dict) -> dict[str, Any]:
             "cos_bmax": _f(noise.mean_cosine_to_full.iloc[-1]), "b_simple": _f(r["noise_scale_B_simple"]),
             "steps_1024": int(steps.steps_per_epoch[1024]), "steps_128": int(steps.steps_per_epoch[128]),
             "total_1024": int(steps.steps_in_100_epochs[1024]), "total_128": int(steps.steps_in_100_epochs[128]),
-            "data": r["data"], "data_zh": data_zh(r["data"])}
+            "data": r["data"], "data_zh": data_zh(r["data"]), **q1_training_numbers(r.get("training"))}
+
+
+def q1_training_numbers(t: dict | None) -> dict[str, Any]:
+    """The handout network trained at several batch sizes (batch_training_demo); None values without it."""
+    if t is None:
+        return {"train_n": None, "train_epochs": None, "train_rows": None, "train_data_zh": None}
+    rows = [{"batch_size": int(r.batch_size), "lr": _f(r.lr), "steps": int(r.steps), "images_seen": int(r.images_seen),
+             "train_loss": _f(r.train_loss_last_quarter), "test_loss": _f(r.final_test_loss),
+             "test_acc": _f(r.final_test_acc)} for r in t["table"].itertuples()]
+    return {"train_n": int(t["n_train"]), "train_epochs": int(t["epochs"]), "train_rows": rows,
+            "train_data_zh": data_zh(t["data"])}
 
 
 def q2_numbers(r: dict) -> dict[str, Any]:
@@ -74,7 +85,10 @@ def q2_numbers(r: dict) -> dict[str, Any]:
             "kept_theory": (b - 1) / (n - 1)}
 
 
-REGULARIZATION_KEYS = {"none": "none", "augment (crop 4 + flip)": "augment", "weight decay 0.5": "wd"}
+def _regularization_keys() -> dict[str, str]:
+    """The regularization demo's settings (its table's `setting` column) -> the answers' short keys."""
+    from .q3_overfitting import REGULARIZERS
+    return dict(zip(REGULARIZERS, ("none", "augment", "wd")))
 
 
 BASELINE_KEYS = ("run", "synthetic", "n_train", "epochs", "train_acc", "test_acc", "acc_gap_pp", "train_loss",
@@ -99,10 +113,14 @@ def q3_numbers(r: dict, baseline: dict | None = None) -> dict[str, Any]:
     ResNet-18's own train/test gap from a baseline run (`baseline`: theory.run_gap's dict, or None)."""
     from ...core.models import build_model, count_parameters
 
+    from .q3_overfitting import LR, REGULARIZERS
+
+    keys = _regularization_keys()
+    wd = REGULARIZERS[next(name for name, key in keys.items() if key == "wd")][1]  # the demo's own setting
     out: dict[str, Any] = {"n_train": r["n_train"], "n_test": r["n_test"], "epochs": r["epochs"],
-                           "data": r["data"], "data_zh": data_zh(r["data"]), "wd": 0.5, "lr": 1e-3, "wd_factor": 1 - 1e-3 * 0.5}
+                           "data": r["data"], "data_zh": data_zh(r["data"]), "wd": wd, "lr": LR, "wd_factor": 1 - LR * wd}
     for row in r["table"].itertuples():
-        key = REGULARIZATION_KEYS[row.setting]
+        key = keys[row.setting]
         out.update({f"{key}_train_loss": _f(row.final_train_loss), f"{key}_test_loss": _f(row.final_test_loss),
                     f"{key}_gap": _f(row.loss_gap), f"{key}_test_acc": _f(row.final_test_acc),
                     f"{key}_train_acc": _f(row.final_train_acc), f"{key}_min_epoch": int(row.min_test_loss_epoch)})
@@ -115,19 +133,41 @@ def q3_numbers(r: dict, baseline: dict | None = None) -> dict[str, Any]:
 
 def q4_numbers(r: dict) -> dict[str, Any]:
     """Plain vs residual: gradients at initialisation and a short training run (residual_demo)."""
-    grads = {(row.network, bool(row.batchnorm)): row for row in r["gradients"].itertuples()}
+    grads = {(row.network, bool(row.batchnorm), row.init): row for row in r["gradients"].itertuples()}
     training = r["training"].set_index("model")
     loss_column = next(c for c in training.columns if c.startswith("mean_loss_last_"))
     out: dict[str, Any] = {"data": r["data"], "data_zh": data_zh(r["data"]), "steps": int(training.steps.iloc[0]),
-                           "tail": int(loss_column.split("_")[3]), "chance_loss": math.log(100)}
-    for net in ("plain", "residual"):
-        for bn in (True, False):
-            out[f"{net}_{'bn' if bn else 'nobn'}_first"] = _f(grads[net, bn].first_layer)
-            out[f"{net}_{'bn' if bn else 'nobn'}_last"] = _f(grads[net, bn].last_conv_layer)
+                           "tail": int(loss_column.split("_")[3]), "chance_loss": math.log(100),
+                           # PyTorch's default conv init: kaiming_uniform(a=sqrt(5)), Var(w) = 1/(3 fan_in)
+                           "default_sigma_w2": 1 / 3, "default_chi": 1 / 3 * 0.5,
+                           "layers": len(r["gradient_norms"]["plain", True, "default"])}
+    for (net, bn, init), row in grads.items():
+        key = f"{net}_{'bn' if bn else 'nobn'}{'_he' if init == 'he' else ''}"
+        out[f"{key}_first"], out[f"{key}_last"] = _f(row.first_layer), _f(row.last_conv_layer)
+        out[f"{key}_first_over_last"] = out[f"{key}_first"] / out[f"{key}_last"]
     for name, key in (("plain, 8 layers", "plain8"), ("plain, 32 layers", "plain32"),
                       ("residual, 32 layers", "residual32")):
         out[f"{key}_loss"] = _f(training.loc[name, loss_column])
     return out
+
+
+def q4_wording(n: dict[str, Any]) -> dict[str, str]:
+    """The sentences of answer (4) that state an outcome, chosen by the numbers they describe."""
+    vanish = n["plain_nobn_first_over_last"] < 1e-3
+    he_fixes = n["plain_nobn_he_first"] > 1e3 * n["plain_nobn_first"]
+    grows = n["plain_bn_first_over_last"] > 1
+    deeper_worse, shortcut_best = n["plain32_loss"] > n["plain8_loss"], n["residual32_loss"] < min(
+        n["plain8_loss"], n["plain32_loss"])
+    return {
+        "nobn_zh": ("普通网络的梯度向输入端指数衰减" if vanish else "普通网络的梯度向输入端没有明显衰减"),
+        "he_zh": (("两者同一量级，" if 0.1 < n["plain_nobn_he_first_over_last"] < 10 else "")
+                  + "梯度不再消失：消失来自初始化，而不只是深度" if he_fixes
+                  else "梯度仍然很小：这里的消失不能只归因于初始化"),
+        "bn_zh": (f"第 1 层的梯度是最后一个卷积层的 {n['plain_bn_first_over_last']:.0f} 倍，梯度向输入端变大而不是消失"
+                  if grows else "第 1 层的梯度没有大于最后一个卷积层的"),
+        "degradation_zh": ("方向与退化现象一致（更深的普通网络更差，加捷径后最好）" if deeper_worse and shortcut_best
+                           else "这次的方向与退化现象不完全一致" + ("（32 层普通网络不比 8 层差）" if not deeper_worse
+                                                                    else "（加捷径后不是最好）"))}
 
 
 def q5_numbers(r: dict) -> dict[str, Any]:
@@ -156,12 +196,17 @@ SURFACE_KEYS = {"quadratic, kappa=100": "quad", "same, rotated 30 deg": "rot", "
 
 def q6_numbers(r: dict) -> dict[str, Any]:
     """torch.optim on three 2-D surfaces (optimizer_demo), plus the closed forms the answer compares with."""
-    kappa = 100.0
+    kappa, beta1, beta2 = 100.0, 0.9, 0.999
+    table = r["table"]
     out: dict[str, Any] = {"lr_min": min(r["lr_grid"]), "lr_max": max(r["lr_grid"]), "n_lr": len(r["lr_grid"]),
+                           "n_best_at_edge": int((~table.interior.astype(bool)).sum()),
                            "rate_gd": (kappa - 1) / (kappa + 1),
                            "rate_heavy_ball": (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1),
-                           "adam_bound": (1 - 0.9) / math.sqrt(1 - 0.999)}
-    for row in r["table"].itertuples():
+                           # Kingma & Ba's bound: only the current gradient non-zero
+                           "adam_bound": (1 - beta1) / math.sqrt(1 - beta2),
+                           # any gradient sequence (Cauchy-Schwarz on m_t and v_t, bias corrections -> 1)
+                           "adam_bound_general": (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1 ** 2 / beta2))}
+    for row in table.itertuples():
         key = f"{SURFACE_KEYS[row.surface]}_{row.optimizer.lower()}"
         out[f"{key}_loss"], out[f"{key}_lr"] = _f(row.final_loss), _f(row.best_lr)
         out[f"{SURFACE_KEYS[row.surface]}_steps"] = int(row.steps)
@@ -173,16 +218,161 @@ def q6_numbers(r: dict) -> dict[str, Any]:
     return out
 
 
-def recipe_numbers(preset: str = "+sgd-onecycle") -> dict[str, Any]:
-    """The project's own optimizer recipe (the ladder rung that switches from Adam), from its preset."""
-    from ...core.config import make_config
+ZH_OPTIMIZERS = {"sgd": "SGD", "momentum": "动量法", "nesterov": "Nesterov", "adagrad": "AdaGrad",
+                 "rmsprop": "RMSProp", "adam": "Adam", "adamw": "AdamW"}
+
+
+def _ranked(n: dict[str, Any], surface: str) -> list[str]:
+    """The optimizers of one surface, lowest final loss first."""
+    return sorted(ZH_OPTIMIZERS, key=lambda k: n[f"{surface}_{k}_loss"])
+
+
+def _names(keys) -> str:
+    return "、".join(ZH_OPTIMIZERS[k] for k in keys)
+
+
+def q6_wording(n: dict[str, Any]) -> dict[str, str]:
+    """The sentences of answer (6) that rank optimizers or compare surfaces, chosen by the numbers."""
+    quad, rot = _ranked(n, "quad"), _ranked(n, "rot")
+    better_than_sgd = [k for k in ("momentum", "nesterov", "adam") if n[f"quad_{k}_loss"] < 1e-3 * n["quad_sgd_loss"]]
+    lost = [k for k in ("adagrad", "rmsprop", "adam") if n[f"rot_{k}_loss"] > 1e3 * max(n[f"quad_{k}_loss"], 1e-300)]
+    worse_than_sgd = [k for k in ("adagrad", "rmsprop", "adam", "adamw") if n[f"rot_{k}_loss"] > n["rot_sgd_loss"]]
+    stuck = [k for k in ZH_OPTIMIZERS if n[f"rosen_{k}_loss"] > 1e-2]
+    edge = n["n_best_at_edge"]
+    surfaces = {"quad": "二次函数", "rot": "旋转的二次函数", "rosen": "Rosenbrock"}
+    above_one = [f"{ZH_OPTIMIZERS[k]}（{surfaces[s]}，{n[f'{s}_{k}_lr']:.3g}）" for s in surfaces for k in ZH_OPTIMIZERS
+                 if n[f"{s}_{k}_lr"] > 1]
+    return {
+        "above_one_zh": (f"最佳学习率大于 1 的有 {'、'.join(above_one)}：网格若只到 1，它们会落在端点上，"
+                         "在那样的网格上得出的结论（例如某个优化器停在峡谷里）可能只是网格太窄造成的，"
+                         "所以这里的网格一直扩到每个最佳值都在内部。" if above_one
+                         else "所有最佳学习率都不大于 1。"),
+        "all_interior_zh": ("每个优化器在每个曲面上的最佳学习率都在网格内部，不在两端。" if edge == 0
+                            else f"有 {edge} 个最佳学习率落在网格的端点上，它们可能只是网格范围造成的假象。"),
+        "quad_best_zh": f"最终损失最低的两个是 {_names(quad[:2])}",
+        "quad_vs_sgd_zh": (f"{_names(better_than_sgd)} 的最终损失都比 SGD 低三个数量级以上" if better_than_sgd
+                           else "动量法、Nesterov 和 Adam 都没有比 SGD 低三个数量级"),
+        "rot_best_zh": f"旋转后最终损失最低的两个是 {_names(rot[:2])}",
+        "rot_lost_zh": (f"{_names(lost)} 的最终损失比不旋转时高三个数量级以上" if lost
+                        else "AdaGrad、RMSProp 和 Adam 的最终损失都没有比不旋转时高三个数量级"),
+        "rot_worse_than_sgd_zh": (f"{_names(worse_than_sgd)} 旋转后甚至不如 SGD" if worse_than_sgd
+                                  else "自适应方法旋转后仍都不差于 SGD"),
+        "rosen_stuck_zh": (f"{_names(stuck)} 最后仍停在损失高于 0.01 的弯曲峡谷里" if stuck
+                           else "所有优化器最后的损失都低于 0.01"),
+        "rosen_best_zh": f"最终损失最低的是 {_names(_ranked(n, 'rosen')[:2])}"}
+
+
+def recipe_numbers(optimizer_rung: str = "+sgd", preset: str = "+onecycle") -> dict[str, Any]:
+    """The project's own optimizer recipe, from its presets: the rung that switches from Adam to SGD, and
+    `preset`, the last of the three rungs (optimizer, weight decay, schedule) that make up the recipe."""
+    from ...core.config import PARENT, make_config
 
     cfg, handout = make_config(preset), make_config("handout")
-    return {"recipe_preset": preset, "recipe_momentum": cfg.momentum, "recipe_wd": cfg.weight_decay,
+    wd_rung = next(name for name, parent in PARENT.items() if parent == optimizer_rung)
+    return {"recipe_sgd_preset": optimizer_rung, "recipe_wd_preset": wd_rung,
+            "recipe_preset": preset, "recipe_momentum": cfg.momentum, "recipe_wd": cfg.weight_decay,
             "recipe_batch": cfg.batch_size, "recipe_lr": cfg.lr, "recipe_lr_per_256": cfg.lr * 256 / cfg.batch_size,
             "recipe_warmup_share": cfg.warmup, "handout_lr": handout.lr,
             "handout_steps": (steps := handout.epochs * -(-SPLIT_SIZES["train"] // handout.batch_size)),
             "handout_displacement": steps * handout.lr}
+
+
+def q1_wording(n: dict[str, Any]) -> dict[str, str]:
+    """Answer (1): whether the measured noise follows the sampling formula, and what the training runs at
+    several batch sizes show, as the numbers say."""
+    agree = 0.9 <= n["ratio_min"] and n["ratio_max"] <= 1.1
+    out = {"agree_zh": ("即 $1/B$ 规律（含有限总体修正）与测量一致" if agree
+                        else "比值偏离 1 超过 10%，抽样次数不够或测量有误，不能说与公式一致")}
+    rows = n.get("train_rows")
+    if not rows:
+        return {**out, "train_rows_zh": None, "train_zh": None}
+    out["train_rows_zh"] = "；".join(
+        f"$B={r['batch_size']}$（学习率 {r['lr']:g}）走 {r['steps']} 步，最后四分之一步的平均训练损失 {r['train_loss']:.3f}，"
+        f"测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
+    by_batch = sorted(rows, key=lambda r: r["batch_size"])
+    losses = [r["train_loss"] for r in by_batch]
+    lowest = min(rows, key=lambda r: r["train_loss"])["batch_size"]
+    if all(a < b for a, b in zip(losses, losses[1:])):
+        trend = ("看到同样多的图像，批量越大、步数越少，训练损失降得越少：按线性缩放规则放大的学习率没有补回少走的步数。"
+                 "若这些批量都远小于梯度噪声尺度，按线性缩放后各条曲线应随看到的图像数大致重合；它们没有重合，"
+                 "说明至少较大的批量已不在这个范围内")
+    elif all(a > b for a, b in zip(losses, losses[1:])):
+        trend = "看到同样多的图像，批量越大训练损失反而越低：小批量配线性缩放后的小学习率，在这么短的训练里走得更慢"
+    else:
+        trend = f"训练损失没有随批量单调变化（最低的是 $B={lowest}$），这么短的训练不足以排出先后"
+    chance = all(r["test_acc"] < 0.05 for r in rows)
+    out["train_zh"] = trend + ("；测试准确率都还接近随机猜测（1%），测试损失的差别只反映训练的早期阶段" if chance else "")
+    return out
+
+
+def q3_wording(n: dict[str, Any]) -> dict[str, str]:
+    """Answer (3): the sentences about the regularization demo's outcome, chosen by its numbers."""
+    accs = {k: n[f"{k}_test_acc"] for k in ("none", "augment", "wd")}
+    overfits = n["none_min_epoch"] < n["epochs"]
+    return {
+        "none_zh": (f"无正则化时测试损失在第 {n['none_min_epoch']} 个 epoch 最低、之后回升，而训练损失继续下降，是典型的过拟合"
+                    if overfits else f"无正则化时测试损失在 {n['epochs']} 个 epoch 内没有回升，这次没有看到过拟合的典型信号"),
+        "augment_zh": ("数据增广把差距" + ("缩小" if n["augment_gap"] < n["none_gap"] else "扩大")
+                       + f"到无正则化时的 {n['augment_gap_share']:.0%}"
+                       + ("，测试准确率也是三者中最高的" if accs["augment"] == max(accs.values())
+                          else "，但测试准确率不是三者中最高的")),
+        "wd_zh": ("这个权重衰减值" + ("缩小" if n["wd_gap"] < n["none_gap"] else "没有缩小") + "了差距，"
+                  + ("也提高了测试准确率" if accs["wd"] > accs["none"] else "但没有提高测试准确率"))}
+
+
+# Per question: the sentences of its answer that state an outcome, derived from its numbers when an answer is
+# rendered (so the wording follows whatever run produced the numbers; theory.json holds numbers only).
+WORDING: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
+    "q1": q1_wording, "q3": q3_wording, "q4": q4_wording, "q6": q6_wording}
+
+
+def cpu_run_numbers(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """The handout network's own train/test figures from the committed CPU run on the full data
+    (cvlab.coursework.baseline.HANDOUT_CPU_RUN), read when an answer is rendered so the answer always
+    matches the committed files; every value None when the run is missing."""
+    from ...core.errors import RunDirError
+    from ...core.runs import load_run
+    from ..baseline import HANDOUT_CPU_RUN, cpu_run_label_zh, curve_summary
+
+    keys = ("label_zh", "epochs", "planned_epochs", "n_train", "n_test", "device", "seed", "train_loss", "test_loss",
+            "train_acc", "test_acc", "acc_gap_pp", "min_epoch", "rise", "trend_zh", "seconds_per_epoch")
+    try:
+        run = load_run(run_dir or HANDOUT_CPU_RUN)
+        s = curve_summary(run.history)
+    except (RunDirError, OSError, KeyError, ValueError):
+        return {f"cpu_{k}": None for k in keys}
+    ds = run.metrics.get("dataset", {})
+    if s["epochs"] < 2:
+        trend = "只有 1 个 epoch，还看不出测试损失的走势"
+    elif s["turned_up"]:
+        trend = (f"测试损失在第 {s['min_test_loss_epoch']} 个 epoch 最低，到第 {s['final_epoch']} 个 epoch 回升了 "
+                 f"{s['test_loss_rise']:.3f}：过拟合已经开始")
+    else:
+        trend = (f"测试损失到第 {s['final_epoch']} 个 epoch 还没有回升（最低点在第 {s['min_test_loss_epoch']} 个 epoch）："
+                 "这些 epoch 里还看不到过拟合的拐点，讲义的 100 个 epoch 的后段会怎样，这次运行不能回答")
+    values = {"label_zh": cpu_run_label_zh(run), "epochs": s["epochs"],
+              "planned_epochs": run.metrics.get("epochs_planned") or run.config.get("epochs"),
+              "n_train": ds.get("n_train"), "n_test": ds.get("n_test"), "device": run.metrics.get("device"),
+              "seed": run.config.get("seed"), "train_loss": s["final_train_loss"], "test_loss": s["final_test_loss"],
+              "train_acc": s["final_train_acc"], "test_acc": s["final_test_acc"], "acc_gap_pp": 100 * s["acc_gap"],
+              "min_epoch": s["min_test_loss_epoch"], "rise": s["test_loss_rise"], "trend_zh": trend,
+              "seconds_per_epoch": float(run.history.epoch_seconds.mean())}
+    return {f"cpu_{k}": v for k, v in values.items()}
+
+
+def with_wording(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` with each question's derived sentences added (a question not computed stays None), and q3
+    with the committed CPU run's figures (cpu_run_numbers)."""
+    out = dict(results)
+    if out.get("q3") is not None:
+        out["q3"] = {**out["q3"], **cpu_run_numbers()}
+    for key, wording in WORDING.items():
+        if out.get(key) is not None:
+            try:
+                out[key] = {**out[key], **wording(out[key])}
+            except KeyError:  # numbers of an older results file: its answers keep no derived sentences
+                pass
+    return out
 
 
 EXTRACT: dict[str, Callable[[dict], dict[str, Any]]] = {
@@ -216,19 +406,29 @@ def baseline_gap(run_dir: str | Path | None) -> dict | None:
 
 
 def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, baseline_run: str | Path | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, only: tuple[str, ...] = (),
+            previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the six demos at one setting (`data` None: q1, q3 and q4 are skipped) and return their numbers;
-    `baseline_run` (notebook 01's run directory) adds the handout ResNet-18's own gap to q3."""
+    `baseline_run` (notebook 01's run directory) adds the handout ResNet-18's own gap to q3. With `only`
+    (e.g. ("q4", "q6")) just those demos run and the other questions keep their numbers from `previous`,
+    which must have been computed at the same setting (quick, seed, data)."""
     from . import q1_batch_size, q2_epoch, q3_overfitting, q4_resnet, q5_activations, q6_optimizers
 
-    demos = {"q1": lambda: q1_batch_size.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
+    demos = {"q1": lambda: {**q1_batch_size.batch_size_demo(fig_dir, data, quick=quick, seed=seed),
+                            "training": q1_batch_size.batch_training_demo(fig_dir, data, quick=quick, seed=seed)},
              "q2": lambda: q2_epoch.epoch_demo(fig_dir, seed=seed),
              "q3": lambda: q3_overfitting.regularization_demo(fig_dir, data, quick=quick, seed=seed),
              "q4": lambda: q4_resnet.residual_demo(fig_dir, data, quick=quick, seed=seed),
              "q5": lambda: q5_activations.activation_demo(fig_dir, quick=quick, seed=seed),
              "q6": lambda: q6_optimizers.optimizer_demo(fig_dir, quick=quick)}
     results: dict[str, Any] = {"setting": setting(data, quick, seed)}
+    if only:
+        if previous is None or any(previous["setting"].get(k) != results["setting"][k] for k in ("quick", "seed", "data")):
+            raise ValueError("recomputing some questions needs previous results at the same quick/seed/data setting")
+        results.update({k: v for k, v in previous.items() if k != "setting" and k not in only})
     for key, demo in demos.items():
+        if only and key not in only:
+            continue
         if data is None and key in NEEDS_DATA:
             results[key] = None
             log(f"{key}: skipped (no CIFAR-100)")
@@ -305,6 +505,7 @@ def _conditional_lines(template: str, results: dict[str, Any]) -> str:
 def render(template: str, results: dict[str, Any]) -> str:
     """The template with its conditional lines resolved and every placeholder replaced (MISSING where
     the question was not computed)."""
+    results = with_wording(results)
     template = _conditional_lines(template, results)
     def replace(match: re.Match) -> str:
         try:
