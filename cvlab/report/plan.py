@@ -21,8 +21,7 @@ from ..core.config import Config, make_config
 from ..core.data import SPLIT_SIZES
 
 # Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds on a shared
-# 2-core CPU: QUICK=False on real data 63 s at a load average near 3 (report --profile quick, 2026-11-28; an
-# earlier run at load ~10 took 569 s), QUICK=True 18-45 s on synthetic data (report --profile smoke, load 2-4).
+# 2-core CPU: QUICK=False on real data 63 s at a load average near 3 (report --profile quick, 2026-11-28), QUICK=True 18-45 s on synthetic data (report --profile smoke, load 2-4).
 THEORY_SECONDS = {True: 40, False: 65}
 # What notebooks 01 and 03 spend besides training epochs (data loading, figures, re-evaluation, HTML/PDF
 # export): 23 s and 17 s in the same quick run (notebook seconds minus the epochs' seconds).
