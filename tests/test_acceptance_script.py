@@ -68,6 +68,7 @@ def test_the_docs_give_the_plans_three_commands():
         assert call in text, f"docs/performance.md lacks: {call}"
 
 
+@pytest.mark.slow
 def test_env_stage_dry_run(tmp_path: Path):
     result = run("--dry-run", "--stage", "env", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -36,6 +36,7 @@ def test_help_for_every_subcommand(capsys):
     (["data", "check", "--data-root", "/nonexistent/cvlab"], "no CIFAR-100 at /nonexistent/cvlab"),
     (["frobnicate"], "invalid choice"),
 ])
+@pytest.mark.slow
 def test_bad_usage_exits_2_with_one_line(args, fragment):
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
@@ -43,6 +44,7 @@ def test_bad_usage_exits_2_with_one_line(args, fragment):
     assert len(lines) == 1 and fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_presets_and_models_list_one_line_each():
     out = run_cli("presets").stdout.strip().splitlines()
     assert out[0].startswith("handout ")
@@ -50,6 +52,7 @@ def test_presets_and_models_list_one_line_each():
     assert "11,223,140" in models and "11,220,132" in models
 
 
+@pytest.mark.slow
 def test_train_synthetic_writes_run_dir_and_refuses_to_overwrite(tmp_path):
     args = ["train", "--synthetic", "--epochs", "1", "--batch-size", "100", "--device", "cpu", "--no-progress",
             "--set", "synthetic_train=200", "--set", "synthetic_test=100", "--out", str(tmp_path / "run")]
@@ -62,6 +65,7 @@ def test_train_synthetic_writes_run_dir_and_refuses_to_overwrite(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+@pytest.mark.slow
 def test_data_check_reports_counts(cifar_folder):
     result = run_cli("data", "check", "--data-root", str(cifar_folder), "--json")
     # 200 images is not the real data set: the size check refuses it with one line.

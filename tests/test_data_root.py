@@ -53,6 +53,7 @@ def _probe(path: Path, env_data: str | None) -> list[str]:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.slow
 def test_each_notebook_finds_the_repository_data_folder_from_any_cwd(path, tmp_path):
     assert _probe(path, None) == [str(REPO / "data")] * 2
     assert _probe(path, str(tmp_path)) == [str(tmp_path)] * 2  # $CVLAB_DATA wins over data/

@@ -275,6 +275,7 @@ def test_no_host_device_sync_per_batch_in_the_hot_paths():
 
 # ---------------------------------------------------------------------------- the GPU tests collect without the report extras
 
+@pytest.mark.slow
 def test_the_gpu_tests_collect_without_the_report_extras(tmp_path):
     """`python -m pytest -m gpu` on a machine without nbformat/papermill/nbconvert (the H200 image has none):
     every test module imports, and the GPU tests are collected (they skip later without CUDA)."""
@@ -314,7 +315,7 @@ def test_metrics_record_the_end_to_end_wall_time_and_an_honest_projection(tmp_pa
     assert m["status"] == "interrupted" and m["epochs_done"] == 2
     assert m["startup_seconds"] > 0 and m["save_seconds"] > 0
     assert m["total_seconds"] + m["startup_seconds"] + m["save_seconds"] <= m["wall_seconds"] + 0.05
-    assert m["wall_seconds"] <= outside
+    assert m["wall_seconds"] <= outside + 0.005  # wall_seconds is rounded to 0.01 s
     saves = m["save_seconds"] / 2
     expected = m["startup_seconds"] + 4 * (m["total_seconds"] / 2 + saves)
     assert m["projected_wall_seconds"] == pytest.approx(expected, abs=0.2)

@@ -68,6 +68,7 @@ def single_first_epoch_loss(tmp_path, **changes) -> float:
     return float(load_run(fit(cfg, tmp_path / "single", log=lambda s: None)).history.train_loss.iloc[0])
 
 
+@pytest.mark.slow
 def test_data_parallel_run_writes_one_run_directory(ddp_run, tmp_path):
     out, done = ddp_run
     run = load_run(out)
@@ -80,6 +81,7 @@ def test_data_parallel_run_writes_one_run_directory(ddp_run, tmp_path):
     assert run.history.train_loss.iloc[0] == pytest.approx(single, rel=RTOL_PER_PROCESS_BN)
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_matches_one_process_closely(tmp_path):
     done = torchrun(train_args(tmp_path / "sync", epochs=1, sync_bn="true"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -94,16 +96,17 @@ from cvlab.cli import main
 
 epoch_of = engine.run_epoch
 
-def run_epoch(t, epoch):
+def run_epoch(t, epoch, *rest):
     if epoch == 2 and t.group.rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)  # a process dies without a word, as after an out-of-memory kill
-    return epoch_of(t, epoch)
+    return epoch_of(t, epoch, *rest)
 
 engine.run_epoch = run_epoch
 sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_which_then_resumes_exactly(ddp_run, tmp_path):
     script = tmp_path / "kill_rank_1.py"
     script.write_text(KILL_RANK_1)
@@ -147,6 +150,7 @@ def test_shards_together_make_the_single_process_batches():
             assert joined[2] == whole[2] and (len(a[2]), len(b[2])) == (2, 1)
 
 
+@pytest.mark.slow
 def test_parallel_ablation_writes_the_sequential_table(tmp_path):
     from cvlab.experiments.ablate import LADDER_CSV, Budget, run_ablation
 
@@ -162,6 +166,7 @@ def test_parallel_ablation_writes_the_sequential_table(tmp_path):
     assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == ["+norm-shuffle-s0.log", "handout-s0.log"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_process_cleanly_and_the_run_resumes_exactly(ddp_run, tmp_path):
     """torchrun forwards SIGTERM to its processes (a scheduler may send it to each of them, too): rank 0 records
     the run as interrupted, releases the lock and says how to continue; the resumed run equals a straight one."""

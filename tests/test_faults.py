@@ -817,6 +817,7 @@ def test_a_lost_data_parallel_peer_is_one_line(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------------------- stopped by a signal mid-epoch
 
 @pytest.mark.parametrize("sig,code,reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+@pytest.mark.slow
 def test_a_signal_mid_epoch_stops_cleanly_and_the_resume_is_exact(tmp_path, capsys, sig, code, reason):
     import pandas as pd
     timing = ["epoch_seconds", "images_per_second"]

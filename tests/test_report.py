@@ -134,6 +134,7 @@ def test_kernel_spec_detection():
     assert not runner._runs_this_interpreter("/nonexistent/bin/python9")
 
 
+@pytest.mark.slow
 def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -259,6 +260,7 @@ def smoke(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_smoke_report_runs_every_notebook_without_errors(smoke):
     out = smoke / "reports" / "smoke"
     manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -271,6 +273,7 @@ def test_smoke_report_runs_every_notebook_without_errors(smoke):
         assert (out / path.name).with_suffix(".html").is_file()
 
 
+@pytest.mark.slow
 def test_smoke_baseline_run_dir_and_figures(smoke):
     run = smoke / "runs" / "smoke" / "01_baseline"
     history = pd.read_csv(run / "history.csv")
@@ -280,6 +283,7 @@ def test_smoke_baseline_run_dir_and_figures(smoke):
         assert (smoke / "figures" / name).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
     html = (smoke / "reports" / "smoke" / "01_baseline.html").read_text(encoding="utf-8")
     for heading in ("任务与数据", "逐层输出形状", "手册代码的问题", "训练损失与测试损失曲线", "讨论"):
@@ -290,6 +294,7 @@ def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
     assert "合成数据（SYNTHETIC" in html  # the discussion says the numbers are synthetic
 
 
+@pytest.mark.slow
 def test_pdf_export_with_chromium(smoke, tmp_path):
     if runner.find_browser() is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
@@ -299,6 +304,7 @@ def test_pdf_export_with_chromium(smoke, tmp_path):
     assert path.read_bytes()[:5] == b"%PDF-"
 
 
+@pytest.mark.slow
 def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
@@ -321,11 +327,13 @@ def test_failing_notebook_exits_nonzero_naming_cell_and_error(tmp_path):
     assert manifest["notebooks"][0]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_bad_parameter_type_is_a_usage_error(smoke):
     done = _report(smoke, "--profile", "smoke", "-p", "EPOCHS", "three")
     assert done.returncode == 2 and "must be an integer" in done.stderr
 
 
+@pytest.mark.slow
 def test_theory_notebook_runs_without_cifar100(smoke, tmp_path):
     """Q2, Q5 and Q6 need no data: notebook 02 still runs them and says what to do for Q1, Q3 and Q4."""
     out = tmp_path / "out"
@@ -352,6 +360,7 @@ fit(cfg, RUN_DIR, resume=(Path(RUN_DIR) / "last.pt").exists())
 print("trained")"""
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_training_notebook_cleanly_and_the_same_command_resumes_it(tmp_path):
     """The kernel runs in a process group of its own: the report passes SIGTERM on to it, `fit` in the cell
     stops as in a terminal, papermill keeps the partial notebook, and the report says how to continue."""
@@ -400,6 +409,7 @@ def _visible_text(html: str) -> str:
     return unescape(re.sub(r"<[^>]+>", "", html))
 
 
+@pytest.mark.slow
 def test_submission_document_has_cover_contents_chapters_and_appendix(smoke):
     from cvlab.core.config import LADDER, PARENT
 
@@ -423,6 +433,7 @@ def test_submission_document_has_cover_contents_chapters_and_appendix(smoke):
     assert "<script" not in html and 'src="http' not in html  # offline
 
 
+@pytest.mark.slow
 def test_submission_pdf_is_a4_with_page_numbers_in_the_contents(smoke, tmp_path):
     if runner.find_browser() is None or shutil.which("pdftotext") is None:
         pytest.skip("needs Chromium and pdftotext (apt-get install chromium poppler-utils)")
@@ -467,6 +478,7 @@ def _wide_tables(html_path: Path, browser: str, tmp: Path, width_mm: int = 186) 
     return json.loads(html_lib.unescape(found.group(1)))
 
 
+@pytest.mark.slow
 def test_no_table_is_wider_than_an_a4_page(smoke, tmp_path):
     browser = runner.find_browser()
     if browser is None:
@@ -505,6 +517,7 @@ def test_headings_demoted_outside_code_and_found_in_page_text():
 
 # ---------------------------------------------------------------------------- live feedback in a notebook run by hand
 
+@pytest.mark.slow
 def test_interactive_cpu_run_stops_a_long_training_and_says_what_to_change(monkeypatch):
     from cvlab.core.config import make_config
     from cvlab.report import notebook

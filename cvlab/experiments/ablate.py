@@ -259,10 +259,14 @@ TABLE_HEADER = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %",
                 "gain (pp)", "vs", "changes vs that row", "time (s)", "img/s"]
 
 
-def markdown_table(table, header: list[str] | None = None) -> str:
+def markdown_table(table, header: list[str] | None = None, changes: bool = True) -> str:
     """The table as GitHub Markdown, accuracies in percent (mean ± std over seeds when there are several);
-    `header`: other names for TABLE_HEADER's columns (e.g. the report's Chinese ones)."""
-    header = header or TABLE_HEADER
+    `header`: other names for TABLE_HEADER's columns (e.g. the report's Chinese ones); `changes=False` leaves
+    out the "changes vs that row" column (a page too narrow for it lists the changes below the table)."""
+    header = list(header or TABLE_HEADER)
+    skip = None if changes else TABLE_HEADER.index("changes vs that row")
+    if skip is not None:
+        del header[skip]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table.to_dict("records"):
         cells = [f"`{r['preset']}`", str(r["seeds"]), _pct(r["test_acc"], r["test_acc_std"]),
@@ -271,6 +275,8 @@ def markdown_table(table, header: list[str] | None = None) -> str:
                  f"`{r['compared_to']}`" if r["compared_to"] else "", r.get("changes", "") or "",
                  f"{r['seconds']:.0f}",
                  f"{r['images_per_second']:.0f}"]
+        if skip is not None:
+            del cells[skip]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ class Listing:
 
 
 def _field_code() -> dict[str, list[Callable[..., Any]]]:
-    from ..core import augment, data, ema, engine, models
+    from ..core import augment, data, ema, engine, models, optim
 
     return {
         "normalization": [data.normalize_constants, data.TensorLoader.to_float],
@@ -46,9 +46,10 @@ def _field_code() -> dict[str, list[Callable[..., Any]]]:
         "hflip": [augment.random_hflip],
         "cutout": [augment.cutout],
         "model": [models.CifarResNet18, models.BasicBlock],
-        "optimizer": [engine.build_optimizer],
-        "schedule": [engine.LRShape, engine.build_scheduler],
-        "wd_exclude_norm_bias": [engine.parameter_groups],
+        "optimizer": [optim.build_optimizer],
+        "schedule": [optim.LRShape, optim.build_scheduler],
+        "weight_decay": [optim.build_optimizer],
+        "wd_exclude_norm_bias": [optim.parameter_groups],
         "label_smoothing": [engine.TrainStep],
         "zero_init_last_bn": [models.zero_init_last_bn],
         "mix": [augment.build_mix, augment.mix_pairs, augment.cutmix_box, augment.paste_box],

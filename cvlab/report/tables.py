@@ -20,7 +20,13 @@ def ladder_markdown_zh(result: "ablate.Ablation", budget: "ablate.Budget | None"
                  f"种子：{', '.join(map(str, sorted(set(runs['seed']))))}；"
                  f"模型：{', '.join(sorted(set(runs['model'])))}。\n")
     lines += [f"- `{name}` 未单独训练：{why}" for name, why in result.skipped.items()]
-    return "\n".join(lines) + "\n\n" + ablate.markdown_table(result.table, LADDER_HEADER_ZH)
+    # The changes go below the table: as an eleventh column they would push it past an A4 page's width.
+    changes = [f"- `{r['preset']}` 相对 `{r['compared_to']}`：{r['changes']}"
+               for r in result.table.to_dict("records") if r.get("compared_to") and r.get("changes")]
+    table = ablate.markdown_table(result.table, LADDER_HEADER_ZH, changes=False)
+    if changes:
+        table += "\n每一行相对“对照”一列所列预设改动的配置项（从两者的 config.json 读出）：\n\n" + "\n".join(changes) + "\n"
+    return "\n".join(lines) + "\n\n" + table
 
 
 assert len(LADDER_HEADER_ZH) == len(ablate.TABLE_HEADER), "one Chinese name per column of ablate.TABLE_HEADER"
