@@ -1,9 +1,13 @@
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from cvlab.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None):
@@ -191,3 +195,11 @@ def test_device_names_are_listed_once():
     offered = {name: a.choices for name, p in commands.items() for a in p._actions if a.dest == "device"}
     assert {"train", "ablate", "bench"} <= set(offered)
     assert all(tuple(c) == DEVICES for c in offered.values()), offered
+
+
+@pytest.mark.slow
+def test_output_into_a_closed_pipe_is_not_a_traceback():
+    """`python -m cvlab presets | head -1`: the reader closes the pipe early; no BrokenPipeError traceback."""
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -m cvlab presets | head -1", shell=True, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("handout") and "Traceback" not in done.stderr, done.stderr

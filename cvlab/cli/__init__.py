@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         if main_process:
             sys.stderr.write("cvlab: interrupted\n")
         return 130
+    except BrokenPipeError:  # e.g. `python -m cvlab presets | head`: the reader has gone, nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
     except RuntimeError as exc:  # under torchrun: a collective failed because another process died
         from ..core.distributed import lost_peer
         reason = lost_peer(exc)
