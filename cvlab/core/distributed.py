@@ -108,8 +108,14 @@ def join(device: torch.device, batch_size: int | None) -> tuple[Group, torch.dev
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one: all processes together (a barrier first), so that
+    none tears its connections down while another still uses them (a follower that left early was seen to
+    abort with "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # another process is gone: nothing to wait for
+            pass
         dist.destroy_process_group()
 
 
