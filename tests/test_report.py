@@ -16,7 +16,7 @@ import torch
 nbformat = pytest.importorskip("nbformat")  # the report extras; a GPU image without them still collects `-m gpu`
 
 from cvlab.coursework import baseline
-from cvlab.report import plots, runner, source, submission
+from cvlab.report import plots, publish, runner, source, submission
 from cvlab.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,16 +149,16 @@ def test_kernel_registered_when_none_runs_this_python(tmp_path, monkeypatch):
 
 def test_html_export_is_offline_with_math_and_chinese(tmp_path):
     path = _notebook(tmp_path / "01_m.ipynb", "X = 1", "# 训练损失\n\n标准化 $x' = (x - \\mu) / \\sigma$\n\n$$\\frac{a}{b}$$")
-    html = runner.export_html(path, tmp_path / "01_m.html", tmp_path, no_input=True).read_text(encoding="utf-8")
+    html = publish.export_html(path, tmp_path / "01_m.html", tmp_path, no_input=True).read_text(encoding="utf-8")
     assert "训练损失" in html and html.count("<math") == 2 and "\\frac" not in html
     assert "<script" not in html  # no require.js / MathJax / mermaid from a CDN
     assert "X = 1" not in html  # --no-input hides code
 
 
 def test_pdf_missing_tools_are_named_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "find_browser", lambda: None)
+    monkeypatch.setattr(publish, "find_browser", lambda: None)
     monkeypatch.setitem(sys.modules, "playwright", None)  # import fails
-    path, note = runner.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
+    path, note = publish.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
     assert path is None and note.startswith("PDF not made: needs Chromium") and "\n" not in note
 
 
@@ -296,10 +296,10 @@ def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
 
 @pytest.mark.slow
 def test_pdf_export_with_chromium(smoke, tmp_path):
-    if runner.find_browser() is None:
+    if publish.find_browser() is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     html = smoke / "reports" / "smoke" / "01_baseline.html"
-    path, note = runner.export_pdf(html, tmp_path / "01.pdf", html.with_suffix(".ipynb"))
+    path, note = publish.export_pdf(html, tmp_path / "01.pdf", html.with_suffix(".ipynb"))
     assert path is not None, note
     assert path.read_bytes()[:5] == b"%PDF-"
 
@@ -435,7 +435,7 @@ def test_submission_document_has_cover_contents_chapters_and_appendix(smoke):
 
 @pytest.mark.slow
 def test_submission_pdf_is_a4_with_page_numbers_in_the_contents(smoke, tmp_path):
-    if runner.find_browser() is None or shutil.which("pdftotext") is None:
+    if publish.find_browser() is None or shutil.which("pdftotext") is None:
         pytest.skip("needs Chromium and pdftotext (apt-get install chromium poppler-utils)")
     out = smoke / "reports" / "smoke"
     manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -470,7 +470,7 @@ def _wide_tables(html_path: Path, browser: str, tmp: Path, width_mm: int = 186) 
                    f"</style>{script}</head>", 1)
     copy = tmp / html_path.name
     copy.write_text(page, encoding="utf-8")
-    done = subprocess.run([browser, *runner.headless_browser_args(str(tmp / "profile")), "--window-size=1200,900",
+    done = subprocess.run([browser, *publish.headless_browser_args(str(tmp / "profile")), "--window-size=1200,900",
                            "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=300)
     found = re.search(r'<pre id="cvlab-wide">(.*?)</pre>', done.stdout, re.S)
     assert found, done.stderr[-500:]
@@ -480,7 +480,7 @@ def _wide_tables(html_path: Path, browser: str, tmp: Path, width_mm: int = 186) 
 
 @pytest.mark.slow
 def test_no_table_is_wider_than_an_a4_page(smoke, tmp_path):
-    browser = runner.find_browser()
+    browser = publish.find_browser()
     if browser is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     out = smoke / "reports" / "smoke"
@@ -490,11 +490,11 @@ def test_no_table_is_wider_than_an_a4_page(smoke, tmp_path):
 
 def test_table_font_shrinks_wide_tables_and_never_breaks_words_when_avoidable():
     narrow = [["epoch", "loss"], ["1", "4.6"]]
-    assert runner.table_font(narrow) == (runner.TABLE_DEFAULT_EM, False)
+    assert publish.table_font(narrow) == (publish.TABLE_DEFAULT_EM, False)
     wide = [[f"column_name_{i}" for i in range(6)], [f"{i}.123456" for i in range(6)]]
-    em, tight = runner.table_font(wide)
-    assert runner.TABLE_MIN_EM <= em < runner.TABLE_DEFAULT_EM and not tight
-    assert runner.table_font([[f"a_very_long_column_name_{i}" for i in range(20)]])[1]  # last resort
+    em, tight = publish.table_font(wide)
+    assert publish.TABLE_MIN_EM <= em < publish.TABLE_DEFAULT_EM and not tight
+    assert publish.table_font([[f"a_very_long_column_name_{i}" for i in range(20)]])[1]  # last resort
 
 
 def test_submission_needs_name_and_id_from_options_or_the_student_file(tmp_path):

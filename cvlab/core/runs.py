@@ -27,7 +27,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ from .errors import Diverged, NonFiniteLoss, RunDirError, cause, first_line
 from .models import count_parameters
 from .signals import stop_reason
 
-if TYPE_CHECKING:  # annotations only: the trainer is built by engine, which imports this module
-    from .engine import Trainer
+# `t` below is an engine.Trainer (model, optimizer, scheduler, scaler, EMA, loader, config, device): used by
+# its attributes only, so that this module, which engine imports, imports nothing of engine.
+Trainer = Any
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                    "lr", "epoch_seconds", "images_per_second"]
@@ -795,7 +796,7 @@ class Recording:
     history.csv and metrics.json after every epoch; on exit metrics.json gets the status (complete,
     interrupted by Ctrl-C or SIGTERM, diverged) and the lock is released."""
 
-    def __init__(self, run: "RunDir", t: "Trainer", resume: bool, log: Callable[[str], None],
+    def __init__(self, run: "RunDir", t: Trainer, resume: bool, log: Callable[[str], None],
                  clock: WallClock | None = None):
         self.run, self.t, self.resume, self.log = run, t, resume, log
         self.clock = clock or WallClock()

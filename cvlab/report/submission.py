@@ -411,7 +411,7 @@ SUBMISSION_CSS = """
 
 
 def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
-    from .runner import fit_tables, offline_html_exporter
+    from .publish import fit_tables, offline_html_exporter
 
     exporter = offline_html_exporter(no_input=True, extra_css=SUBMISSION_CSS)
     nb = copy.deepcopy(nb)
@@ -452,7 +452,7 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
                      pdf: bool = True, log: Callable[[str], None] = print) -> list[Path]:
     """Write out/submission.html (and .pdf with headless Chromium); the paths written."""
     from ..core.engine import git_commit
-    from .runner import chromium_pdf, find_browser
+    from .publish import chromium_pdf, find_browser
 
     nb, doc = build_notebook(out, student, profile, notebooks_dir, params, git_commit() or "")
     html_path, pdf_path = out / f"{SUBMISSION_NAME}.html", out / f"{SUBMISSION_NAME}.pdf"
