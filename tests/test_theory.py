@@ -213,3 +213,35 @@ def test_batch_training_demo_sees_the_same_images_at_every_batch_size(tmp_path, 
     assert t.lr[100] == pytest.approx(5 * t.lr[20]) and t.lr[100] == pytest.approx(0.1 * 100 / 256)  # linear rule
     assert all(math.isfinite(v) for v in t.train_loss_last_quarter)
     assert set(out["history"].epoch) == {1} and out["n_train"] == 200
+
+
+def test_network_demo_gives_every_optimizer_the_same_budget(tmp_path, data):
+    out = theory.network_demo(tmp_path, data, n_train=100, epochs=1, batch=50, max_widen=1)
+    assert out["figure"].is_file()
+    t = out["table"].set_index("optimizer")
+    assert list(t.index) == list(theory.NETWORK_OPTIMIZERS)
+    assert set(t.steps) == {2} and {len(c) for c in out["curves"].values()} == {2}   # same images, same steps
+    for name, row in t.iterrows():
+        s = out["sweep"][out["sweep"].optimizer == name]
+        assert row.rates_tried == len(s) >= len(theory.NETWORK_OPTIMIZERS[name][1])
+        assert row.best_lr == s.lr[s.score.idxmin()]                                  # the best is the lowest score
+        assert row.interior == (s.lr.min() < row.best_lr < s.lr.max())
+        assert 0 <= row.final_test_acc <= 1 and math.isfinite(row.final_test_loss)
+
+
+def test_network_sweep_widens_until_the_best_rate_is_inside(monkeypatch):
+    """The rate grid grows by half decades on the side where the best lies, and stops after max_widen."""
+    from cvlab.coursework.theory import q6_optimizers as q6
+
+    def fake(target):
+        return lambda name, lr, *a: {"losses": [1.0], "score": (math.log10(lr) - target) ** 2, "model": object()}
+
+    monkeypatch.setitem(q6.NETWORK_OPTIMIZERS, "SGD", (None, (-1.5, -1.0, -0.5)))   # the first three rates
+    monkeypatch.setattr(q6, "_train_network", fake(-0.4))
+    tried, best = q6._sweep("SGD", None, 1, 1, 0, max_widen=3)
+    assert best == -0.5                                                 # nearest -0.4 ...
+    assert sorted(tried) == [-1.5, -1.0, -0.5, 0.0]                     # ... once 0.0 shows it is a minimum
+    assert [k for k, v in tried.items() if v["model"] is not None] == [best]   # only the best keeps its model
+    monkeypatch.setattr(q6, "_train_network", fake(5.0))                # far above the grid
+    tried, best = q6._sweep("SGD", None, 1, 1, 0, max_widen=2)
+    assert sorted(tried) == [-1.5, -1.0, -0.5, 0.0, 0.5] and best == 0.5   # two widenings, then it stops at the edge

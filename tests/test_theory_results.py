@@ -112,3 +112,37 @@ def test_adam_bounds():
     q6 = tr.read_results(tr.RESULTS_FILE)["q6"]
     assert q6["adam_bound"] == pytest.approx(3.162, abs=1e-3)          # Kingma & Ba: one non-zero gradient
     assert q6["adam_bound_general"] == pytest.approx(7.27, abs=1e-2)   # Cauchy-Schwarz, any gradient sequence
+
+
+def _network_numbers(**changes):
+    rows = [{"key": k, "optimizer": k, "lr": lr, "interior": True, "rates_tried": 4, "train_loss": loss,
+             "test_loss": 4.3, "test_acc": acc}
+            for k, lr, loss, acc in (("sgd", 0.3, 4.0, 0.03), ("momentum", 0.03, 3.8, 0.05), ("adagrad", 0.01, 3.78, 0.06),
+                                     ("rmsprop", 0.001, 3.9, 0.04), ("adam", 0.001, 3.7, 0.07))]
+    return {"net_rows": rows, "net_adam_handout_lr": 1e-4, "net_adam_handout_loss": 4.2, "net_n_at_edge": 0,
+            "handout_steps": 4900, **changes}
+
+
+def test_network_wording_follows_the_numbers():
+    text = tr.q6_network_wording(_network_numbers())["net_zh"]
+    assert "训练损失最低的是 Adam；" in text and "动量把 SGD 的训练损失降低了 0.200" in text
+    assert "自适应方法的最低训练损失比 SGD 类低 0.10，最低测试损失却只低 0.00" in text   # all test losses 4.3
+    assert "测试准确率最高的是 Adam（7.0%）" in text and "高 0.500" in text and "都在试过的范围内部" in text
+    n = _network_numbers()
+    n["net_rows"][2]["train_loss"] = 3.72                                  # AdaGrad within 0.05 of Adam: a tie
+    n["net_rows"][1]["train_loss"] = 4.02                                  # momentum no better than SGD
+    n["net_adam_handout_lr"] = 0.001                                       # the handout's rate is Adam's best
+    n["net_n_at_edge"] = 1
+    for r in n["net_rows"]:
+        r["test_acc"] = 0.02
+    text = tr.q6_network_wording(n)["net_zh"]
+    assert "彼此相差不到 0.05 的是 Adam、AdaGrad；" in text and "动量没有让 SGD 的训练损失明显降低" in text
+    assert "接近随机猜测" in text and "正是 Adam 在这里的最佳学习率" in text and "有 1 个最佳学习率落在" in text
+    assert tr.q6_network_wording({"net_rows": None}) == {"net_rows_zh": None, "net_zh": None}
+
+
+def test_q6_without_images_says_how_to_compute_the_network_part():
+    results = json.loads(json.dumps(tr.read_results(tr.RESULTS_FILE)))
+    results["q6"].update(tr.q6_network_numbers(None))
+    text = tr.render_answer("q6_optimizers", results)
+    assert "没有 `network_demo` 的结果" in text and tr.MISSING not in text

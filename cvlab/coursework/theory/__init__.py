@@ -14,7 +14,7 @@ docs/results/theory.json and renders answers/ from answers/templates/ with them.
     q3_overfitting.py   the baseline run's gap; a small CNN with and without regularization
     q4_resnet.py        plain vs residual: gradients at initialisation, a short training run
     q5_activations.py   activations, derivatives, saturation, a deep MLP and its mean-field prediction
-    q6_optimizers.py    torch.optim on three 2-D surfaces
+    q6_optimizers.py    torch.optim on three 2-D surfaces; five optimizers on the handout net, each at its best lr
     results.py          the numbers, docs/results/theory.json, rendering of the answer templates
 
 Figures use English labels (no CJK font is assumed); a figure made from synthetic data says SYNTHETIC
@@ -29,7 +29,8 @@ from .q2_epoch import batchmates_kept, epoch_demo
 from .q3_overfitting import MISSING_BASELINE, REGULARIZERS, overfitting_from_run, regularization_demo, run_gap, small_cnn
 from .q4_resnet import DEGRADATION_MODELS, DepthBlock, DepthNet, conv_gradient_norms, residual_demo, train_steps
 from .q5_activations import ACTIVATIONS, activation_demo, activation_table, depth_gradients, mean_field
-from .q6_optimizers import OPTIMIZERS, SURFACES, lr_grid, optimize, optimizer_demo, rosenbrock
+from .q6_optimizers import (NETWORK_OPTIMIZERS, OPTIMIZERS, SURFACES, lr_grid, network_demo, optimize, optimizer_demo,
+                            rosenbrock)
 
 __all__ = [
     "RunDirError", "CIFAR_TRAIN_IMAGES", "CPU", "HANDOUT_BATCH_SIZE", "HANDOUT_EPOCHS", "DemoData", "find_data_root",
@@ -39,5 +40,5 @@ __all__ = [
     "MISSING_BASELINE", "REGULARIZERS", "overfitting_from_run", "regularization_demo", "run_gap", "small_cnn",
     "DEGRADATION_MODELS", "DepthBlock", "DepthNet", "conv_gradient_norms", "residual_demo", "train_steps",
     "ACTIVATIONS", "activation_demo", "activation_table", "depth_gradients", "mean_field",
-    "OPTIMIZERS", "SURFACES", "lr_grid", "optimize", "optimizer_demo", "rosenbrock",
+    "NETWORK_OPTIMIZERS", "OPTIMIZERS", "SURFACES", "lr_grid", "network_demo", "optimize", "optimizer_demo", "rosenbrock",
 ]

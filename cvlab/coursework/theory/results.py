@@ -26,7 +26,8 @@ QUESTIONS = ("q1_batch_size", "q2_epoch", "q3_overfitting", "q4_resnet", "q5_act
 RESULTS_FILE = REPO_ROOT / "docs" / "results" / "theory.json"
 ANSWERS_DIR = REPO_ROOT / "answers"
 TEMPLATES_DIR = ANSWERS_DIR / "templates"
-NEEDS_DATA = {"q1", "q3", "q4"}   # demos that train or differentiate on images; q2, q5, q6 need none
+NEEDS_DATA = {"q1", "q3", "q4"}   # demos that train or differentiate on images; q2, q5 need none, and q6's
+                                  # surfaces neither (its handout-network part is left out without images)
 MISSING = "〔本次未计算〕"
 PLACEHOLDER = re.compile(r"\{\{\s*((?:q[1-6]|setting)(?:\.\w+)+)\s*(?::\s*([^}]*?))?\s*\}\}")
 GENERATED_NOTE = ("<!-- generated from answers/templates/{name}.md and docs/results/theory.json by "
@@ -215,7 +216,29 @@ def q6_numbers(r: dict) -> dict[str, Any]:
     out["quad_sgd_predicted"] = 0.5 * ((4 * (1 - lr) ** steps) ** 2 + kappa * ((1 - kappa * lr) ** steps) ** 2)
     out["quad_sgd_x_factor"] = 1 - lr
     out.update(recipe_numbers())
+    out.update(q6_network_numbers(r.get("network")))
     return out
+
+
+NETWORK_KEYS = {"SGD": "sgd", "SGD+momentum": "momentum", "AdaGrad": "adagrad", "RMSProp": "rmsprop", "Adam": "adam"}
+
+
+def q6_network_numbers(t: dict | None) -> dict[str, Any]:
+    """Five optimizers on the handout network (network_demo), each at its best rate; None values without it."""
+    if t is None:
+        return {"net_rows": None}
+    rows = [{"key": NETWORK_KEYS[r.optimizer], "optimizer": r.optimizer, "lr": _f(r.best_lr),
+             "interior": bool(r.interior), "rates_tried": int(r.rates_tried),
+             "train_loss": _f(r.train_loss_last_quarter), "test_loss": _f(r.final_test_loss),
+             "test_acc": _f(r.final_test_acc)} for r in t["table"].itertuples()]
+    sweep = t["sweep"]
+    adam = sweep[sweep.optimizer == "Adam"].set_index("lr").score
+    handout = min(adam.index, key=lambda lr: abs(math.log10(lr) + 4))  # the handout's Adam(lr=1e-4)
+    return {"net_rows": rows, "net_n": int(t["n_train"]), "net_epochs": int(t["epochs"]), "net_batch": int(t["batch"]),
+            "net_steps": int(t["table"].steps.iloc[0]), "net_n_test": int(t["n_test"]), "net_seed": int(t["seed"]),
+            "net_data_zh": data_zh(t["data"]), "net_first_loss": _f(t["table"].first_loss.iloc[0]),
+            "net_n_at_edge": sum(not r["interior"] for r in rows),
+            "net_adam_handout_lr": _f(handout), "net_adam_handout_loss": _f(adam[handout])}
 
 
 ZH_OPTIMIZERS = {"sgd": "SGD", "momentum": "动量法", "nesterov": "Nesterov", "adagrad": "AdaGrad",
@@ -229,6 +252,54 @@ def _ranked(n: dict[str, Any], surface: str) -> list[str]:
 
 def _names(keys) -> str:
     return "、".join(ZH_OPTIMIZERS[k] for k in keys)
+
+
+def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
+    """Answer (6) on the handout network: the optimizers ranked by training loss and by test accuracy, and the
+    handout's Adam rate against Adam's best, as the numbers say; one seed, so small gaps are called ties."""
+    rows = n.get("net_rows")
+    if not rows:
+        return {"net_rows_zh": None, "net_zh": None}
+    listed = "；".join(f"{ZH_NETWORK[r['key']]}（最佳学习率 {r['lr']:.3g}，试了 {r['rates_tried']} 个）最后四分之一步的平均训练损失 "
+                      f"{r['train_loss']:.3f}，测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
+    by = {r["key"]: r for r in rows}
+    ranked = sorted(rows, key=lambda r: r["train_loss"])
+    tie = 0.05  # train-loss gap (nats) below which one seed cannot order two runs
+    first = [r for r in ranked if r["train_loss"] - ranked[0]["train_loss"] < tie]
+    parts = [("训练损失最低的是 " if len(first) == 1 else "训练损失最低、彼此相差不到 0.05 的是 ")
+             + "、".join(ZH_NETWORK[r["key"]] for r in first)]
+    gap = by["sgd"]["train_loss"] - by["momentum"]["train_loss"]
+    parts.append(f"动量把 SGD 的训练损失降低了 {gap:.3f}" if gap >= tie else
+                 ("动量没有让 SGD 的训练损失明显降低（相差不到 0.05）" if gap > -tie else f"动量反而让训练损失高了 {-gap:.3f}"))
+    adaptive = [r for r in rows if r["key"] in ("adagrad", "rmsprop", "adam")]
+    sgd_family = [r for r in rows if r["key"] in ("sgd", "momentum")]
+    d_train = min(r["train_loss"] for r in sgd_family) - min(r["train_loss"] for r in adaptive)
+    d_test = min(r["test_loss"] for r in sgd_family) - min(r["test_loss"] for r in adaptive)
+    if d_train >= tie:
+        parts.append(f"自适应方法的最低训练损失比 SGD 类低 {d_train:.2f}，最低测试损失却"
+                     + (f"只低 {d_test:.2f}" if d_test >= 0 else f"反而高 {-d_test:.2f}")
+                     + ("：多降的训练损失大多变成了训练与测试之间的差距（第二个 epoch 又看到同样的图像，即第 (3) 题的过拟合）"
+                        if d_test < d_train / 2 else ""))
+    best_acc = max(r["test_acc"] for r in rows)
+    top = [r for r in rows if r["test_acc"] == best_acc]
+    chance = best_acc < 0.05
+    parts.append(("测试准确率都还接近随机猜测（1%），这么短的训练分不出泛化的好坏" if chance else
+                  f"测试准确率最高的是 {'、'.join(ZH_NETWORK[r['key']] for r in top)}（{best_acc:.1%}），"
+                  "但只有一个 seed、一千张测试图，几个百分点以内的差别不可靠"))
+    if n["net_adam_handout_lr"] != by["adam"]["lr"]:
+        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:.0e} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
+                     f"比它在最佳学习率 {by['adam']['lr']:.3g} 下的 {by['adam']['train_loss']:.3f} 高"
+                     f" {n['net_adam_handout_loss'] - by['adam']['train_loss']:.3f}：在这么少的步数里 1e-4 偏小，"
+                     f"讲义的 {n['handout_steps']:,} 步能弥补多少，这个短实验回答不了")
+    else:
+        parts.append("讲义的学习率 1e-4 正是 Adam 在这里的最佳学习率")
+    edge = n["net_n_at_edge"]
+    parts.append("每个最佳学习率都在试过的范围内部" if edge == 0 else
+                 f"有 {edge} 个最佳学习率落在试过的范围端点上（扩展次数用完），它们的排名不可靠")
+    return {"net_rows_zh": listed, "net_zh": "；".join(parts)}
+
+
+ZH_NETWORK = {"sgd": "SGD", "momentum": "SGD+动量", "adagrad": "AdaGrad", "rmsprop": "RMSProp", "adam": "Adam"}
 
 
 def q6_wording(n: dict[str, Any]) -> dict[str, str]:
@@ -259,7 +330,8 @@ def q6_wording(n: dict[str, Any]) -> dict[str, str]:
                                   else "自适应方法旋转后仍都不差于 SGD"),
         "rosen_stuck_zh": (f"{_names(stuck)} 最后仍停在损失高于 0.01 的弯曲峡谷里" if stuck
                            else "所有优化器最后的损失都低于 0.01"),
-        "rosen_best_zh": f"最终损失最低的是 {_names(_ranked(n, 'rosen')[:2])}"}
+        "rosen_best_zh": f"最终损失最低的是 {_names(_ranked(n, 'rosen')[:2])}",
+        **q6_network_wording(n)}
 
 
 def recipe_numbers(optimizer_rung: str = "+sgd", preset: str = "+onecycle") -> dict[str, Any]:
@@ -420,7 +492,8 @@ def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, basel
              "q3": lambda: q3_overfitting.regularization_demo(fig_dir, data, quick=quick, seed=seed),
              "q4": lambda: q4_resnet.residual_demo(fig_dir, data, quick=quick, seed=seed),
              "q5": lambda: q5_activations.activation_demo(fig_dir, quick=quick, seed=seed),
-             "q6": lambda: q6_optimizers.optimizer_demo(fig_dir, quick=quick)}
+             "q6": lambda: {**q6_optimizers.optimizer_demo(fig_dir, quick=quick),
+                            "network": q6_optimizers.network_demo(fig_dir, data, quick=quick, seed=seed) if data else None}}
     results: dict[str, Any] = {"setting": setting(data, quick, seed)}
     if only:
         if previous is None or any(previous["setting"].get(k) != results["setting"][k] for k in ("quick", "seed", "data")):
