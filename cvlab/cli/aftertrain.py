@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..core.config import DEVICES
-from .common import positive_int
+from .common import int_in
 
 WEIGHTS_HELP = ("last: last.pt as the run evaluated it (its EMA when it kept one; reproduces metrics.json's final "
                 "figures); best: best.pt, the epoch chosen by validation accuracy (runs with a validation split); "
@@ -145,7 +145,8 @@ def register_predict(sub) -> None:
                                    "32x32 RGB (Pillow BICUBIC) and normalized as the run's training images were.")
     add_weight_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files (any format Pillow reads)")
-    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image (default 5)")
+    p.add_argument("--top", type=int_in(1, 100), default=5, metavar="K",
+                   help="classes shown per image, in [1, 100] (CIFAR-100 has 100; default 5)")
     p.add_argument("--grid", metavar="FILE", help="save a figure of the images with their top prediction "
                                                   "(.png, .pdf, .svg or .jpg; .png is added when FILE has none)")
     p.add_argument("--force", action="store_true", help="replace an existing --grid FILE")
