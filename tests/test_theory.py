@@ -3,6 +3,7 @@ measures what the answers in answers/ claim."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -245,3 +246,60 @@ def test_network_sweep_widens_until_the_best_rate_is_inside(monkeypatch):
     monkeypatch.setattr(q6, "_train_network", fake(5.0))                # far above the grid
     tried, best = q6._sweep("SGD", None, 1, 1, 0, max_widen=2)
     assert sorted(tried) == [-1.5, -1.0, -0.5, 0.0, 0.5] and best == 0.5   # two widenings, then it stops at the edge
+
+
+def _figure_texts(fig) -> list[str]:
+    """Every title, axis label, legend entry and figure-level text of a matplotlib figure."""
+    texts = [t.get_text() for t in fig.texts] + ([fig._suptitle.get_text()] if fig._suptitle else [])
+    legends = list(fig.legends)
+    for a in fig.axes:
+        texts += [a.get_title(), a.get_xlabel(), a.get_ylabel()]
+        legends += [a.get_legend()] if a.get_legend() else []
+    texts += [t.get_text() for leg in legends for t in leg.get_texts()]
+    return [t for t in texts if t.strip()]
+
+
+def _capture_figures(monkeypatch) -> dict:
+    from cvlab.coursework.theory import common
+
+    figures = {}
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    return figures
+
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_theory_figures_speak_chinese_when_a_cjk_font_exists(tmp_path, data, monkeypatch):
+    """The report is Chinese: every demo figure has Chinese titles where matplotlib has a CJK font."""
+    from cvlab.report import plots
+
+    if plots.cjk_font() is None:
+        pytest.skip("no CJK font for matplotlib here (Debian: fonts-noto-cjk)")
+    figures = _capture_figures(monkeypatch)
+    theory.batch_size_demo(tmp_path, data)
+    theory.batch_training_demo(tmp_path, data, batch_sizes=(50, 100), epochs=1, n_train=200)
+    theory.epoch_demo(tmp_path)
+    theory.regularization_demo(tmp_path, data, epochs=1, n_train=200)
+    theory.residual_demo(tmp_path, data, steps=2)
+    theory.activation_demo(tmp_path)
+    theory.optimizer_demo(tmp_path, quick=True)
+    theory.network_demo(tmp_path, data, n_train=100, epochs=1, batch=50, max_widen=0)
+    assert len(figures) == 8
+    for name, fig in figures.items():
+        titles = [a.get_title() for a in fig.axes if a.get_title()]
+        assert titles and all(CJK.search(t) for t in titles), (name, [t for t in titles if not CJK.search(t)])
+
+
+def test_theory_figures_fall_back_to_english_without_a_cjk_font(tmp_path, monkeypatch):
+    """Without a CJK font the same figures carry English text, not boxes where the glyphs would be."""
+    from cvlab.report import plots
+
+    monkeypatch.setattr(plots, "cjk_font", lambda: None)
+    figures = _capture_figures(monkeypatch)
+    theory.epoch_demo(tmp_path)
+    theory.activation_demo(tmp_path)
+    assert len(figures) == 2
+    for name, fig in figures.items():
+        texts = _figure_texts(fig)
+        assert texts and not any(CJK.search(t) for t in texts), name

@@ -17,8 +17,8 @@ docs/results/theory.json and renders answers/ from answers/templates/ with them.
     q6_optimizers.py    torch.optim on three 2-D surfaces; five optimizers on the handout net, each at its best lr
     results.py          the numbers, docs/results/theory.json, rendering of the answer templates
 
-Figures use English labels (no CJK font is assumed); a figure made from synthetic data says SYNTHETIC
-on its face. Everything runs single-threaded with fixed seeds, so the numbers repeat exactly on the
+Figure text is Chinese where matplotlib finds a CJK font and English otherwise (``report.plots.zh``); a
+figure made from synthetic data says SYNTHETIC on its face. Everything runs single-threaded with fixed seeds, so the numbers repeat exactly on the
 same machine and torch version.
 """
 from ...core.errors import RunDirError

@@ -11,7 +11,7 @@ import torch
 
 from ...core.data import SPLIT_SIZES, Split, TensorLoader, load_for_config, locate
 from ...core.paths import resolve_data_root
-from ...report.plots import save_figure, stamp_synthetic
+from ...report.plots import save_figure, stamp_synthetic, zh  # noqa: F401  (zh: the demos' figure text)
 
 CIFAR_TRAIN_IMAGES = SPLIT_SIZES["train"]  # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size

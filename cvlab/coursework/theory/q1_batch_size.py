@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, DemoData, new_figure, normalized, save_demo_figure, single_thread, steps_per_epoch
+from .common import CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, DemoData, new_figure, normalized, save_demo_figure, single_thread, steps_per_epoch, zh
 
 
 class NoiseNet(nn.Module):
@@ -91,17 +91,21 @@ def batch_size_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, see
 
 def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Path:
     fig, ax = new_figure(3, panel=(4.6, 3.7))
-    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=f"measured ({draws} draws each)")
-    ax[0, 0].loglog(noise.batch_size, noise.theory_sq_error, "-", label="tr(Sigma)/B * (N-B)/(N-1)")
-    ax[0, 0].set(title=f"E|g_B - g|^2 vs batch size (N = {n})", xlabel="batch size B", ylabel="squared error")
+    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=zh(f"实测（每种批量抽 {draws} 次）", f"measured ({draws} draws each)"))
+    ax[0, 0].loglog(noise.batch_size, noise.theory_sq_error, "-", label=zh("理论 tr(Σ)/B·(N−B)/(N−1)", "tr(Sigma)/B * (N-B)/(N-1)"))
+    ax[0, 0].set(title=zh(f"小批量梯度的误差 E|g_B − g|²（N = {n}）", f"E|g_B - g|^2 vs batch size (N = {n})"),
+                 xlabel=zh("批大小 B (batch size)", "batch size B"), ylabel=zh("平方误差", "squared error"))
     ax[0, 1].semilogx(noise.batch_size, noise.mean_cosine_to_full, "o-", color="C2")
-    ax[0, 1].set(title="cosine(mini-batch grad, full grad)", xlabel="batch size B", ylim=(0, 1.02))
+    ax[0, 1].set(title=zh("小批量梯度与全量梯度的余弦相似度", "cosine(mini-batch grad, full grad)"),
+                 xlabel=zh("批大小 B (batch size)", "batch size B"), ylim=(0, 1.02))
     bars = ax[0, 2].bar([str(b) for b in epoch.batch_size], epoch.steps_per_epoch,
                         color=["C1" if b == HANDOUT_BATCH_SIZE else "C0" for b in epoch.batch_size])
     ax[0, 2].bar_label(bars, fontsize=8)
-    ax[0, 2].set(title=f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)", xlabel="batch size",
-                 ylabel=f"ceil({CIFAR_TRAIN_IMAGES} / B)")
+    ax[0, 2].set(title=zh(f"每个 epoch 的步数，{CIFAR_TRAIN_IMAGES:,} 张图（橙色：讲义）",
+                          f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)"),
+                 xlabel=zh("批大小 (batch size)", "batch size"), ylabel=f"ceil({CIFAR_TRAIN_IMAGES} / B)")
     ax[0, 2].set_yscale("log")
+    ax[0, 2].set_ylim(top=2 * max(epoch.steps_per_epoch))  # room for the tallest bar's label
     for a in ax[0]:
         a.grid(alpha=0.3)
     ax[0, 0].legend(fontsize=8)
@@ -177,13 +181,15 @@ def _plot_batch_training(fig_dir, steps: dict, history, data: DemoData, n: int, 
         window = max(1, min(8, len(s) // 4))
         smooth = np.convolve(s.train_loss, np.ones(window) / window, mode="valid")
         ax[0, 0].plot(s.images_seen[window - 1:], smooth, color=f"C{i}",
-                      label=f"B={b}, lr={scaled_lr(b):g}, {len(s)} steps")
+                      label=zh(f"B={b}，lr={scaled_lr(b):g}，{len(s)} 步", f"B={b}, lr={scaled_lr(b):g}, {len(s)} steps"))
         h = history[history.batch_size == b]
         ax[0, 1].plot(h.images_seen, h.test_loss, "o-", color=f"C{i}", label=f"B={b}")
-    ax[0, 0].set(title=f"handout ResNet-18, SGD m=0.9, lr = 0.1 B/256\n{n} train images, {epochs} epochs, "
-                       f"CPU, seed {seed}", xlabel="training images seen", ylabel="train loss (mean of <= 8 steps)")
-    ax[0, 1].set(title=f"test loss after each epoch ({len(data.test)} test images)", xlabel="training images seen",
-                 ylabel="cross-entropy")
+    ax[0, 0].set(title=zh(f"讲义的 ResNet-18，SGD 动量 0.9，lr = 0.1·B/256\n{n} 张训练图，{epochs} 个 epoch，CPU，seed {seed}",
+                          f"handout ResNet-18, SGD m=0.9, lr = 0.1 B/256\n{n} train images, {epochs} epochs, CPU, seed {seed}"),
+                 xlabel=zh("已看过的训练图像数", "training images seen"),
+                 ylabel=zh("训练损失（≤ 8 步滑动平均）", "train loss (mean of <= 8 steps)"))
+    ax[0, 1].set(title=zh(f"每个 epoch 后的测试损失（{len(data.test)} 张测试图）", f"test loss after each epoch ({len(data.test)} test images)"),
+                 xlabel=zh("已看过的训练图像数", "training images seen"), ylabel=zh("交叉熵 (cross-entropy)", "cross-entropy"))
     for a in ax[0]:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from ...core.data import Split, TensorLoader
-from .common import CIFAR_TRAIN_IMAGES, CPU, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, new_figure, save_demo_figure
+from .common import CIFAR_TRAIN_IMAGES, CPU, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, new_figure, save_demo_figure, zh
 
 
 def _batch_of_each_image(loader: TensorLoader) -> torch.Tensor:
@@ -44,11 +44,15 @@ def epoch_demo(fig_dir: str | Path, n_images: int = CIFAR_TRAIN_IMAGES, batch_si
             "steps_per_epoch": len(loader), "last_batch": sizes[-1], "images_per_epoch": sum(sizes),
             "batchmates_kept": batchmates_kept(first, second)}
         ax[0, col].plot(first[sample], second[sample], ".", ms=2, alpha=0.5)
-        ax[0, col].set(title=f"shuffle={shuffle}{' (the handout)' if not shuffle else ''}",
-                       xlabel="batch index in epoch 1", ylabel="batch index in epoch 2")
+        ax[0, col].set(title=zh(f"shuffle={shuffle}{'（讲义的设置）' if not shuffle else '（每个 epoch 重新打乱）'}",
+                                f"shuffle={shuffle}{' (the handout)' if not shuffle else ''}"),
+                       xlabel=zh("第 1 个 epoch 中所在的批次序号", "batch index in epoch 1"),
+                       ylabel=zh("第 2 个 epoch 中所在的批次序号", "batch index in epoch 2"))
         ax[0, col].grid(alpha=0.3)
     result["total_steps"] = result["no_shuffle"]["steps_per_epoch"] * epochs
-    fig.suptitle(f"{n_images:,} images, batch {batch_size}: {result['no_shuffle']['steps_per_epoch']} steps per "
-                 f"epoch (last batch {result['no_shuffle']['last_batch']}); where 3,000 images land", fontsize=10)
+    steps, last = result["no_shuffle"]["steps_per_epoch"], result["no_shuffle"]["last_batch"]
+    fig.suptitle(zh(f"{n_images:,} 张图，批量 {batch_size}：每个 epoch {steps} 步（最后一批 {last} 张）；抽 3,000 张图看它们落在哪一批",
+                    f"{n_images:,} images, batch {batch_size}: {steps} steps per epoch (last batch {last}); "
+                    "where 3,000 images land"), fontsize=10)
     result["figure"] = save_demo_figure(fig, fig_dir, "epoch_batches.png")
     return result

@@ -11,7 +11,7 @@ from ...core.data import TensorLoader, subset
 from ...core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
 from ...core.errors import RunDirError
 from ...core.runs import load_run
-from .common import CPU, DemoData, new_figure, save_demo_figure, single_thread
+from .common import CPU, DemoData, new_figure, save_demo_figure, single_thread, zh
 
 
 MISSING_BASELINE = ("no baseline run at {path}: this part reads the handout run's history. Train it with "
@@ -45,13 +45,16 @@ def overfitting_from_run(run_dir: str | Path, fig_dir: str | Path) -> dict:
         return {"missing": MISSING_BASELINE.format(path=run_dir, absolute=Path(run_dir).resolve())}
     h = gap["history"]
     fig, ax = new_figure(2, panel=(4.8, 3.7))
-    ax[0, 0].plot(h.epoch, h.train_loss, label="train loss")
-    ax[0, 0].plot(h.epoch, h.test_loss, label="test loss")
-    ax[0, 0].axvline(gap["min_test_loss_epoch"], color="0.5", ls=":", label="min test loss")
-    ax[0, 0].set(title=f"{Path(gap['run']).name}: loss per epoch", xlabel="epoch", ylabel="cross-entropy")
-    ax[0, 1].plot(h.epoch, h.train_acc, label="train acc")
-    ax[0, 1].plot(h.epoch, h.test_acc, label="test acc")
-    ax[0, 1].set(title=f"{Path(gap['run']).name}: accuracy per epoch", xlabel="epoch", ylabel="top-1 accuracy")
+    name = Path(gap["run"]).name
+    ax[0, 0].plot(h.epoch, h.train_loss, label=zh("训练损失", "train loss"))
+    ax[0, 0].plot(h.epoch, h.test_loss, label=zh("测试损失", "test loss"))
+    ax[0, 0].axvline(gap["min_test_loss_epoch"], color="0.5", ls=":", label=zh("测试损失最低处", "min test loss"))
+    ax[0, 0].set(title=zh(f"{name}：每个 epoch 的损失", f"{name}: loss per epoch"), xlabel="epoch",
+                 ylabel=zh("交叉熵 (cross-entropy)", "cross-entropy"))
+    ax[0, 1].plot(h.epoch, h.train_acc, label=zh("训练准确率", "train acc"))
+    ax[0, 1].plot(h.epoch, h.test_acc, label=zh("测试准确率", "test acc"))
+    ax[0, 1].set(title=zh(f"{name}：每个 epoch 的准确率", f"{name}: accuracy per epoch"), xlabel="epoch",
+                 ylabel=zh("top-1 准确率", "top-1 accuracy"))
     for a in ax[0]:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
@@ -118,20 +121,26 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
             "n_test": len(data.test), "epochs": epochs, "data": data.description}
 
 
+# the Chinese names of REGULARIZERS' settings in the figure ("{}": the value that ends the English name)
+_ZH_SETTING = {"none": "无正则化", "augment": "数据增广（随机裁剪 4 + 水平翻转）", "weight": "权重衰减 {}"}
+
+
 def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int, epochs: int) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = new_figure(2, panel=(5.0, 3.8))
     for i, (name, h) in enumerate(histories.items()):
-        ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}", label=f"{name}: train")
-        ax[0, 0].plot(h.epoch, h.test_loss, "-", color=f"C{i}", label=f"{name}: test")
-        ax[0, 1].plot(h.epoch, h.test_loss - h.train_loss, "-", color=f"C{i}", label=name)
-    ax[0, 0].set(title=f"small CNN, {n_train} train images, {epochs} epochs", xlabel="epoch",
-                 ylabel="cross-entropy (train: clean images)")
-    ax[0, 1].set(title="generalization gap: test loss - train loss", xlabel="epoch", ylabel="loss gap")
+        label = zh(_ZH_SETTING.get(name.split(" ")[0], name).replace("{}", name.split(" ")[-1]), name)
+        ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}", label=zh(f"{label}：训练（虚线）", f"{name}: train (dashed)"))
+        ax[0, 0].plot(h.epoch, h.test_loss, "-", color=f"C{i}", label=zh(f"{label}：测试（实线）", f"{name}: test (solid)"))
+        ax[0, 1].plot(h.epoch, h.test_loss - h.train_loss, "-", color=f"C{i}")
+    ax[0, 0].set(title=zh(f"小 CNN，{n_train} 张训练图，{epochs} 个 epoch", f"small CNN, {n_train} train images, {epochs} epochs"),
+                 xlabel="epoch", ylabel=zh("交叉熵（训练损失在未增广的图上算）", "cross-entropy (train: clean images)"))
+    ax[0, 1].set(title=zh("泛化差距 (generalization gap)：测试损失 − 训练损失", "generalization gap: test loss - train loss"),
+                 xlabel="epoch", ylabel=zh("损失差距", "loss gap"))
     for a in ax[0]:
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax[0, 0].legend(fontsize=7)
-    ax[0, 1].legend(fontsize=8)
+    # one legend below both panels (inside, six entries would cover the curves)
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     return save_demo_figure(fig, fig_dir, "regularization.png", synthetic=data.synthetic)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DemoData, new_figure, normalized, save_demo_figure, single_thread
+from .common import DemoData, new_figure, normalized, save_demo_figure, single_thread, zh
 
 
 class DepthBlock(nn.Module):
@@ -138,6 +138,13 @@ def _smooth(values: list[float], window: int = 10) -> np.ndarray:
     return np.convolve(v, kernel, mode="valid")
 
 
+_ZH_NET = {"plain": "普通网络 (plain)", "residual": "残差网络 (residual)"}
+
+
+def _net_label(net: str, init: str) -> str:
+    return zh(f"{_ZH_NET.get(net, net)}，{'He 初始化' if init == 'He' else 'PyTorch 默认初始化'}", f"{net}, {init} init")
+
+
 def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: int) -> Path:
     fig, ax = new_figure(3, panel=(4.8, 3.8))
     for col, bn in enumerate((True, False)):
@@ -146,17 +153,22 @@ def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: in
                 he = init == "he"
                 ax[0, col].semilogy(range(1, len(g) + 1), np.maximum(g, 1e-30),
                                     "^--" if he else ("o-" if net == "plain" else "s-"), ms=3,
-                                    label=f"{net}, He init" if he else f"{net}, default init",
+                                    label=_net_label(net, "He" if he else "default"),
                                     color="C1" if he else ("C3" if net == "plain" else "C0"))
-        ax[0, col].set(title=f"gradient at init, 32 layers, {'with' if bn else 'no'} BatchNorm",
-                       xlabel="conv layer (1 = input side)", ylabel="|dL/dW|  (floored at 1e-30)")
+        ax[0, col].set(title=zh(f"初始化时的梯度，32 层，{'有' if bn else '无'} BatchNorm",
+                                f"gradient at init, 32 layers, {'with' if bn else 'no'} BatchNorm"),
+                       xlabel=zh("卷积层（1 = 输入端）", "conv layer (1 = input side)"),
+                       ylabel=zh("|∂L/∂W|（小于 1e-30 的画在 1e-30）", "|dL/dW|  (floored at 1e-30)"))
         ax[0, col].grid(alpha=0.3)
-        ax[0, col].legend(fontsize=8)
+    # the two gradient panels share one legend below the figure (inside, it covered the curves)
+    fig.legend(*ax[0, 1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     for i, (name, c) in enumerate(curves.items()):
         s = _smooth(c)
-        ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i], label=name)
-    ax[0, 2].set(title="training loss, Adam 1e-3, batch 64 (BN)", xlabel="step",
-                 ylabel="cross-entropy (10-step mean)")
+        kind, layers = name.split(", ")
+        ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i],
+                      label=zh(f"{_ZH_NET[kind]}，{layers.split()[0]} 层", name))
+    ax[0, 2].set(title=zh("训练损失，Adam 1e-3，批量 64（有 BN）", "training loss, Adam 1e-3, batch 64 (BN)"),
+                 xlabel=zh("步数 (step)", "step"), ylabel=zh("交叉熵（10 步滑动平均）", "cross-entropy (10-step mean)"))
     ax[0, 2].grid(alpha=0.3)
     ax[0, 2].legend(fontsize=8)
     return save_demo_figure(fig, fig_dir, "residual_vs_plain.png", synthetic=data.synthetic, which=", all three panels")

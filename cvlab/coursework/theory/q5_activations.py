@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import new_figure, save_demo_figure, single_thread
+from .common import new_figure, save_demo_figure, single_thread, zh
 
 
 ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
@@ -110,23 +110,23 @@ def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> d
     sat = table.set_index("activation")["|f'| < 0.01 for x >"]
     for a in ax[0, :2]:
         a.axvspan(-6, -sat["sigmoid"], color="0.82", lw=0)
-        a.axvspan(sat["sigmoid"], 6, color="0.82", lw=0, label="sigmoid' < 0.01")
+        a.axvspan(sat["sigmoid"], 6, color="0.82", lw=0, label=zh("sigmoid 饱和：|f'| < 0.01", "sigmoid' < 0.01"))
         a.axvspan(-sat["sigmoid"], -sat["tanh"], color="0.92", lw=0)
-        a.axvspan(sat["tanh"], sat["sigmoid"], color="0.92", lw=0, label="tanh' < 0.01")
+        a.axvspan(sat["tanh"], sat["sigmoid"], color="0.92", lw=0, label=zh("tanh 饱和：|f'| < 0.01", "tanh' < 0.01"))
     for name, (fn, _) in ACTIVATIONS.items():
         y = fn(x)
         (g,) = torch.autograd.grad(y.sum(), x)
         style = "--" if name in ("LeakyReLU", "SiLU") else "-"
         ax[0, 0].plot(x.detach(), y.detach(), style, color=colors[name], label=name, lw=1.6)
-        ax[0, 1].plot(x.detach(), g, style, color=colors[name], label=name, lw=1.6)
-        ax[0, 2].semilogy(range(1, depth + 1), grads[name], style, color=colors[name], label=name, lw=1.6)
-    ax[0, 0].set(title="f(x)", xlabel="x", ylim=(-1.5, 3))
-    ax[0, 1].set(title="f'(x)  (grey: saturated)", xlabel="x", ylim=(-0.2, 1.2))
-    ax[0, 2].set(title=f"{depth}-layer MLP, He init: |dL/dW| per layer", xlabel="layer (1 = input side)",
-                 ylabel="weight-gradient norm")
-    ax[0, 0].legend(fontsize=8, loc="upper left")
-    ax[0, 1].legend(fontsize=7, loc="upper left", ncol=1)
-    ax[0, 2].legend(fontsize=7, loc="lower right", ncol=2)
+        ax[0, 1].plot(x.detach(), g, style, color=colors[name], lw=1.6)
+        ax[0, 2].semilogy(range(1, depth + 1), grads[name], style, color=colors[name], lw=1.6)
+    ax[0, 0].set(title=zh("激活函数 f(x)", "f(x)"), xlabel="x", ylim=(-1.5, 3))
+    ax[0, 1].set(title=zh("导数 f'(x)（灰色：饱和区）", "f'(x)  (grey: saturated)"), xlabel="x", ylim=(-0.2, 1.2))
+    ax[0, 2].set(title=zh(f"{depth} 层 MLP，He 初始化：每层的 |∂L/∂W|", f"{depth}-layer MLP, He init: |dL/dW| per layer"),
+                 xlabel=zh("层（1 = 输入端）", "layer (1 = input side)"), ylabel=zh("权重梯度的范数", "weight-gradient norm"))
+    # one legend for all three panels, below them: the same colours everywhere, and inside it covered curves
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=(len(labels) + 1) // 2, fontsize=8)
     for a in ax[0]:
         a.grid(alpha=0.3)
     ratio = pd.Series({k: v[0] / v[-1] for k, v in grads.items()}, name="first/last layer gradient")

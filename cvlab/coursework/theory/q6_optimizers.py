@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import new_figure, save_demo_figure, single_thread
+from .common import new_figure, save_demo_figure, single_thread, zh
 
 
 def _quadratic(angle_degrees: float, kappa: float = 100.0):
@@ -107,16 +107,19 @@ def optimizer_demo(fig_dir: str | Path, quick: bool = True) -> dict:
                              "steps": steps, "final_loss": losses[-1, best].item(),
                              "final_point": tuple(round(v, 4) for v in path[-1, best].tolist())})
     table = pd.DataFrame(rows)
-    figure = _plot_optimizers(fig_dir, runs, table)
+    figure = _plot_optimizers(fig_dir, runs)
     return {"figure": figure, "table": table, "lr_grid": lrs}
 
+
+ZH_SURFACES = {"quadratic, kappa=100": "二次函数，κ=100", "same, rotated 30 deg": "同一函数旋转 30°", "Rosenbrock": "Rosenbrock"}
+ZH_FAMILIES = {"SGD family": "SGD 类", "adaptive": "自适应类"}
 
 # Trajectory panels: the SGD family and the adaptive family, each with plain SGD for reference.
 FAMILIES = {"SGD family": ("SGD", "Momentum", "Nesterov"),
             "adaptive": ("SGD", "AdaGrad", "RMSProp", "Adam", "AdamW")}
 
 
-def _plot_optimizers(fig_dir, runs: dict, table) -> Path:
+def _plot_optimizers(fig_dir, runs: dict) -> Path:
     fig, ax = new_figure(len(SURFACES), 3, panel=(5.0, 4.0))
     colors = {n: f"C{i}" for i, n in enumerate(OPTIMIZERS)}
     for col, (surface, (fn, start, (xlim, ylim), _, _)) in enumerate(SURFACES.items()):
@@ -124,26 +127,31 @@ def _plot_optimizers(fig_dir, runs: dict, table) -> Path:
                                 torch.linspace(*ylim, 300, dtype=torch.float64), indexing="xy")
         z = fn(torch.stack([gx, gy], -1))
         levels = np.logspace(-2, math.log10(z.max().item()), 14)
-        rows = table[table.surface == surface].set_index("optimizer")
         for row, (family, names) in enumerate(FAMILIES.items()):
             a = ax[row, col]
             a.contour(gx, gy, z, levels=levels, colors="0.7", linewidths=0.6)
             for name in names:
                 path = runs[surface, name][1]
                 style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
-                a.plot(path[:, 0], path[:, 1], label=f"{name} (lr {rows.best_lr[name]:.3g})", **style)
+                a.plot(path[:, 0], path[:, 1], label=name, **style)
             a.plot(*start, "ko", ms=5)
             a.plot(1, 1, "k*", ms=12)
-            a.set(xlim=xlim, ylim=ylim, title=f"{surface}: {family}", xlabel="x", ylabel="y")
-            a.legend(fontsize=7, loc="lower right")
+            a.set(xlim=xlim, ylim=ylim, title=zh(f"{ZH_SURFACES[surface]}：{ZH_FAMILIES[family]}", f"{surface}: {family}"),
+                  xlabel="x", ylabel="y")
         for name in OPTIMIZERS:
             style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
             ax[2, col].semilogy(runs[surface, name][0].clamp_min(1e-16), label=name, **style)
-        ax[2, col].set(title=f"{surface}: loss vs step", xlabel="step", ylabel="f(x, y)  (floored at 1e-16)")
+        ax[2, col].set(title=zh(f"{ZH_SURFACES[surface]}：损失随步数的变化", f"{surface}: loss vs step"),
+                       xlabel=zh("步数 (step)", "step"), ylabel=zh("f(x, y)（小于 1e-16 的画在 1e-16）", "f(x, y)  (floored at 1e-16)"))
         ax[2, col].grid(alpha=0.3)
-    ax[2, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), title="lr: see above")
-    fig.suptitle("torch.optim on 2-D surfaces; each optimizer at its best lr from the same grid "
-                 "(start: dot, minimum: star)", fontsize=11)
+    # legends right of each row (inside, they covered trajectories); the best rates are in the demo's table
+    for row in range(2):
+        ax[row, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax[2, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                     title=zh("学习率：见表 best_lr", "lr: see the table's best_lr"))
+    fig.suptitle(zh("torch.optim 在二维曲面上：每个优化器取同一网格中最好的学习率（圆点：起点，星号：最小值）",
+                    "torch.optim on 2-D surfaces; each optimizer at its best lr from the same grid "
+                    "(start: dot, minimum: star)"), fontsize=11)
     return save_demo_figure(fig, fig_dir, "optimizers.png")
 
 
@@ -264,8 +272,6 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 
 def _plot_network(fig_dir, curves: dict, sweep, table, data, n: int, epochs: int, batch: int, seed: int) -> Path:
-    from ...report.plots import zh
-
     fig, ax = new_figure(2, panel=(5.0, 3.8))
     best = table.set_index("optimizer").best_lr
     window = max(1, len(next(iter(curves.values()))) // 8)
