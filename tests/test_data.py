@@ -10,6 +10,7 @@ import torch
 from cvlab.core import data as D
 from cvlab.core.augment import random_crop, random_hflip
 from cvlab.core.errors import DataError
+from cvlab.core.loader import TensorLoader
 
 
 def load(root, **kw):
@@ -139,7 +140,7 @@ def test_balanced_subset_keeps_original_order(cifar_folder):
 
 def test_loader_without_shuffle_keeps_order_and_normalizes(cifar_folder):
     train = load(cifar_folder).train
-    loader = D.TensorLoader(train, 64, torch.device("cpu"), "handout", shuffle=False)
+    loader = TensorLoader(train, 64, torch.device("cpu"), "handout", shuffle=False)
     batches = list(loader)
     assert len(batches) == len(loader) == 4 and batches[-1][0].shape[0] == 200 - 3 * 64
     x, y = batches[0]
@@ -150,8 +151,8 @@ def test_loader_without_shuffle_keeps_order_and_normalizes(cifar_folder):
 
 def test_loader_shuffle_is_seeded_and_resumable(cifar_folder):
     train = load(cifar_folder).train
-    a = D.TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
-    b = D.TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
+    a = TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
+    b = TensorLoader(train, 50, torch.device("cpu"), "cifar100", shuffle=True, seed=3)
     first = [y for _, y in a]
     assert all(torch.equal(p, q) for p, q in zip(first, (y for _, y in b)))
     assert not torch.equal(torch.cat(first), train.fine)

@@ -59,7 +59,8 @@ def _tensors(obj):
 def test_loader_state_accepts_generator_states_of_any_device_and_dtype():
     """Generator.set_state takes only CPU uint8 tensors; a state that went through another device or dtype
     (a checkpoint mapped to the GPU, a state saved as int64) is converted, not refused."""
-    from cvlab.core.data import Split, TensorLoader
+    from cvlab.core.data import Split
+    from cvlab.core.loader import TensorLoader
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(20) % 100
     split = Split(images, labels, labels)
@@ -90,7 +91,8 @@ def test_policy_seeds_come_from_the_loaders_host_generator():
     the loader keeps that generator in its state, so a resumed run repeats the draws."""
     from cvlab.core import augment as aug
     from cvlab.core.config import make_config
-    from cvlab.core.data import Split, TensorLoader
+    from cvlab.core.data import Split
+    from cvlab.core.loader import TensorLoader
     augment = aug.build_augment(make_config("handout", policy="trivialaugment", crop_padding=4))
     host = torch.Generator().manual_seed(5)
     device_generator = torch.Generator().manual_seed(9)
@@ -168,7 +170,8 @@ def test_batches_steps_and_metrics_stay_on_the_device_with_fake_cuda_tensors(mon
     from cvlab.core import augment as aug
     from cvlab.core import distributed
     from cvlab.core.config import make_config
-    from cvlab.core.data import Split, TensorLoader
+    from cvlab.core.data import Split
+    from cvlab.core.loader import TensorLoader
     from cvlab.core.models import build_model
     cuda = torch.device("cuda")
     real_generator = torch.Generator
@@ -216,7 +219,7 @@ HOT_PATHS = [
     ("core/engine.py", "TrainStep.step", "body"), ("core/engine.py", "EvalStep.logits", "body"),
     ("core/engine.py", "train_one_epoch", "loops"), ("core/engine.py", "evaluate", "loops"),
     ("core/engine.py", "_top_k_correct", "body"), ("core/ema.py", "WeightEMA.update", "body"),
-    ("core/data.py", "TensorLoader.__iter__", "loops"), ("core/data.py", "TensorLoader.to_float", "body"),
+    ("core/loader.py", "TensorLoader.__iter__", "loops"), ("core/loader.py", "TensorLoader.to_float", "body"),
     *[("core/augment.py", name, "body") for name in (
         "random_crop", "random_hflip", "cutout", "apply_policy", "PolicyStep.__call__", "compose", "mix_pairs",
         "paste_box", "mixup", "cutmix", "cutmix_box", "partner_order", "sample_beta", "host_seed", "host_uniform",

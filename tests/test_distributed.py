@@ -14,7 +14,8 @@ import torch
 
 import cvlab
 from cvlab.core import distributed
-from cvlab.core.data import Split, TensorLoader
+from cvlab.core.data import Split
+from cvlab.core.loader import TensorLoader
 from cvlab.core.engine import fit
 from cvlab.core.errors import ConfigError
 from cvlab.core.runs import load_run

@@ -138,7 +138,7 @@ def test_bad_optimizer_impl_is_a_config_error():
 
 
 def test_warm_up_covers_every_batch_shape(data):
-    from cvlab.core.data import TensorLoader
+    from cvlab.core.loader import TensorLoader
     from cvlab.core.engine import _shape_probe
     loader = TensorLoader(data.train.take(torch.arange(20)), 8, torch.device("cpu"), "handout")
     probe = TensorLoader(_shape_probe(loader), 8, torch.device("cpu"), "handout")

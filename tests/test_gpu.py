@@ -137,7 +137,7 @@ def test_compile_warm_up_leaves_the_run_unchanged(deterministic):
 
 def test_device_resident_loader_and_batched_augmentation():
     from cvlab.core.augment import build_augment, build_mix
-    from cvlab.core.data import TensorLoader
+    from cvlab.core.loader import TensorLoader
     from cvlab.experiments.bench import in_memory_data
     data = in_memory_data(256, 64, seed=0)
     cfg = gpu_config(crop_padding=4, hflip=True, cutout=8, policy="trivialaugment", mix="cutmix", mix_prob=1.0)

@@ -25,7 +25,8 @@ from . import device as devices
 from . import distributed, signals
 from .augment import build_augment, build_mix
 from .config import Config, from_dict
-from .data import Cifar100, Split, TensorLoader, check_num_classes, load_for_config
+from .data import Cifar100, Split, check_num_classes, load_for_config
+from .loader import TensorLoader
 from .ema import WeightEMA
 from .errors import NonFiniteLoss, RunDirError
 from .models import build_model, count_parameters

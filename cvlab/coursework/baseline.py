@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, TensorLoader, channel_stats
+from ..core.data import HANDOUT_MEAN, HANDOUT_STD, CIFAR100_MEAN, CIFAR100_STD, Split, channel_stats
+from ..core.loader import TensorLoader
 from ..core.models import HandoutBasicBlock, build_model
 from ..core.paths import REPO_ROOT
 from ..core.runs import Run
@@ -54,7 +55,7 @@ def stem_sensitivity(model: nn.Sequential, images: torch.Tensor, batch: int = 25
     normalization that is one affine map for all channels is absorbed almost completely.
     """
     import pandas as pd
-    from ..core.data import normalize_constants
+    from ..core.loader import normalize_constants
 
     stem = nn.Sequential(model[0], model[1]).train()
     x = images[:batch].float().div(255.0)

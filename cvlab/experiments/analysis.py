@@ -22,7 +22,8 @@ from torch import nn
 
 from ..core import device as devices
 from ..core.config import Config, from_dict
-from ..core.data import Split, TensorLoader, load_for_config
+from ..core.data import Split, load_for_config
+from ..core.loader import TensorLoader
 from ..core.engine import EvalStep
 from ..core.errors import RunDirError, UsageError
 from ..core.models import build_model, state_dict_mismatch

@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from .. import __version__
 from ..core import device as devices
 from ..core.config import make_config
-from ..core.data import NUM_FINE, SPLIT_SIZES, Cifar100, Split, TensorLoader
+from ..core.data import NUM_FINE, SPLIT_SIZES, Cifar100, Split
+from ..core.loader import TensorLoader
 from ..core.models import build_model, count_parameters
 from .handout import handout_loader, handout_test, handout_train
 

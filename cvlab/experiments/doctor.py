@@ -245,7 +245,8 @@ def check_resume(device: torch.device, sizes: Sizes) -> Check:
 
 def check_eval_vs_cpu(t) -> Check:
     """The device's evaluation of `t.model` against the same weights in fp32 on the CPU."""
-    from ..core.data import Split, TensorLoader
+    from ..core.data import Split
+    from ..core.loader import TensorLoader
     from ..core.engine import EvalStep
     start = time.perf_counter()
     cfg, cpu = t.cfg, torch.device("cpu")

@@ -37,11 +37,11 @@ class Listing:
 
 
 def _field_code() -> dict[str, list[Callable[..., Any]]]:
-    from ..core import augment, data, ema, engine, models, optim
+    from ..core import augment, ema, engine, loader, models, optim
 
     return {
-        "normalization": [data.normalize_constants, data.TensorLoader.to_float],
-        "shuffle": [data.TensorLoader.__iter__],
+        "normalization": [loader.normalize_constants, loader.TensorLoader.to_float],
+        "shuffle": [loader.TensorLoader.__iter__],
         "crop_padding": [augment.random_crop],
         "hflip": [augment.random_hflip],
         "cutout": [augment.cutout],

@@ -9,7 +9,8 @@ from typing import Iterator
 
 import torch
 
-from ...core.data import SPLIT_SIZES, Split, TensorLoader, load_for_config, locate
+from ...core.data import SPLIT_SIZES, Split, load_for_config, locate
+from ...core.loader import TensorLoader
 from ...core.paths import resolve_data_root
 from ...report.plots import save_figure, stamp_synthetic, zh  # noqa: F401  (zh: the demos' figure text)
 

@@ -132,7 +132,8 @@ def batch_training_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
     1 epoch, batches (16, 64); thorough 2,000 images, 2 epochs, batches (32, 128, 512)."""
     import pandas as pd
 
-    from ...core.data import TensorLoader, subset
+    from ...core.data import subset
+    from ...core.loader import TensorLoader
     from ...core.engine import EvalStep, TrainStep, evaluate
     from ...core.models import build_model
     from .common import CPU

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ...core.data import Split, TensorLoader
+from ...core.data import Split
+from ...core.loader import TensorLoader
 from .common import CIFAR_TRAIN_IMAGES, CPU, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, new_figure, save_demo_figure, zh
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ...core.augment import compose, random_crop, random_hflip
-from ...core.data import TensorLoader, subset
+from ...core.data import subset
+from ...core.loader import TensorLoader
 from ...core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
 from ...core.errors import RunDirError
 from ...core.runs import load_run

@@ -175,7 +175,7 @@ def _train_network(name: str, lr: float, train, epochs: int, batch: int, seed: i
     """The handout ResNet-18 from seed `seed`'s weights, trained by optimizer `name` at `lr` (constant):
     the per-step training losses, their mean over the last quarter of the steps (the score; inf when a loss
     is not finite) and the trained model."""
-    from ...core.data import TensorLoader
+    from ...core.loader import TensorLoader
     from ...core.engine import TrainStep
     from ...core.models import build_model
     from .common import CPU
@@ -195,7 +195,7 @@ def _train_network(name: str, lr: float, train, epochs: int, batch: int, seed: i
 
 
 def _test(model, test) -> dict:
-    from ...core.data import TensorLoader
+    from ...core.loader import TensorLoader
     from ...core.engine import EvalStep, evaluate
     from .common import CPU
 
