@@ -537,3 +537,19 @@ def test_report_kernels_are_not_interactive(monkeypatch):
     monkeypatch.setenv(notebook.REPORT_ENV, "1")
     live = notebook.live_training(object())  # not even looked at under `cvlab report`
     assert live.on_epoch_end is None and live.on_step is None
+
+
+def test_stylesheets_are_css_files_shipped_with_the_package():
+    import tomllib
+
+    import nbformat
+
+    from cvlab.report import publish
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cvlab.report"]
+    assert "*.css" in data
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 标题")])
+    body, _ = publish.offline_html_exporter(True, extra_css=publish.stylesheet("submission.css")).from_notebook_node(nb)
+    for name in ("publish.css", "submission.css"):
+        rules = publish.stylesheet(name)
+        assert "@media print" in rules and rules.split("*/", 1)[1].strip()[:60] in body, name

@@ -47,35 +47,20 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block extra_css -%}
-<style type="text/css">
-  body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", "Microsoft YaHei",
-         "PingFang SC", "WenQuanYi Micro Hei", sans-serif; }
-  math[display="block"] { margin: 0.6em 0; }
-  @media print {  /* the PDF: wrap long code lines, shrink and wrap wide tables instead of cutting them */
-    @page { size: A4; margin: 12mm 10mm; }
-    :root { --jp-cell-prompt-width: 44px; }
-    /* long lines wrap at spaces (JupyterLab's outputs break anywhere, splitting numbers); a smaller font keeps
-       the per-epoch log (about 100 characters a row) on one line */
-    pre { white-space: pre-wrap !important; word-break: normal !important; line-break: auto !important;
-          overflow-wrap: break-word !important; }
-    .jp-OutputArea-output pre { font-size: 0.78em; }
-    .jp-RenderedHTMLCommon table { font-size: 0.68em; max-width: 100%; }
-    /* cells wrap at spaces only (never inside a word or a number); a table too wide even so was given a
-       smaller font by fit_tables, or, as a last resort, the class cvlab-tight (breaks anywhere) */
-    .jp-RenderedHTMLCommon th, .jp-RenderedHTMLCommon td { white-space: normal !important; padding: 0.2em 0.35em;
-                                                           overflow-wrap: normal; word-break: normal; }
-    .cvlab-table table { font-size: 1em !important; }
-    .cvlab-tight th, .cvlab-tight td { overflow-wrap: anywhere !important; }
-    .jp-OutputArea-output, .jp-RenderedHTMLCommon { overflow: visible !important; }
-  }
-</style>
+<style type="text/css">{% raw %}
+{{CSS}}{% endraw %}</style>
 {%- endblock extra_css -%}
 """
 
 
+def stylesheet(name: str) -> str:
+    """The text of cvlab/report/`name` (a .css file shipped with the package)."""
+    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+
+
 def offline_html_exporter(no_input: bool, extra_css: str = ""):
     """An HTMLExporter whose output needs no network: images embedded, no CDN scripts, math as MathML;
-    `extra_css` (a <style> element) is added after the offline page's own styles."""
+    `extra_css` (CSS text) is added after the offline page's own styles (publish.css)."""
     from jinja2 import DictLoader, pass_context
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import MarkdownWithMath
@@ -97,9 +82,10 @@ def offline_html_exporter(no_input: bool, extra_css: str = ""):
 
     return OfflineHTMLExporter(
         template_name="lab", extra_loaders=[DictLoader({
-            "cvlab_offline.html.j2": OFFLINE_TEMPLATE,
-            "cvlab_extra.html.j2": "{%- extends 'cvlab_offline.html.j2' -%}{%- block extra_css -%}{{ super() }}{% raw %}"
-                                   + extra_css + "{% endraw %}{%- endblock extra_css -%}"})],
+            "cvlab_offline.html.j2": OFFLINE_TEMPLATE.replace("{{CSS}}", stylesheet("publish.css")),
+            "cvlab_extra.html.j2": "{%- extends 'cvlab_offline.html.j2' -%}{%- block extra_css -%}{{ super() }}"
+                                   "<style type=\"text/css\">{% raw %}" + extra_css + "{% endraw %}</style>"
+                                   "{%- endblock extra_css -%}"})],
         template_file="cvlab_extra.html.j2" if extra_css else "cvlab_offline.html.j2",
         embed_images=True, exclude_input=no_input,
         exclude_input_prompt=no_input, exclude_output_prompt=no_input)

@@ -371,49 +371,12 @@ def _trained_presets(budget: str) -> set[str]:
         return set()
 
 
-SUBMISSION_CSS = """
-<style type="text/css">
-  .jp-RenderedHTMLCommon .cover p { text-align: center; }
-  .cover { text-align: center; padding-top: 38mm; page-break-after: always; break-after: page; }
-  .cover-course { font-size: 20pt; letter-spacing: 0.2em; margin: 0; }
-  .cover-kind { font-size: 30pt; font-weight: bold; margin: 14mm 0 6mm; letter-spacing: 0.3em; }
-  .cover-title { font-size: 17pt; margin: 0 0 26mm; }
-  .jp-RenderedHTMLCommon table.cover-table { margin: 0 auto !important; font-size: 13pt; border: none; }
-  .jp-RenderedHTMLCommon table.cover-table th, .jp-RenderedHTMLCommon table.cover-table td {
-    border: none; border-bottom: 1px solid #444; padding: 3mm 8mm; text-align: left; font-size: 13pt; }
-  .jp-RenderedHTMLCommon p.cover-note { margin-top: 40mm; font-size: 9pt; color: #666; }
-  .toc { page-break-after: always; break-after: page; }
-  .toc ul { list-style: none; padding: 0; }
-  .toc li { display: flex; align-items: baseline; margin: 1.5mm 0; }
-  .toc li.toc-l1 { font-weight: bold; margin-top: 3mm; }
-  .toc li.toc-l2 { padding-left: 8mm; font-size: 0.92em; }
-  .toc a { color: inherit; text-decoration: none; }
-  .toc-dots { flex: 1; border-bottom: 1px dotted #888; margin: 0 2mm; }
-  .toc-page { min-width: 8mm; text-align: right; }
-  h1.chapter { page-break-before: always; break-before: page; }
-  h1.chapter-continued { margin-top: 12mm; }
-  .provenance { font-size: 8pt; color: #555; border-left: 3px solid #aac; padding: 1px 6px; margin: 2px 0 10px; }
-  p.listing { font-size: 8.5pt; color: #444; margin: 6px 0 0; font-family: monospace; }
-  .jp-RenderedHTMLCommon table.side-by-side { table-layout: fixed; width: 100%; font-size: 1em; }
-  .jp-RenderedHTMLCommon table.side-by-side td { vertical-align: top; width: 50%; text-align: left; padding: 0 2mm; }
-  .jp-RenderedHTMLCommon table.side-by-side pre { font-size: 6pt !important; line-height: 1.25; white-space: pre-wrap;
-                      margin: 0; padding: 0; background: none; }
-  @media print {
-    @page { size: A4; margin: 14mm 12mm 16mm;
-            @bottom-center { content: counter(page) " / " counter(pages); font-size: 9pt; color: #555; } }
-    @page :first { @bottom-center { content: none; } }
-    /* ~125 characters a line: cvlab's lines (at most 120) print unwrapped */
-    .jp-RenderedHTMLCommon pre, .jp-RenderedHTMLCommon .highlight pre, .jp-RenderedHTMLCommon pre code {
-      font-size: 6.8pt !important; line-height: 1.3; }
-  }
-</style>
-"""
 
 
 def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
-    from .publish import fit_tables, offline_html_exporter
+    from .publish import fit_tables, offline_html_exporter, stylesheet
 
-    exporter = offline_html_exporter(no_input=True, extra_css=SUBMISSION_CSS)
+    exporter = offline_html_exporter(no_input=True, extra_css=stylesheet("submission.css"))
     nb = copy.deepcopy(nb)
     fit_tables(nb)
     for cell in nb.cells:
