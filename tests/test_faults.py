@@ -141,7 +141,7 @@ def write_lock(run, host, age_seconds, pid=4242):
 
 @pytest.mark.parametrize("holder", ["another host", "a reused pid on this host"])
 def test_a_lock_without_heartbeat_is_taken_over_naming_its_holder(trained, tmp_path, capsys, holder):
-    from cvlab.core.runs import LOCK_STALE_SECONDS
+    from cvlab.core.lock import LOCK_STALE_SECONDS
     run = copy_run(trained, tmp_path / "run")
     host, pid = ("stopped-instance-7f3a", 4242) if holder == "another host" else (socket.gethostname(), os.getpid())
     write_lock(run, host, LOCK_STALE_SECONDS + 60, pid)
@@ -175,8 +175,8 @@ def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(tra
 
 
 def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
-    import cvlab.core.runs as runs
-    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.05)
+    import cvlab.core.lock as lock_module
+    monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 0.05)
     run = RunDir(tmp_path / "run")
     lock = tmp_path / "run" / "run.lock"
     with run.open(resume=False):
@@ -185,14 +185,14 @@ def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
         while lock.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert lock.stat().st_mtime > time.time() - 60  # the background thread touched it
-    assert not lock.exists() and run._heartbeat is None
-    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 3600.0)
+    assert not lock.exists() and run._lock._heartbeat is None
+    monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 3600.0)
     with run.open(resume=False):
         os.utime(lock, (1e9, 1e9))
         run.write_metrics({"status": "running"})  # every epoch end beats too
         assert lock.stat().st_mtime > time.time() - 60
     seen = []  # every epoch of a run beats
-    monkeypatch.setattr(RunDir, "heartbeat", lambda self: seen.append(self._lock_held))
+    monkeypatch.setattr(RunDir, "heartbeat", lambda self: seen.append(self._lock.held))
     fit(tiny_config(epochs=2), tmp_path / "two", **QUIET)
     assert seen.count(True) >= 2
 

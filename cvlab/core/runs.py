@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
 import io
 import json
 import math
@@ -20,8 +19,6 @@ import platform
 import random
 import re
 import secrets
-import socket
-import threading
 import time
 import warnings
 import zipfile
@@ -36,6 +33,7 @@ from .. import __version__
 from . import device as devices
 from .errors import Diverged, NonFiniteLoss, RunDirError, cause, first_line
 from .models import count_parameters
+from .lock import RunLock, disk_error
 from .signals import stop_reason
 
 # `t` below is an engine.Trainer (model, optimizer, scheduler, scaler, EMA, loader, config, device): used by
@@ -54,11 +52,6 @@ RESUMABLE_FIELDS = {"data_root", "download", "device", "progress", "log_every", 
                     "optimizer_impl", "cudnn_benchmark", "tensorboard"}
 # Learning-rate schedules whose shape does not depend on the number of epochs: such runs may be extended.
 EXTENDABLE_SCHEDULES = ("constant",)
-# The lock's heartbeat: its holder touches run.lock (its modification time) this often while it trains, and at
-# every epoch end; a lock not touched for LOCK_STALE_SECONDS is stale whatever host wrote it (an instance
-# stopped and restarted under another hostname leaves such a lock), and the next start takes it over.
-HEARTBEAT_SECONDS = 30.0
-LOCK_STALE_SECONDS = 300.0
 
 
 # ---------------------------------------------------------------------------- files
@@ -223,16 +216,6 @@ def check_extension(saved: dict, epochs: int, run: Path | str = "the run") -> No
 
 # ---------------------------------------------------------------------------- the run directory
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
-
-
 class RunDir:
     """One run directory and what may happen to it.
 
@@ -245,8 +228,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock_held = False
-        self._heartbeat: _Heartbeat | None = None
+        self._lock = RunLock(self.file(LOCK), self.path)
         self._created = False
 
     def __repr__(self) -> str:
@@ -401,120 +383,20 @@ class RunDir:
                 removed.append(tmp)
         return removed
 
-    # ------------------------------------------------------------ one writer
+    # ------------------------------------------------------------ one writer (core/lock.py)
 
     def lock_holder(self) -> dict | None:
-        """The lock's content {pid, host, started} when a live holder has it, else None. A holder is gone when
-        its heartbeat (the lock's modification time) is older than LOCK_STALE_SECONDS, whatever host wrote it,
-        or when it is a process of this host that no longer exists."""
-        info = self._read_lock()
-        if info is None or self._stale(info):
-            return None
-        return info
-
-    def _read_lock(self) -> dict | None:
-        try:
-            info = json.loads(self.file(LOCK).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # being written, or damaged: treated as stale below
-        return info if isinstance(info, dict) else {}
-
-    def _stale(self, info: dict) -> bool:
-        if self._lock_age() > LOCK_STALE_SECONDS:
-            return True
-        try:
-            pid = int(info.get("pid", -1))
-        except (TypeError, ValueError):
-            pid = -1
-        return info.get("host") == socket.gethostname() and not _pid_alive(pid)
+        """{pid, host, started} of a live holder of run.lock, else None (see RunLock.holder)."""
+        return self._lock.holder()
 
     def acquire_lock(self) -> None:
-        """Take run.lock (pid, host, start time) and keep its heartbeat while held. A stale lock (see
-        `lock_holder`) is taken over with a warning naming the old holder; a live holder gets a one-line
-        RunDirError naming it and saying when its lock would go stale."""
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.file(LOCK), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                info = self._read_lock()
-                if info is None:
-                    continue  # released meanwhile
-                if info == {} and self._lock_age() <= 10:
-                    time.sleep(0.2)  # being written: look again
-                    continue
-                if info == {} or self._stale(info):
-                    self._take_over(info)
-                    continue
-                raise RunDirError(self._in_use(info)) from None
-            except OSError as exc:
-                raise RunDirError(f"cannot write in {self.path}: {exc.strerror or exc}") from None
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(json.dumps(me) + "\n")
-            except OSError as exc:  # e.g. a disk already full: leave no empty lock for the next start to puzzle over
-                self.file(LOCK).unlink(missing_ok=True)
-                raise RunDirError(f"cannot write the lock {self.file(LOCK)} ({disk_error(exc)}); make room, "
-                                  "then start again") from None
-            self._lock_held = True
-            self._heartbeat = _Heartbeat(self)
-            return
-        raise RunDirError(f"cannot take the lock {self.file(LOCK)}; another process keeps changing it")
-
-    def _take_over(self, info: dict) -> None:
-        """Remove a stale lock, with one line naming its holder and why it counts as gone."""
-        age = self._lock_age()
-        if not info:
-            why = "damaged"
-        elif age > LOCK_STALE_SECONDS:
-            why = f"no heartbeat for {_duration(age)}, more than the {_duration(LOCK_STALE_SECONDS)} limit"
-        else:
-            why = "that process no longer exists"
-        holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})" if info else "?"
-        warnings.warn(f"taking over the stale lock {self.file(LOCK)} of {holder}: {why}", stacklevel=4)
-        self.file(LOCK).unlink(missing_ok=True)
-
-    def _in_use(self, info: dict) -> str:
-        """The one line for a live holder: who, and when its lock goes stale if it stops beating."""
-        holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})"
-        if info.get("host") == socket.gethostname():  # a live process here: the lock goes when it ends
-            return f"{self.path} is in use by {holder}; wait for it to finish, or stop it"
-        age = self._lock_age()
-        stale_at = time.strftime("%H:%M:%S", time.localtime(time.time() - age + LOCK_STALE_SECONDS))
-        return (f"{self.path} is in use by {holder}, last heartbeat {_duration(age)} ago; wait for it to finish "
-                f"(if that process is gone, its lock counts as stale at {stale_at}, {_duration(LOCK_STALE_SECONDS)} "
-                "after its last heartbeat, and the next start after that takes it over)")
-
-    def _lock_age(self) -> float:
-        try:
-            return time.time() - self.file(LOCK).stat().st_mtime
-        except OSError:
-            return 0.0
+        self._lock.acquire()
 
     def heartbeat(self) -> None:
-        """Touch run.lock (its modification time is the heartbeat) when this RunDir holds it and it is still
-        this process's; a failure to touch it is not an error (the next beat tries again)."""
-        if not self._lock_held:
-            return
-        info = self._read_lock()
-        if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            try:
-                os.utime(self.file(LOCK))
-            except OSError:
-                pass
+        self._lock.beat()
 
     def release_lock(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
-        if self._lock_held:
-            info = self._read_lock()
-            if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                self.file(LOCK).unlink(missing_ok=True)
-            self._lock_held = False
+        self._lock.release()
 
     # ------------------------------------------------------------ resuming
 
@@ -551,41 +433,6 @@ class RunDir:
 
     def save_checkpoint(self, state: dict, which: str = "last") -> None:
         save_checkpoint(self.checkpoint_path(which), state)
-
-
-class _Heartbeat:
-    """A daemon thread that touches a RunDir's lock every HEARTBEAT_SECONDS until stopped."""
-
-    def __init__(self, run: RunDir, interval: float | None = None):
-        self._stop = threading.Event()
-        self._interval = HEARTBEAT_SECONDS if interval is None else interval
-        self._thread = threading.Thread(target=self._beat, args=(run,), name=f"heartbeat {run.path}", daemon=True)
-        self._thread.start()
-
-    def _beat(self, run: RunDir) -> None:
-        while not self._stop.wait(self._interval):
-            run.heartbeat()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-def _duration(seconds: float) -> str:
-    """'45 s', '5 min', '2 h 3 min'."""
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def disk_error(exc: OSError) -> str:
-    """A short reason for a failed write, e.g. 'No space left on device'."""
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device"
-    return exc.strerror or str(exc)
 
 
 # ---------------------------------------------------------------------------- reading runs back

@@ -1,0 +1,195 @@
+"""One writer per run directory: run.lock, its heartbeat, and the take-over of a stale lock.
+
+run.lock holds {pid, host, started} of the process that writes the run directory. While it holds the lock that
+process touches the file (its modification time is the heartbeat) every HEARTBEAT_SECONDS from a background
+thread, and at every epoch end (RunDir.write_metrics). A lock not touched for LOCK_STALE_SECONDS is stale
+whatever host wrote it (an instance stopped and restarted under another hostname leaves such a lock), and so is
+one whose process no longer exists on this host; the next start takes a stale lock over, with one line naming
+the old holder.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from .errors import RunDirError
+
+HEARTBEAT_SECONDS = 30.0
+LOCK_STALE_SECONDS = 300.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '5 min', '2 h 3 min'."""
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def disk_error(exc: OSError) -> str:
+    """A short reason for a failed write, e.g. 'No space left on device'."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    return exc.strerror or str(exc)
+
+
+class RunLock:
+    """run.lock at `path`, guarding the run directory `folder` (named in the messages)."""
+
+    def __init__(self, path: Path, folder: Path):
+        self.path, self.folder = Path(path), Path(folder)
+        self._lock_held = False
+        self._heartbeat: _Heartbeat | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock_held
+
+    def holder(self) -> dict | None:
+        """The lock's content {pid, host, started} when a live holder has it, else None. A holder is gone when
+        its heartbeat (the lock's modification time) is older than LOCK_STALE_SECONDS, whatever host wrote it,
+        or when it is a process of this host that no longer exists."""
+        info = self._read()
+        if info is None or self._stale(info):
+            return None
+        return info
+
+    def _read(self) -> dict | None:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written, or damaged: treated as stale below
+        return info if isinstance(info, dict) else {}
+
+    def _stale(self, info: dict) -> bool:
+        if self._lock_age() > LOCK_STALE_SECONDS:
+            return True
+        try:
+            pid = int(info.get("pid", -1))
+        except (TypeError, ValueError):
+            pid = -1
+        return info.get("host") == socket.gethostname() and not pid_alive(pid)
+
+    def acquire(self) -> None:
+        """Take run.lock (pid, host, start time) and keep its heartbeat while held. A stale lock (see
+        `holder`) is taken over with a warning naming the old holder; a live holder gets a one-line
+        RunDirError naming it and saying when its lock would go stale."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                info = self._read()
+                if info is None:
+                    continue  # released meanwhile
+                if info == {} and self._lock_age() <= 10:
+                    time.sleep(0.2)  # being written: look again
+                    continue
+                if info == {} or self._stale(info):
+                    self._take_over(info)
+                    continue
+                raise RunDirError(self._in_use(info)) from None
+            except OSError as exc:
+                raise RunDirError(f"cannot write in {self.folder}: {exc.strerror or exc}") from None
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(me) + "\n")
+            except OSError as exc:  # e.g. a disk already full: leave no empty lock for the next start to puzzle over
+                self.path.unlink(missing_ok=True)
+                raise RunDirError(f"cannot write the lock {self.path} ({disk_error(exc)}); make room, "
+                                  "then start again") from None
+            self._lock_held = True
+            self._heartbeat = _Heartbeat(self)
+            return
+        raise RunDirError(f"cannot take the lock {self.path}; another process keeps changing it")
+
+    def _take_over(self, info: dict) -> None:
+        """Remove a stale lock, with one line naming its holder and why it counts as gone."""
+        age = self._lock_age()
+        if not info:
+            why = "damaged"
+        elif age > LOCK_STALE_SECONDS:
+            why = f"no heartbeat for {duration(age)}, more than the {duration(LOCK_STALE_SECONDS)} limit"
+        else:
+            why = "that process no longer exists"
+        holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})" if info else "?"
+        warnings.warn(f"taking over the stale lock {self.path} of {holder}: {why}", stacklevel=5)
+        self.path.unlink(missing_ok=True)
+
+    def _in_use(self, info: dict) -> str:
+        """The one line for a live holder: who, and when its lock goes stale if it stops beating."""
+        holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})"
+        if info.get("host") == socket.gethostname():  # a live process here: the lock goes when it ends
+            return f"{self.folder} is in use by {holder}; wait for it to finish, or stop it"
+        age = self._lock_age()
+        stale_at = time.strftime("%H:%M:%S", time.localtime(time.time() - age + LOCK_STALE_SECONDS))
+        return (f"{self.folder} is in use by {holder}, last heartbeat {duration(age)} ago; wait for it to finish "
+                f"(if that process is gone, its lock counts as stale at {stale_at}, {duration(LOCK_STALE_SECONDS)} "
+                "after its last heartbeat, and the next start after that takes it over)")
+
+    def _lock_age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def beat(self) -> None:
+        """Touch run.lock (its modification time is the heartbeat) when this RunDir holds it and it is still
+        this process's; a failure to touch it is not an error (the next beat tries again)."""
+        if not self._lock_held:
+            return
+        info = self._read()
+        if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if self._lock_held:
+            info = self._read()
+            if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+                self.path.unlink(missing_ok=True)
+            self._lock_held = False
+
+
+class _Heartbeat:
+    """A daemon thread that touches a run lock every HEARTBEAT_SECONDS until stopped."""
+
+    def __init__(self, lock: RunLock, interval: float | None = None):
+        self._stop = threading.Event()
+        self._interval = HEARTBEAT_SECONDS if interval is None else interval
+        self._thread = threading.Thread(target=self._beat, args=(lock,), name=f"heartbeat {lock.path}", daemon=True)
+        self._thread.start()
+
+    def _beat(self, lock: RunLock) -> None:
+        while not self._stop.wait(self._interval):
+            lock.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
