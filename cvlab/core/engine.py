@@ -32,7 +32,7 @@ from .errors import NonFiniteLoss, RunDirError
 from .models import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
 from .paths import git_commit
-from .runs import Recording, RunDir, WallClock, restore, rng_state, set_rng_state
+from .runs import Recording, RunDir, WallClock, rng_state, set_rng_state
 from .tblog import with_tensorboard
 
 
@@ -370,15 +370,15 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     with signals.sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does (errors.Terminated)
         distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
                          cfg.batch_size if cfg is not None else None)
-        if not distributed.is_main_process():
-            return _follow()  # under torchrun: rank 0 does all of this, the others train in step with it
-        run = RunDir(out)
-        cfg = _prepare(run, cfg, resume)                   # every check and the resume merge, once; nothing created
+        main = distributed.is_main_process()  # under torchrun, rank 0 writes; the others train in step, silent
+        run, cfg, resume = _prepare(RunDir(out), cfg, resume)  # every check and the resume merge, once
         t = build_trainer(cfg)                             # loads the data: a start that fails here leaves nothing
-        with Recording(run, t, resume, log, clock) as record:  # lock; on exit, the status and the lock released
+        record = Recording(run, t, resume, log, clock) if main else distributed.Follower(run, t, resume)
+        log, on_step = (log, on_step) if main else (_quiet, None)
+        with record:                                       # lock; on exit, the status and the lock released
             start_epoch = record.start()                   # last.pt into the trainer (resume), then config.json
             log(banner(t, run.path))
-            on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log)  # RUN/tb, when asked
+            on_epoch_end = with_tensorboard(cfg.tensorboard, run.path, on_epoch_end, log) if main else None
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 row = run_epoch(t, epoch, on_step)         # train, then evaluate; NonFiniteLoss when it diverged
                 record.save_epoch(row)                     # best.pt, last.pt, history.csv, metrics.json
@@ -402,29 +402,22 @@ def banner(t: Trainer, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _prepare(run: RunDir, cfg: Config | None, resume: bool) -> Config:
-    """RunDir.prepare on rank 0; its config (or its one-line error) reaches the other processes of a
-    data-parallel run, which would otherwise wait for rank 0 forever."""
+def _prepare(run: RunDir, cfg: Config | None, resume: bool) -> tuple[RunDir, Config, bool]:
+    """RunDir.prepare on rank 0, whose start (run directory, config, resume) or one-line error reaches the other
+    processes of a data-parallel run, which would otherwise wait for rank 0 forever."""
+    if not distributed.is_main_process():
+        start = distributed.share()
+        if "error" in start:
+            raise RunDirError(start["error"])
+        return RunDir(start["run_dir"]), from_dict({**start["config"], "progress": False}), start["resume"]
     try:
         cfg = run.prepare(cfg, resume)
     except Exception as exc:
         distributed.share({"error": str(exc)})
         raise
     distributed.share({"config": cfg.to_dict(), "resume": resume, "run_dir": str(run.path)})
-    return cfg
+    return run, cfg, resume
 
 
-def _follow() -> Path:
-    """A data-parallel process other than rank 0: the same trainer and epochs as rank 0 (its config and
-    checkpoint), every collective in step with it, nothing written and nothing printed."""
-    start = distributed.share()
-    if "error" in start:
-        raise RunDirError(start["error"])
-    cfg, run = from_dict({**start["config"], "progress": False}), RunDir(start["run_dir"])
-    t = build_trainer(cfg)
-    start_epoch = 0
-    if start["resume"] and run.has_checkpoint("last"):
-        start_epoch, _ = restore(t, run.load_checkpoint("last", map_location="cpu"))  # as Recording.start does
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        run_epoch(t, epoch)
-    return run.path
+def _quiet(_: str) -> None:
+    """The log of a data-parallel process other than rank 0."""
