@@ -36,7 +36,7 @@ print("DATA_ROOTS=" + json.dumps(found))
 
 def _setup_cells(path: Path) -> list[str]:
     code = [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
-    setup = next(s for s in code[1:] if "data_root = resolve_data_root(DATA_ROOT)" in s)
+    setup = next(s for s in code[1:] if "data_root = notebook.setup(DATA_ROOT)" in s)  # the one setup() of every notebook
     return [code[0], setup]
 
 

@@ -9,13 +9,14 @@ from cvlab.report.plan import PlannedTraining
 
 def test_the_quick_profile_plans_real_data_at_a_cpu_budget():
     params = {"01_baseline": runner.load_profile("quick").notebooks["01_baseline"] | {"SYNTHETIC": False},
-              "02_theory": {"QUICK": False},
+              "02_theory": {"BUDGET": "quick"},
               "03_improvements": {"BUDGET": "quick", "SEEDS": 1, "SEED": 0, "SYNTHETIC": False}}
     plans = plan.plan_report(params)
     first = plans[0]
     assert (first.notebook, first.runs, first.epochs, first.train_images, first.eval_images) == \
         ("01_baseline", 1, 3, 5000, 1000)
-    assert plans[1].model == "" and "QUICK=False" in plans[1].note
+    assert plans[1].model == "" and "the report's setting" in plans[1].note
+    assert plans[1].fixed_seconds == plan.THEORY_SECONDS[False]
     ladder = [p for p in plans if p.notebook == "03_improvements"]
     assert sum(p.runs for p in ladder) == 5 and {p.train_images for p in ladder} == {2000}
     assert {p.eval_images for p in ladder} == {2000}          # 1,000 validation + 1,000 test per epoch
@@ -28,9 +29,10 @@ def test_full_data_sizes_come_from_the_split_sizes():
 
 def test_estimate_and_description():
     plans = [PlannedTraining("01_baseline", "handout_resnet18", 1, 2, 1000, 500, 100),
-             PlannedTraining("02_theory", "", 0, 0, 0, 0, 0, "theory demos on the CPU (QUICK=True), ...")]
+             PlannedTraining("02_theory", "", 0, 0, 0, 0, 0, "theory demos on the CPU (QUICK)", fixed_seconds=40.0)]
     rates = {"handout_resnet18": (100.0, 500.0)}
     assert plan.estimate_seconds(plans[0], rates) == 2000 / 100 + 1000 / 500
+    assert plan.estimate_seconds(plans[1], rates) == 40.0
     lines = plan.describe(plans, rates, "cpu (test)")
     assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
     assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")

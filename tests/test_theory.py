@@ -172,7 +172,7 @@ def test_notebook_02_follows_the_contract():
     assert len(params) == 1 and params[0] is code[0]
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params[0].source).body
               for t in node.targets}
-    assert values == {"QUICK": False, "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
+    assert values == {"BUDGET": "subset", "BASELINE_RUN_DIR": "../runs/01_baseline", "DATA_ROOT": "",
                       "DEVICE": "auto", "SYNTHETIC": False, "SEED": 0}
     import re
     rendered = [m for c in code for m in re.findall(r'^answer\("(\w+)"\)', c.source, re.M)]
@@ -184,7 +184,7 @@ def test_notebook_02_follows_the_contract():
 
 
 def test_notebook_02_defaults_to_the_reports_setting():
-    """Run All on notebook 02 gives the report's numbers: its QUICK default is the setting of the committed
+    """Run All on notebook 02 gives the report's numbers: its BUDGET default means the setting of the committed
     docs/results/theory.json and of the report's real-data profiles (quick, full), and its seed theirs."""
     import ast
     from pathlib import Path
@@ -199,10 +199,13 @@ def test_notebook_02_defaults_to_the_reports_setting():
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     values = {t.id: ast.literal_eval(node.value) for node in ast.parse(params.source).body for t in node.targets}
     committed = tr.read_results(tr.RESULTS_FILE)["setting"]
-    assert values["QUICK"] is committed["quick"] and values["SEED"] == committed["seed"]
+    from cvlab.report.notebook import theory_quick
+
+    assert theory_quick(values["BUDGET"]) is committed["quick"] is False and values["SEED"] == committed["seed"]
     for profile in ("quick", "full"):
         spec = yaml.safe_load((repo / "cvlab" / "report" / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8"))
-        assert spec["notebooks"]["02_theory"]["QUICK"] is values["QUICK"], profile
+        assert theory_quick(spec["common"]["BUDGET"]) is committed["quick"], profile
+    assert theory_quick("smoke") is True
 
 
 def test_batch_training_demo_sees_the_same_images_at_every_batch_size(tmp_path, data):

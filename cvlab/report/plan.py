@@ -11,18 +11,20 @@ per-epoch overheads, and a busy machine is slower than its warm-up: read it as a
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..core.config import Config, make_config
+from ..core.config import Config
 from ..core.data import SPLIT_SIZES
 
-# Notebook 02 trains no ResNet-18; its demos (small networks, on the CPU) took these many seconds on a shared
-# 2-core CPU: QUICK=False on real data 63 s at a load average near 3 (report --profile quick, 2026-11-28), QUICK=True 18-45 s on synthetic data (report --profile smoke, load 2-4).
-THEORY_SECONDS = {True: 40, False: 65}
+# Notebook 02 trains no ResNet-18; its demos (the CPU, one thread) took: the report's setting 312 s on real data at
+# a load average near 1 (`python -m cvlab theory`, docs/results/theory-run.log, 2026-11-28, with Q6's handout-network
+# comparison), QUICK 18-45 s on synthetic data (report --profile smoke, load 2-4).
+THEORY_SECONDS = {True: 40, False: 320}
 # What notebooks 01 and 03 spend besides training epochs (data loading, figures, re-evaluation, HTML/PDF
 # export): 23 s and 17 s in the same quick run (notebook seconds minus the epochs' seconds).
 NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
@@ -40,6 +42,7 @@ class PlannedTraining:
     eval_images: int      # validation + test images evaluated per run and epoch
     batch_size: int
     note: str = ""
+    fixed_seconds: float | None = None   # work without a ResNet-18 (notebook 02): measured seconds, not images
 
     @property
     def images(self) -> tuple[int, int]:
@@ -68,25 +71,29 @@ def _planned(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedT
     return list(groups.values())
 
 
+def _kwargs(fn: Callable, params: dict[str, Any]) -> dict[str, Any]:
+    """The notebook parameters `fn` takes (its keyword names are the parameters in lower case)."""
+    taken = inspect.signature(fn).parameters
+    return {k.lower(): v for k, v in params.items() if k.lower() in taken}
+
+
 def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
-    """The training one notebook will do with `params` (its resolved papermill parameters)."""
+    """The training one notebook will do with `params` (its resolved papermill parameters), built by the
+    function the notebook itself calls (report.notebook)."""
+    from . import notebook
+
     if stem.startswith("01"):
-        cfg = make_config(params.get("PRESET", "handout"), epochs=params.get("EPOCHS", 100),
-                          batch_size=params.get("BATCH_SIZE", 1024), subset=params.get("SUBSET", 0),
-                          test_subset=params.get("TEST_SUBSET", 0), synthetic=params.get("SYNTHETIC", False))
-        return _planned(stem, [cfg])
+        return _planned(stem, [notebook.baseline_config(**_kwargs(notebook.baseline_config, params))])
     if stem.startswith("02"):
-        quick = bool(params.get("QUICK", True))
-        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU (QUICK={quick}), no ResNet-18: "
-                                                     f"~{THEORY_SECONDS[quick]} s where measured (shared 2-core CPU)")]
+        quick = notebook.theory_quick(**_kwargs(notebook.theory_quick, params))
+        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, "theory demos on the CPU (" + ("QUICK" if quick else "the report's setting") + "),"
+                                " no ResNet-18", fixed_seconds=THEORY_SECONDS[quick])]
     if stem.startswith("03"):
         from ..experiments import ablate
 
-        budget = ablate.get_budget(params.get("BUDGET", "subset"))
-        seed, seeds = params.get("SEED", 0), params.get("SEEDS", 1)
-        overrides = {"synthetic": True} if params.get("SYNTHETIC") else {}
-        runs, _ = ablate.plan(budget.presets, range(seed, seed + seeds), "runs", budget, overrides)
-        return _planned(stem, [r.config for r in runs], f"budget {budget.name}")
+        imp = notebook.improvements(**_kwargs(notebook.improvements, params))
+        runs, _ = ablate.plan(imp.budget.presets, imp.seeds, "runs", imp.budget, imp.overrides)
+        return _planned(stem, [r.config for r in runs], f"budget {imp.budget.name}")
     return []
 
 
@@ -146,9 +153,8 @@ def _rate(step: Callable[[], None], mode: Callable, batch: int, steps: int, devi
 
 
 def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]]) -> float | None:
-    if not plan.model:
-        quick = "QUICK=True" in plan.note
-        return float(THEORY_SECONDS[quick])
+    if plan.fixed_seconds is not None:
+        return float(plan.fixed_seconds)
     if plan.model not in rates:
         return None
     train, evaluated = plan.images
