@@ -35,6 +35,7 @@ def test_estimate_and_description():
     assert plan.estimate_seconds(plans[1], rates) == 40.0
     lines = plan.describe(plans, rates, "cpu (test)")
     assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
+    assert any(line.startswith("  02_theory: theory demos on the CPU (QUICK): ~40 s") for line in lines)
     assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")
     rates[("handout_resnet18", 100)] = (50.0, 500.0)  # a rate measured at the planned batch wins
     assert plan.estimate_seconds(plans[0], rates) == 2000 / 50 + 1000 / 500

@@ -242,7 +242,7 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
         seconds = estimate_seconds(p, rates)
         total += seconds or 0.0
         if not p.model:
-            lines.append(f"  {p.notebook}: {p.note}")
+            lines.append(f"  {p.notebook}: {p.note}: ~{_duration(seconds)} (measured once on a 2-core CPU)")
             continue
         lines.append(f"  {p.notebook}: {p.runs} run(s) x {p.epochs} epoch(s) x {p.train_images:,} train images "
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
