@@ -144,7 +144,7 @@ def test_config_file_then_options(tmp_path):
 @pytest.mark.parametrize("args,fragment", [
     (["--lr", "inf"], "lr must be a finite number"),
     (["--set", "weight_decay=inf"], "weight_decay must be a finite number"),
-    (["--set", "warmup_epochs=nan"], "warmup_epochs must be a finite number"),
+    (["--set", "warmup_epochs=nan"], "config key 'warmup_epochs' was renamed warmup"),
     (["--set", "weight_decay=nan"], "weight_decay must be a finite number"),
     (["--warmup=-inf"], "warmup must be a finite number"),
     (["--momentum", "nan"], "momentum must be a finite number"),

@@ -182,12 +182,12 @@ def test_curve_summary_finds_where_test_loss_turns_up():
 
 
 def _run_dir(tmp_path, synthetic: bool, test_losses) -> Path:
-    from cvlab.core.config import make_config, save_config
+    from cvlab.core.config import make_config
     from cvlab.core.runs import write_history, write_json
 
     path = tmp_path / ("syn" if synthetic else "real")
     path.mkdir()
-    save_config(make_config("handout", synthetic=synthetic, epochs=len(test_losses)), path / "config.json")
+    write_json(path / "config.json", make_config("handout", synthetic=synthetic, epochs=len(test_losses)).to_dict())
     write_history(path / "history.csv", _history(test_losses).to_dict("records"))
     write_json(path / "metrics.json", {"dataset": {"synthetic": synthetic, "n_train": 300, "n_test": 200,
                                                    "subset": 300}, "device": "cpu", "epochs_done": len(test_losses)})

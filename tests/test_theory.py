@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cvlab.coursework import theory
-from cvlab.core.config import make_config, save_config
+from cvlab.core.config import make_config
 from cvlab.core.runs import write_history, write_json
 
 
@@ -108,7 +108,7 @@ def test_epoch_demo_counts_the_handout_schedule(tmp_path):
 
 def _fake_run(path, synthetic: bool):
     path.mkdir()
-    save_config(make_config("handout", synthetic=synthetic, epochs=4), path / "config.json")
+    write_json(path / "config.json", make_config("handout", synthetic=synthetic, epochs=4).to_dict())
     rows = [{"epoch": e, "train_loss": tr, "train_acc": ta, "test_loss": te, "test_acc": ea, "test_top5": 0.5,
              "lr": 1e-4, "epoch_seconds": 1.0, "images_per_second": 100.0}
             for e, tr, ta, te, ea in [(1, 4.0, 0.1, 3.9, 0.1), (2, 3.0, 0.3, 3.5, 0.2),

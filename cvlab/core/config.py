@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import typing
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -190,8 +189,8 @@ def _field_specs() -> dict[str, FieldSpec]:
 
 
 FIELDS: dict[str, FieldSpec] = _field_specs()
-# Keys of older config files and what they became (see `_upgrade`).
-RENAMED = {"warmup_epochs": "warmup"}
+# Keys of older config files and what they became: one line naming the new key, no silent translation.
+RENAMED = {"warmup_epochs": "warmup (a share of the run's steps, e.g. warmup_epochs 15 of 100 epochs is warmup 0.15)"}
 # Presets that were renamed or split, and the preset that trains the same config today.
 RENAMED_PRESETS = {"+sgd-onecycle": "+onecycle"}
 
@@ -315,6 +314,8 @@ def parse_text(text: str, kind: type, what: str) -> Any:
 
 
 def _unknown_key(key: str) -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(f"config key {key!r} was renamed {RENAMED[key]}; edit the config file or --set")
     return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(FIELDS))}")
 
 
@@ -353,37 +354,16 @@ def parse_pairs(pairs: Iterable[str], what: str = "--set") -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"{what} expects key=value, got {pair!r}")
         key, text = (s.strip() for s in pair.split("=", 1))
-        values[key] = parse_value(key, text) if key not in RENAMED else text
+        values[key] = parse_value(key, text)
     return values
 
 
 # ---------------------------------------------------------------------------- building configs
 
-def _upgrade(values: dict[str, Any], base: Config) -> dict[str, Any]:
-    """Convert keys of older config files: `warmup_epochs` (absolute) becomes `warmup` (a fraction of
-    the run), with a one-line note."""
-    if "warmup_epochs" not in values:
-        return values
-    values = dict(values)
-    old = values.pop("warmup_epochs")
-    if isinstance(old, str):
-        old = parse_text(old, float, "warmup_epochs")
-    if isinstance(old, bool) or not isinstance(old, (int, float)) or not math.isfinite(old) or old < 0:
-        raise ConfigError(f"warmup_epochs must be a finite number >= 0, got {old!r}")
-    if "warmup" in values:
-        raise ConfigError("give warmup (a fraction of the run) or the older warmup_epochs, not both")
-    epochs = check_value("epochs", values.get("epochs", base.epochs))
-    values["warmup"] = old / epochs
-    warnings.warn(f"older config key warmup_epochs={old:g} read as warmup={values['warmup']:g} "
-                  f"(the same share of the run's {epochs} epochs)", stacklevel=3)
-    return values
-
-
 def with_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     """A copy of `cfg` with `values` (field -> value, typed or text) applied, checked and validated.
 
     The one way into a Config: presets, config files, command-line options, `--set`, ablation budgets."""
-    values = _upgrade(values, cfg)
     checked = {key: check_value(key, value) for key, value in values.items()}
     new = dataclasses.replace(cfg, **checked)
     validate(new)
@@ -409,11 +389,6 @@ def from_dict(values: dict[str, Any]) -> Config:
     return with_overrides(Config(), values)
 
 
-def apply_overrides(cfg: Config, pairs: Iterable[str]) -> Config:
-    """Apply `key=value` strings (from `--set`) to a copy of `cfg`."""
-    return with_overrides(cfg, parse_pairs(pairs))
-
-
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible value: each field's type, choices, range and
     finiteness (see `option`), the model name, then the rules that involve two fields."""
@@ -433,10 +408,6 @@ def validate(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------------------- files
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
-
 
 def load_config(path: str | Path) -> Config:
     """Read a config from JSON or YAML (by extension): the defaults with the file's keys applied."""

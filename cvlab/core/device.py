@@ -184,7 +184,7 @@ def _cxx_found() -> bool:
 def compile_support(kind: str) -> tuple[bool, str]:
     """(works, why not) for torch.compile on a device of this kind with this torch."""
     dynamo = getattr(getattr(torch, "_dynamo", None), "is_dynamo_supported", None)
-    if not hasattr(torch, "compile") or (dynamo is not None and not dynamo()):
+    if dynamo is not None and not dynamo():
         return False, f"torch.compile is not supported by torch {torch.__version__} on this Python"
     if kind == "npu":
         return False, "torch.compile is not used on Ascend NPUs (inductor has no NPU backend)"

@@ -126,8 +126,7 @@ class TensorLoader:
         GPU): Generator.set_state takes only CPU byte tensors, whatever the generator's own device."""
         self.order_generator.set_state(_byte_state(state["order"]))
         self.augment_generator.set_state(_byte_state(state["augment"]))  # a sharded loader re-seeds it per pass
-        if "mix" in state:  # checkpoints from before batch mixing existed lack it
-            self.mix_generator.set_state(_byte_state(state["mix"]))
+        self.mix_generator.set_state(_byte_state(state["mix"]))
         if "host" in state and self.host_generator is not self.augment_generator:
             self.host_generator.set_state(_byte_state(state["host"]))
         self.epoch = int(state.get("epoch", 0))

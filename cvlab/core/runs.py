@@ -207,11 +207,10 @@ def check_extension(saved: dict, epochs: int, run: Path | str = "the run") -> No
             f"cannot change epochs ({saved.get('epochs')} -> {epochs}) when resuming {run}: its "
             f"{saved.get('schedule')!r} schedule is shaped by the total number of epochs, so a longer run would "
             f"have had other learning rates from the start; start a new run with --epochs {epochs} instead")
-    for key in ("warmup", "warmup_fraction"):  # a warmup given as a share of the run also depends on its length
-        if saved.get(key):
-            raise RunDirError(f"cannot change epochs ({saved.get('epochs')} -> {epochs}) when resuming {run}: its "
-                              f"warmup ({key}={saved[key]}) is a share of the run's length; start a new run with "
-                              f"--epochs {epochs} instead")
+    if saved.get("warmup"):  # a warmup given as a share of the run also depends on its length
+        raise RunDirError(f"cannot change epochs ({saved.get('epochs')} -> {epochs}) when resuming {run}: its "
+                          f"warmup (warmup={saved['warmup']}) is a share of the run's length; start a new run with "
+                          f"--epochs {epochs} instead")
 
 
 # ---------------------------------------------------------------------------- the run directory

@@ -117,7 +117,7 @@ def notebook_provenance(stem: str, params: dict[str, Any], notebooks_dir: Path, 
 
         synthetic = params.get("SYNTHETIC", False)
         data = "合成数据 SYNTHETIC（数字没有意义）" if synthetic else "CIFAR-100 真实数据，类别均衡子集"
-        return (f"设备 cpu（演示固定在 CPU 上）｜ 精度 fp32 ｜ 数据 {data}（Q2、Q5、Q6 不用图像）"
+        return (f"设备 cpu（演示固定在 CPU 上）｜ 精度 fp32 ｜ 数据 {data}（Q2、Q5 和 Q6 的二维曲面不用图像）"
                 f" ｜ BUDGET={params.get('BUDGET', 'subset')}（QUICK={notebook.theory_quick(params.get('BUDGET', 'subset'))}）｜ 种子 {params.get('SEED', 0)} ｜ 第 (3) 题的基线曲线来自第三章的运行"
                 f" ｜ commit {report_commit[:10] or '?'}（生成报告时）"), []
     return "", []
