@@ -37,7 +37,7 @@ def register(sub) -> None:
                        description=runner.__doc__.split("\n\n")[0] + " Profiles: " + ", ".join(available_profiles()) + ".")
     p.add_argument("--profile", default="full",
                    help="parameter profile: a name (smoke: synthetic data, CPU; quick: real data at a CPU budget, "
-                        "7-8 min on 2 cores; full: real data, the handout's settings) or a .yaml file (default: full)")
+                        "11 min measured on 2 cores; full: real data, the handout's settings) or a .yaml file (default: full)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="override a parameter in every notebook that declares it (NOTEBOOK.KEY for one); repeatable")
     p.add_argument("--only", action="append", metavar="NAME", help="run only notebooks whose name starts with NAME")
