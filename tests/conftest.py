@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -94,8 +95,10 @@ def signal_mid_epoch(tmp_path, command, sig, at_step, rank=0, timeout=180):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CVLAB_TEST_READY": str(ready),
            "CVLAB_TEST_WAIT_AT_STEP": str(at_step), "CVLAB_TEST_WAIT_RANK": str(rank), "CVLAB_DIST_TIMEOUT": "60",
            "PYTHONPATH": os.pathsep.join([str(hook), root, os.environ.get("PYTHONPATH", "")])}
+    # a shell's background job (`pytest &`) ignores SIGINT, and so would the child: give it back Python's Ctrl-C
     child = subprocess.Popen([str(c) for c in command], cwd=root, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + timeout
         while not ready.exists():
