@@ -80,7 +80,7 @@ def _kwargs(fn: Callable, params: dict[str, Any]) -> dict[str, Any]:
 def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
     """The training one notebook will do with `params` (its resolved papermill parameters), built by the
     function the notebook itself calls (report.notebook)."""
-    from . import notebook
+    from . import parameters as notebook  # what each notebook calls (report.notebook re-exports it)
 
     if stem.startswith("01"):
         return _planned(stem, [notebook.baseline_config(**_kwargs(notebook.baseline_config, params))])
