@@ -252,46 +252,104 @@ def test_network_sweep_widens_until_the_best_rate_is_inside(monkeypatch):
 
 
 def _figure_texts(fig) -> list[str]:
-    """Every title, axis label, legend entry and figure-level text of a matplotlib figure."""
+    """Every title, axis label, legend entry and title, and figure-level text of a matplotlib figure."""
     texts = [t.get_text() for t in fig.texts] + ([fig._suptitle.get_text()] if fig._suptitle else [])
     legends = list(fig.legends)
     for a in fig.axes:
         texts += [a.get_title(), a.get_xlabel(), a.get_ylabel()]
         legends += [a.get_legend()] if a.get_legend() else []
-    texts += [t.get_text() for leg in legends for t in leg.get_texts()]
+    texts += [t.get_text() for leg in legends for t in [*leg.get_texts(), leg.get_title()]]
     return [t for t in texts if t.strip()]
 
 
-def _capture_figures(monkeypatch) -> dict:
+def _capture_figures(monkeypatch, save: bool = False) -> dict:
+    """{file name: Figure} of every figure the demos save from now on; `save`: still write them, as the
+    report does (laid out, text enlarged for print), else skip the file."""
     from cvlab.coursework.theory import common
 
-    figures = {}
-    monkeypatch.setattr(common, "save_figure", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    figures, real = {}, common.save_figure
+
+    def capture(fig, path):
+        figures[path.name] = fig
+        return real(fig, path) if save else path
+    monkeypatch.setattr(common, "save_figure", capture)
+    return figures
+
+
+@pytest.fixture(scope="module")
+def theory_figures(tmp_path_factory, data):
+    """Every theory figure notebook 02 shows except Q6's network one, made at the smallest settings on
+    synthetic data and saved as the report saves them: {file name: Figure}."""
+    tmp = tmp_path_factory.mktemp("theory-figures")
+    with pytest.MonkeyPatch.context() as mp:
+        figures = _capture_figures(mp, save=True)
+        _fake_run(tmp / "run", synthetic=True)
+        theory.overfitting_from_run(tmp / "run", tmp)
+        theory.batch_size_demo(tmp, data, n_examples=256)
+        theory.batch_training_demo(tmp, data, batch_sizes=(50, 100), epochs=1, n_train=200)
+        theory.epoch_demo(tmp)
+        theory.regularization_demo(tmp, data, epochs=1, n_train=200)
+        theory.residual_demo(tmp, data, steps=2)
+        theory.activation_demo(tmp)
+        theory.optimizer_demo(tmp, quick=True)
+    assert len(figures) == 8
     return figures
 
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
+ENGLISH_PHRASE = re.compile(r"[A-Za-z]{3,}[ ,:]+[A-Za-z]{3,}")   # two English words in a row
 
 
-def test_theory_figures_speak_chinese_when_a_cjk_font_exists(tmp_path, data, monkeypatch):
-    """The report is Chinese: every demo figure has Chinese titles where matplotlib has a CJK font."""
+def test_theory_figures_speak_chinese_when_a_cjk_font_exists(theory_figures, tmp_path, data, monkeypatch):
+    """The report is Chinese: where matplotlib has a CJK font, every title of every demo figure is Chinese, and
+    no label, legend entry or note is an English phrase without Chinese (single terms like "epoch" may stay)."""
     from cvlab.report import plots
 
     if plots.cjk_font() is None:
         pytest.skip("no CJK font for matplotlib here (Debian: fonts-noto-cjk)")
-    figures = _capture_figures(monkeypatch)
-    theory.batch_size_demo(tmp_path, data)
-    theory.batch_training_demo(tmp_path, data, batch_sizes=(50, 100), epochs=1, n_train=200)
-    theory.epoch_demo(tmp_path)
-    theory.regularization_demo(tmp_path, data, epochs=1, n_train=200)
-    theory.residual_demo(tmp_path, data, steps=2)
-    theory.activation_demo(tmp_path)
-    theory.optimizer_demo(tmp_path, quick=True)
-    theory.network_demo(tmp_path, data, n_train=100, epochs=1, batch=50, max_widen=0)
-    assert len(figures) == 8
-    for name, fig in figures.items():
-        titles = [a.get_title() for a in fig.axes if a.get_title()]
+    for name, fig in theory_figures.items():
+        titles = [a.get_title() for a in fig.axes if a.get_title()] + ([fig._suptitle.get_text()] if fig._suptitle else [])
         assert titles and all(CJK.search(t) for t in titles), (name, [t for t in titles if not CJK.search(t)])
+        english = [t for t in _figure_texts(fig) if ENGLISH_PHRASE.search(t) and not CJK.search(t)]
+        assert not english, (name, english)
+    figures = _capture_figures(monkeypatch)     # Q6's network figure: its titles
+    theory.network_demo(tmp_path, data, n_train=100, epochs=1, batch=50, max_widen=0)
+    titles = [a.get_title() for a in figures["optimizers_network.png"].axes if a.get_title()]
+    assert titles and all(CJK.search(t) for t in titles), titles
+
+
+def test_theory_figures_print_legibly(theory_figures):
+    """Shrunk to the width of the A4 page, no text of a demo figure prints smaller than 7 pt, and no legend
+    sits on a panel (legends go below or beside the panels, where they cover no curve)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    from cvlab.report.plots import PRINT_WIDTH_IN
+
+    for name, fig in theory_figures.items():
+        FigureCanvasAgg(fig)
+        fig.draw_without_rendering()                  # the layout savefig drew
+        renderer = fig.canvas.get_renderer()
+        scale = max(1.0, fig.get_figwidth() / PRINT_WIDTH_IN)
+        small = {t.get_text() for t in fig.findobj(Text) if t.get_text().strip() and t.get_fontsize() / scale < 7}
+        assert not small, (name, small)
+        for legend in list(fig.legends) + [a.get_legend() for a in fig.axes if a.get_legend()]:
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(a.get_window_extent(renderer)) for a in fig.axes), name
+
+
+def test_log_axes_of_less_than_a_decade_are_written_plainly(tmp_path):
+    """4.4, not 4.4x10^0: a log axis within one decade gets round, plainly written ticks; wider ones keep 10^k."""
+    from cvlab.coursework.theory import common
+
+    fig, ax = common.new_figure(2)
+    ax[0, 0].semilogy([1, 2, 3], [4.3, 4.9, 5.3])
+    ax[0, 1].semilogy([1, 2, 3], [1e-3, 1.0, 1e3])
+    common.save_demo_figure(fig, tmp_path, "log.png")
+    narrow = [t.get_text() for t in ax[0, 0].yaxis.get_ticklabels(which="both") if t.get_text()]
+    wide = [t.get_text() for t in ax[0, 1].yaxis.get_ticklabels() if t.get_text()]
+    assert len(narrow) >= 2 and all(re.fullmatch(r"[0-9.]+", t) for t in narrow), narrow
+    assert any("10^" in t for t in wide), wide
 
 
 def test_theory_figures_fall_back_to_english_without_a_cjk_font(tmp_path, monkeypatch):

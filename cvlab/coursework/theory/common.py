@@ -12,12 +12,14 @@ import torch
 from ...core.data import SPLIT_SIZES, Split, load_for_config, locate
 from ...core.loader import TensorLoader
 from ...core.paths import resolve_data_root
-from ...report.plots import save_figure, stamp_synthetic, zh  # noqa: F401  (zh: the demos' figure text)
+from ...report.plots import PRINT_WIDTH_IN, save_figure, stamp_synthetic, zh
 
 CIFAR_TRAIN_IMAGES = SPLIT_SIZES["train"]  # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size
 HANDOUT_EPOCHS = 100            # the handout's iteration_num (it counts epochs)
 CPU = torch.device("cpu")
+TICK_PT = 7.5     # tick labels of the demo figures, points on the printed A4 page
+LEGEND_PT = 7.0   # legend entries, points on the printed page
 
 
 @contextlib.contextmanager
@@ -38,19 +40,52 @@ def steps_per_epoch(n_images: int, batch_size: int, drop_last: bool = False) -> 
 
 
 def new_figure(ncols: int, nrows: int = 1, panel: tuple[float, float] = (4.6, 3.6)):
-    """A matplotlib Figure without pyplot (no global state, works under any backend)."""
+    """A matplotlib Figure without pyplot (no global state, works under any backend), its tick labels
+    sized to print at TICK_PT when the figure is shrunk to the width of an A4 page."""
+    from matplotlib import rcParams
     from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
 
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    size = printed(fig, TICK_PT)
+    if size > FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points():  # only ever enlarged
+        for a in axes.flat:
+            a.tick_params(which="both", labelsize=size)
     return fig, axes
 
 
+def printed(fig, points: float) -> float:
+    """The font size that prints at `points` once `fig` is shrunk to the report's page width."""
+    return points * max(1.0, fig.get_figwidth() / PRINT_WIDTH_IN)
+
+
+def legend_below(fig, handles, labels, ncol: int, title: str | None = None):
+    """One legend for the whole figure, below its panels, where it covers no curve."""
+    return fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=printed(fig, LEGEND_PT),
+                      title=title, title_fontsize=printed(fig, LEGEND_PT))
+
+
+def plain_log_ticks(fig) -> None:
+    """Log axes that span less than a decade get round ticks written plainly (4.5, not 4.5x10^0)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+    for a in fig.axes:
+        for axis, limits in ((a.xaxis, a.get_xlim()), (a.yaxis, a.get_ylim())):
+            low, high = sorted(limits)
+            if axis.get_scale() == "log" and 0 < low and high < 10 * low:
+                axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+
+
 def save_demo_figure(fig, fig_dir: str | Path, name: str, synthetic: bool = False, which: str = "") -> Path:
-    """Save `fig` as fig_dir/name with the report's one figure helper, stamped SYNTHETIC (`which`: the
-    panels made from synthetic data, e.g. "in the first two panels") when it is."""
+    """Save `fig` as fig_dir/name with the report's one figure helper (log axes of less than a decade
+    written plainly), stamped SYNTHETIC when it is (`which`: the panels made from synthetic data, e.g.
+    zh("（前两幅图）", " in the first two panels"))."""
+    plain_log_ticks(fig)
     if synthetic:
-        stamp_synthetic(fig, f"SYNTHETIC data (not CIFAR-100){which}")
+        stamp_synthetic(fig, zh("合成数据 (SYNTHETIC)，不是 CIFAR-100", "SYNTHETIC data (not CIFAR-100)") + which)
     return save_figure(fig, Path(fig_dir) / name)
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, DemoData, new_figure, normalized, save_demo_figure, single_thread, steps_per_epoch, zh
+from .common import (CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, LEGEND_PT, DemoData, legend_below,
+                     new_figure, normalized, printed, save_demo_figure, single_thread, steps_per_epoch, zh)
 
 
 class NoiseNet(nn.Module):
@@ -91,25 +92,30 @@ def batch_size_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, see
 
 def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Path:
     fig, ax = new_figure(3, panel=(4.6, 3.7))
-    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=zh(f"实测（每种批量抽 {draws} 次）", f"measured ({draws} draws each)"))
+    batch = zh("批大小 B (batch size)", "batch size B")
+    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=zh(f"实测（每种批大小抽 {draws} 次）", f"measured ({draws} draws each)"))
     ax[0, 0].loglog(noise.batch_size, noise.theory_sq_error, "-", label=zh("理论 tr(Σ)/B·(N−B)/(N−1)", "tr(Sigma)/B * (N-B)/(N-1)"))
     ax[0, 0].set(title=zh(f"小批量梯度的误差 E|g_B − g|²（N = {n}）", f"E|g_B - g|^2 vs batch size (N = {n})"),
-                 xlabel=zh("批大小 B (batch size)", "batch size B"), ylabel=zh("平方误差", "squared error"))
+                 xlabel=batch, ylabel=zh("平方误差", "squared error"))
     ax[0, 1].semilogx(noise.batch_size, noise.mean_cosine_to_full, "o-", color="C2")
-    ax[0, 1].set(title=zh("小批量梯度与全量梯度的余弦相似度", "cosine(mini-batch grad, full grad)"),
-                 xlabel=zh("批大小 B (batch size)", "batch size B"), ylim=(0, 1.02))
+    ax[0, 1].set(title=zh("小批量梯度与全量梯度的余弦相似度", "cosine(mini-batch grad, full grad)"), xlabel=batch,
+                 ylabel="cos(g_B, g)", ylim=(0, 1.02))
     bars = ax[0, 2].bar([str(b) for b in epoch.batch_size], epoch.steps_per_epoch,
                         color=["C1" if b == HANDOUT_BATCH_SIZE else "C0" for b in epoch.batch_size])
-    ax[0, 2].bar_label(bars, fontsize=8)
+    ax[0, 2].bar_label(bars, fontsize=printed(fig, 7))
     ax[0, 2].set(title=zh(f"每个 epoch 的步数，{CIFAR_TRAIN_IMAGES:,} 张图（橙色：讲义）",
                           f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)"),
-                 xlabel=zh("批大小 (batch size)", "batch size"), ylabel=f"ceil({CIFAR_TRAIN_IMAGES} / B)")
+                 xlabel=zh("批大小 (batch size)", "batch size"),
+                 ylabel=zh(f"步数 = ceil({CIFAR_TRAIN_IMAGES} / B)", f"ceil({CIFAR_TRAIN_IMAGES} / B)"))
     ax[0, 2].set_yscale("log")
     ax[0, 2].set_ylim(top=2 * max(epoch.steps_per_epoch))  # room for the tallest bar's label
+    ax[0, 2].tick_params(axis="x", labelrotation=45)        # eight four-digit labels side by side would touch
     for a in ax[0]:
         a.grid(alpha=0.3)
-    ax[0, 0].legend(fontsize=8)
-    return save_demo_figure(fig, fig_dir, "batch_size.png", synthetic=data.synthetic, which=" in the first two panels")
+    # below the first panel, whose points fill its diagonal (inside, the legend covered some of them)
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower left", ncol=2, fontsize=printed(fig, LEGEND_PT))
+    return save_demo_figure(fig, fig_dir, "batch_size.png", synthetic=data.synthetic,
+                            which=zh("（前两幅图）", " in the first two panels"))
 
 
 # ---------------------------------------------------------------------------- the effect on training
@@ -184,14 +190,16 @@ def _plot_batch_training(fig_dir, steps: dict, history, data: DemoData, n: int, 
         ax[0, 0].plot(s.images_seen[window - 1:], smooth, color=f"C{i}",
                       label=zh(f"B={b}，lr={scaled_lr(b):g}，{len(s)} 步", f"B={b}, lr={scaled_lr(b):g}, {len(s)} steps"))
         h = history[history.batch_size == b]
-        ax[0, 1].plot(h.images_seen, h.test_loss, "o-", color=f"C{i}", label=f"B={b}")
+        ax[0, 1].plot(h.images_seen, h.test_loss, "o-", color=f"C{i}")
     ax[0, 0].set(title=zh(f"讲义的 ResNet-18，SGD 动量 0.9，lr = 0.1·B/256\n{n} 张训练图，{epochs} 个 epoch，CPU，seed {seed}",
                           f"handout ResNet-18, SGD m=0.9, lr = 0.1 B/256\n{n} train images, {epochs} epochs, CPU, seed {seed}"),
                  xlabel=zh("已看过的训练图像数", "training images seen"),
                  ylabel=zh("训练损失（≤ 8 步滑动平均）", "train loss (mean of <= 8 steps)"))
-    ax[0, 1].set(title=zh(f"每个 epoch 后的测试损失（{len(data.test)} 张测试图）", f"test loss after each epoch ({len(data.test)} test images)"),
+    ax[0, 1].set(title=zh(f"每个 epoch 后的测试损失\n（{len(data.test)} 张测试图）", f"test loss after each epoch\n({len(data.test)} test images)"),
                  xlabel=zh("已看过的训练图像数", "training images seen"), ylabel=zh("交叉熵 (cross-entropy)", "cross-entropy"))
     for a in ax[0]:
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    # both panels use the same colours: one legend below them (inside, it sat on the loss curves)
+    legend_below(fig, *ax[0, 0].get_legend_handles_labels(), ncol=len(steps),
+                 title=zh("批大小 B (batch size)，学习率，步数", "batch size, learning rate, steps"))
     return save_demo_figure(fig, fig_dir, "batch_size_training.png", synthetic=data.synthetic)

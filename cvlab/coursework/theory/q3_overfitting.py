@@ -12,7 +12,7 @@ from ...core.loader import TensorLoader
 from ...core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
 from ...core.errors import RunDirError
 from ...core.runs import load_run
-from .common import CPU, DemoData, new_figure, save_demo_figure, single_thread, zh
+from .common import CPU, DemoData, legend_below, new_figure, save_demo_figure, single_thread, zh
 
 
 MISSING_BASELINE = ("no baseline run at {path}: this part reads the handout run's history. Train it with "
@@ -47,19 +47,19 @@ def overfitting_from_run(run_dir: str | Path, fig_dir: str | Path) -> dict:
     h = gap["history"]
     fig, ax = new_figure(2, panel=(4.8, 3.7))
     name = Path(gap["run"]).name
-    ax[0, 0].plot(h.epoch, h.train_loss, label=zh("训练损失", "train loss"))
-    ax[0, 0].plot(h.epoch, h.test_loss, label=zh("测试损失", "test loss"))
-    ax[0, 0].axvline(gap["min_test_loss_epoch"], color="0.5", ls=":", label=zh("测试损失最低处", "min test loss"))
-    ax[0, 0].set(title=zh(f"{name}：每个 epoch 的损失", f"{name}: loss per epoch"), xlabel="epoch",
-                 ylabel=zh("交叉熵 (cross-entropy)", "cross-entropy"))
-    ax[0, 1].plot(h.epoch, h.train_acc, label=zh("训练准确率", "train acc"))
-    ax[0, 1].plot(h.epoch, h.test_acc, label=zh("测试准确率", "test acc"))
-    ax[0, 1].set(title=zh(f"{name}：每个 epoch 的准确率", f"{name}: accuracy per epoch"), xlabel="epoch",
-                 ylabel=zh("top-1 准确率", "top-1 accuracy"))
-    for a in ax[0]:
+    best = gap["min_test_loss_epoch"]
+    for col, (train, test, ylabel, what) in enumerate(
+            ((h.train_loss, h.test_loss, zh("交叉熵损失 (cross-entropy)", "cross-entropy"), ("损失", "loss")),
+             (100 * h.train_acc, 100 * h.test_acc, zh("top-1 准确率 (%)", "top-1 accuracy (%)"), ("准确率", "accuracy")))):
+        a = ax[0, col]
+        a.plot(h.epoch, train, color="C0", label=zh("训练集 (train)", "train"))
+        a.plot(h.epoch, test, color="C1", label=zh("测试集 (test)", "test"))
+        a.axvline(best, color="0.5", ls=":", label=zh(f"测试损失最低的 epoch（第 {best} 个）", f"lowest test loss (epoch {best})"))
+        a.set(title=zh(f"{name}：每个 epoch 的{what[0]}", f"{name}: {what[1]} per epoch"), xlabel="epoch", ylabel=ylabel)
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # both panels share colours and the marked epoch: one legend below them, off the curves
+    legend_below(fig, *ax[0, 0].get_legend_handles_labels(), ncol=3)
     gap["figure"] = save_demo_figure(fig, fig_dir, "overfitting_baseline.png", synthetic=gap["synthetic"])
     return gap
 
@@ -123,18 +123,23 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
 
 
 # the Chinese names of REGULARIZERS' settings in the figure ("{}": the value that ends the English name)
-_ZH_SETTING = {"none": "无正则化", "augment": "数据增广（随机裁剪 4 + 水平翻转）", "weight": "权重衰减 {}"}
+_ZH_SETTING = {"none": "无正则化", "augment": "数据增广 (augmentation)：随机裁剪 4 + 水平翻转",
+               "weight": "权重衰减 (weight decay) {}"}
 
 
 def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int, epochs: int) -> Path:
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = new_figure(2, panel=(5.0, 3.8))
+    handles, labels = [], []
     for i, (name, h) in enumerate(histories.items()):
-        label = zh(_ZH_SETTING.get(name.split(" ")[0], name).replace("{}", name.split(" ")[-1]), name)
-        ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}", label=zh(f"{label}：训练（虚线）", f"{name}: train (dashed)"))
-        ax[0, 0].plot(h.epoch, h.test_loss, "-", color=f"C{i}", label=zh(f"{label}：测试（实线）", f"{name}: test (solid)"))
-        ax[0, 1].plot(h.epoch, h.test_loss - h.train_loss, "-", color=f"C{i}")
+        ax[0, 0].plot(h.epoch, h.train_loss, "--", color=f"C{i}")
+        ax[0, 0].plot(h.epoch, h.test_loss, "-", color=f"C{i}")
+        handles += ax[0, 1].plot(h.epoch, h.test_loss - h.train_loss, "-", color=f"C{i}")
+        labels.append(zh(_ZH_SETTING.get(name.split(" ")[0], name).replace("{}", name.split(" ")[-1]), name))
+    handles += [Line2D([], [], color="0.3", ls="--"), Line2D([], [], color="0.3", ls="-")]
+    labels += [zh("虚线：训练集 (train)", "dashed: train"), zh("实线：测试集 (test)", "solid: test")]
     ax[0, 0].set(title=zh(f"小 CNN，{n_train} 张训练图，{epochs} 个 epoch", f"small CNN, {n_train} train images, {epochs} epochs"),
                  xlabel="epoch", ylabel=zh("交叉熵（训练损失在未增广的图上算）", "cross-entropy (train: clean images)"))
     ax[0, 1].set(title=zh("泛化差距 (generalization gap)：测试损失 − 训练损失", "generalization gap: test loss - train loss"),
@@ -142,6 +147,6 @@ def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int,
     for a in ax[0]:
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    # one legend below both panels (inside, six entries would cover the curves)
-    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+    # one legend below both panels: the settings by colour, train/test by line style (inside, it covered curves)
+    legend_below(fig, handles, labels, ncol=2)  # column-major: settings left, line styles right
     return save_demo_figure(fig, fig_dir, "regularization.png", synthetic=data.synthetic)

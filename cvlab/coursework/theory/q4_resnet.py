@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DemoData, new_figure, normalized, save_demo_figure, single_thread, zh
+from .common import DemoData, legend_below, new_figure, normalized, save_demo_figure, single_thread, zh
 
 
 class DepthBlock(nn.Module):
@@ -141,34 +141,43 @@ def _smooth(values: list[float], window: int = 10) -> np.ndarray:
 _ZH_NET = {"plain": "普通网络 (plain)", "residual": "残差网络 (residual)"}
 
 
-def _net_label(net: str, init: str) -> str:
-    return zh(f"{_ZH_NET.get(net, net)}，{'He 初始化' if init == 'He' else 'PyTorch 默认初始化'}", f"{net}, {init} init")
+def _net_label(net: str, layers: int, he: bool = False) -> str:
+    """Legend text of a network: the same text (hence one legend entry) in every panel it appears in."""
+    return zh(f"{_ZH_NET.get(net, net)}，{layers} 层" + ("，He 初始化" if he else ""),
+              f"{net}, {layers} layers" + (", He init" if he else ""))
 
 
 def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: int) -> Path:
-    fig, ax = new_figure(3, panel=(4.8, 3.8))
+    fig, ax = new_figure(3, panel=(4.8, 4.0))
     for col, bn in enumerate((True, False)):
         for (net, has_bn, init), g in grads.items():
             if has_bn == bn:
                 he = init == "he"
                 ax[0, col].semilogy(range(1, len(g) + 1), np.maximum(g, 1e-30),
                                     "^--" if he else ("o-" if net == "plain" else "s-"), ms=3,
-                                    label=_net_label(net, "He" if he else "default"),
+                                    label=_net_label(net, len(g) + 1, he),  # the convs and the classifier
                                     color="C1" if he else ("C3" if net == "plain" else "C0"))
+        floored = any(min(g) < 1e-30 for (_, has_bn, _), g in grads.items() if has_bn == bn)
         ax[0, col].set(title=zh(f"初始化时的梯度，32 层，{'有' if bn else '无'} BatchNorm",
-                                f"gradient at init, 32 layers, {'with' if bn else 'no'} BatchNorm"),
+                                f"gradient at init, 32 layers, {'with' if bn else 'no'} BN"),
                        xlabel=zh("卷积层（1 = 输入端）", "conv layer (1 = input side)"),
-                       ylabel=zh("|∂L/∂W|（小于 1e-30 的画在 1e-30）", "|dL/dW|  (floored at 1e-30)"))
+                       ylabel=zh("权重梯度 |∂L/∂W|", "|dL/dW|") + (zh("（0 画在 1e-30）", " (0 drawn at 1e-30)") if floored else ""))
         ax[0, col].grid(alpha=0.3)
-    # the two gradient panels share one legend below the figure (inside, it covered the curves)
-    fig.legend(*ax[0, 1].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     for i, (name, c) in enumerate(curves.items()):
         s = _smooth(c)
         kind, layers = name.split(", ")
         ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i],
-                      label=zh(f"{_ZH_NET[kind]}，{layers.split()[0]} 层", name))
-    ax[0, 2].set(title=zh("训练损失，Adam 1e-3，批量 64（有 BN）", "training loss, Adam 1e-3, batch 64 (BN)"),
+                      label=_net_label(kind, int(layers.split()[0])))
+    ax[0, 2].set(title=zh("训练损失，Adam 1e-3，批大小 64（有 BN）", "training loss, Adam 1e-3, batch 64 (BN)"),
                  xlabel=zh("步数 (step)", "step"), ylabel=zh("交叉熵（10 步滑动平均）", "cross-entropy (10-step mean)"))
     ax[0, 2].grid(alpha=0.3)
-    ax[0, 2].legend(fontsize=8)
-    return save_demo_figure(fig, fig_dir, "residual_vs_plain.png", synthetic=data.synthetic, which=", all three panels")
+    # one legend below all three panels (inside, it covered curves): a network has the same colour and entry
+    # wherever it appears
+    entries = {}
+    for a in (ax[0, 1], ax[0, 2]):
+        for handle, label in zip(*a.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    legend_below(fig, list(entries.values()), list(entries), ncol=2,
+                 title=zh("未注明的都是 PyTorch 默认初始化", "default PyTorch init unless noted"))
+    return save_demo_figure(fig, fig_dir, "residual_vs_plain.png", synthetic=data.synthetic,
+                            which=zh("（三幅图都是）", ", all three panels"))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import new_figure, save_demo_figure, single_thread, zh
+from .common import legend_below, new_figure, save_demo_figure, single_thread, zh
 
 
 ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
@@ -99,6 +99,7 @@ def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> d
     gradient reaching each layer of a 20-layer MLP depends on the activation, beside its mean-field
     prediction (`quick` is accepted for a uniform signature: this demo takes seconds either way)."""
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
     with single_thread():
         table = activation_table()
@@ -126,7 +127,8 @@ def activation_demo(fig_dir: str | Path, quick: bool = True, seed: int = 0) -> d
                  xlabel=zh("层（1 = 输入端）", "layer (1 = input side)"), ylabel=zh("权重梯度的范数", "weight-gradient norm"))
     # one legend for all three panels, below them: the same colours everywhere, and inside it covered curves
     handles, labels = ax[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=(len(labels) + 1) // 2, fontsize=8)
+    legend_below(fig, handles, labels, ncol=(len(labels) + 1) // 2)
+    ax[0, 2].xaxis.set_major_locator(MaxNLocator(integer=True))
     for a in ax[0]:
         a.grid(alpha=0.3)
     ratio = pd.Series({k: v[0] / v[-1] for k, v in grads.items()}, name="first/last layer gradient")

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import new_figure, save_demo_figure, single_thread, zh
+from .common import legend_below, new_figure, printed, save_demo_figure, single_thread, zh
 
 
 def _quadratic(angle_degrees: float, kappa: float = 100.0):
@@ -111,17 +111,21 @@ def optimizer_demo(fig_dir: str | Path, quick: bool = True) -> dict:
     return {"figure": figure, "table": table, "lr_grid": lrs}
 
 
-ZH_SURFACES = {"quadratic, kappa=100": "二次函数，κ=100", "same, rotated 30 deg": "同一函数旋转 30°", "Rosenbrock": "Rosenbrock"}
-ZH_FAMILIES = {"SGD family": "SGD 类", "adaptive": "自适应类"}
+ZH_SURFACES = {"quadratic, kappa=100": "二次函数 (κ=100)", "same, rotated 30 deg": "同一函数旋转 30°", "Rosenbrock": "Rosenbrock 函数"}
+ZH_FAMILIES = {"SGD family": "SGD 类", "adaptive": "自适应类 (adaptive)"}
 
 # Trajectory panels: the SGD family and the adaptive family, each with plain SGD for reference.
 FAMILIES = {"SGD family": ("SGD", "Momentum", "Nesterov"),
             "adaptive": ("SGD", "AdaGrad", "RMSProp", "Adam", "AdamW")}
+LOSS_FLOOR = 1e-16  # the loss panels draw smaller losses (exact zeros in float64) at this value
 
 
 def _plot_optimizers(fig_dir, runs: dict) -> Path:
+    from matplotlib.lines import Line2D
+
     fig, ax = new_figure(len(SURFACES), 3, panel=(5.0, 4.0))
     colors = {n: f"C{i}" for i, n in enumerate(OPTIMIZERS)}
+    styles = {n: dict(ls="--", lw=2.2, color="0.15") if n == "SGD" else dict(lw=1.3, color=colors[n]) for n in OPTIMIZERS}
     for col, (surface, (fn, start, (xlim, ylim), _, _)) in enumerate(SURFACES.items()):
         gx, gy = torch.meshgrid(torch.linspace(*xlim, 300, dtype=torch.float64),
                                 torch.linspace(*ylim, 300, dtype=torch.float64), indexing="xy")
@@ -132,26 +136,29 @@ def _plot_optimizers(fig_dir, runs: dict) -> Path:
             a.contour(gx, gy, z, levels=levels, colors="0.7", linewidths=0.6)
             for name in names:
                 path = runs[surface, name][1]
-                style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
-                a.plot(path[:, 0], path[:, 1], label=name, **style)
+                a.plot(path[:, 0], path[:, 1], **styles[name])
             a.plot(*start, "ko", ms=5)
             a.plot(1, 1, "k*", ms=12)
             a.set(xlim=xlim, ylim=ylim, title=zh(f"{ZH_SURFACES[surface]}：{ZH_FAMILIES[family]}", f"{surface}: {family}"),
                   xlabel="x", ylabel="y")
+        floored = False
         for name in OPTIMIZERS:
-            style = dict(ls="--", lw=2.2, color="0.15") if name == "SGD" else dict(lw=1.3, color=colors[name])
-            ax[2, col].semilogy(runs[surface, name][0].clamp_min(1e-16), label=name, **style)
-        ax[2, col].set(title=zh(f"{ZH_SURFACES[surface]}：损失随步数的变化", f"{surface}: loss vs step"),
-                       xlabel=zh("步数 (step)", "step"), ylabel=zh("f(x, y)（小于 1e-16 的画在 1e-16）", "f(x, y)  (floored at 1e-16)"))
+            losses = runs[surface, name][0]
+            floored |= bool((losses < LOSS_FLOOR).any())
+            ax[2, col].semilogy(losses.clamp_min(LOSS_FLOOR), label=name, **styles[name])
+        ax[2, col].set(title=zh(f"{ZH_SURFACES[surface]}：损失随步数", f"{surface}: loss vs step"),
+                       xlabel=zh("步数 (step)", "step"),
+                       ylabel="f(x, y)" + (zh(f"（下限 {LOSS_FLOOR:g}）", f"  (floored at {LOSS_FLOOR:g})") if floored else ""))
         ax[2, col].grid(alpha=0.3)
-    # legends right of each row (inside, they covered trajectories); the best rates are in the demo's table
-    for row in range(2):
-        ax[row, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax[2, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5),
-                     title=zh("学习率：见表 best_lr", "lr: see the table's best_lr"))
-    fig.suptitle(zh("torch.optim 在二维曲面上：每个优化器取同一网格中最好的学习率（圆点：起点，星号：最小值）",
-                    "torch.optim on 2-D surfaces; each optimizer at its best lr from the same grid "
-                    "(start: dot, minimum: star)"), fontsize=11)
+    # one legend below the grid (inside, legends covered trajectories): an optimizer has one colour in every
+    # panel; its best rate is in the demo's table (best_lr)
+    handles, labels = ax[2, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], ls="", marker="o", ms=5, color="k"), Line2D([], [], ls="", marker="*", ms=12, color="k")]
+    labels += [zh("起点", "start"), zh("最小值 (1, 1)", "minimum (1, 1)")]
+    legend_below(fig, handles, labels, ncol=len(labels))
+    fig.suptitle(zh("torch.optim 在三个二维曲面上：步数相同，每个优化器取同一学习率网格中最好的学习率（见表 best_lr）",
+                    "torch.optim on 2-D surfaces: the same steps, each optimizer at its best lr from the same grid "
+                    "(the table's best_lr)"), fontsize=printed(fig, 8))
     return save_demo_figure(fig, fig_dir, "optimizers.png")
 
 
