@@ -1,10 +1,21 @@
 """What `cvlab report` prints before it starts: each notebook's planned training and a time estimate."""
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
-from cvlab.report import plan, runner
+from cvlab.core.errors import UsageError
+from cvlab.report import notebook, plan, runner
 from cvlab.report.plan import PlannedTraining
+
+REPO = Path(__file__).resolve().parent.parent
+# notebook -> the function that turns its parameters into what it runs (the notebook and the plan call it)
+FUNCTIONS = {"01_baseline": notebook.baseline_config, "02_theory": notebook.theory_quick,
+             "03_improvements": notebook.improvements}
 
 
 def test_the_quick_profile_plans_real_data_at_a_cpu_budget():
@@ -20,6 +31,37 @@ def test_the_quick_profile_plans_real_data_at_a_cpu_budget():
     ladder = [p for p in plans if p.notebook == "03_improvements"]
     assert sum(p.runs for p in ladder) == 5 and {p.train_images for p in ladder} == {2000}
     assert {p.eval_images for p in ladder} == {2000}          # 1,000 validation + 1,000 test per epoch
+
+
+@pytest.mark.parametrize("stem", FUNCTIONS)
+def test_each_notebooks_function_takes_its_parameters_with_their_defaults(stem):
+    """Keyword = parameter in lower case, default = the parameters cell's: what the plan leaves out, the notebook
+    leaves at the same value."""
+    pytest.importorskip("nbformat")
+    declared = runner.read_parameters(REPO / "notebooks" / f"{stem}.ipynb")
+    signature = inspect.signature(FUNCTIONS[stem]).parameters
+    assert {name: p.default for name, p in signature.items()} == \
+        {k.lower(): v for k, v in declared.items() if k.lower() in signature}
+
+
+@pytest.mark.parametrize("stem", FUNCTIONS)
+def test_each_notebook_calls_the_function_the_plan_calls(stem):
+    cells = json.loads((REPO / "notebooks" / f"{stem}.ipynb").read_text(encoding="utf-8"))["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    setup = next(s for s in code if "notebook.setup(DATA_ROOT)" in s)   # one setup cell, the same in all three
+    assert f"notebook.{FUNCTIONS[stem].__name__}(" in setup
+    assert not any("sys.path" in s for s in code)                     # cvlab as installed, or report's PYTHONPATH
+
+
+def test_the_plan_takes_the_notebooks_defaults_and_one_size_name():
+    (theory,) = plan.plan_notebook("02_theory", {})                   # BUDGET "subset": the report's setting
+    assert plan.estimate_seconds(theory, {}) == plan.THEORY_SECONDS[False]
+    (smoke,) = plan.plan_notebook("02_theory", {"BUDGET": "smoke"})
+    assert plan.estimate_seconds(smoke, {}) == plan.THEORY_SECONDS[True] and "(QUICK)" in smoke.note
+    ladder = plan.plan_notebook("03_improvements", {"SYNTHETIC": True})  # BUDGET "subset"
+    assert all(p.note == "budget subset" for p in ladder) and sum(p.runs for p in ladder) >= 5
+    with pytest.raises(UsageError, match="unknown budget 'huge'"):
+        plan.plan_notebook("02_theory", {"BUDGET": "huge"})
 
 
 def test_full_data_sizes_come_from_the_split_sizes():
