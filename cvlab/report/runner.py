@@ -374,12 +374,17 @@ def stops_reach_the_kernel(kernels: list) -> Iterator[list[int]]:
         if received or not targets:
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         received.append(signum)
+        # the kernel's ZMQ streams may close under tornado while it stops, which logs a traceback now and then:
+        # the one line the report prints says what happened
+        quiet.setLevel(logging.CRITICAL)
         for kind, ident in targets:
             try:
                 os.killpg(ident, signum) if kind == "group" else os.kill(ident, signum)
             except OSError:  # it ended meanwhile
                 pass
 
+    quiet = logging.getLogger("tornado")
+    level = quiet.level
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     for s in previous:
         signal.signal(s, forward)
@@ -388,6 +393,7 @@ def stops_reach_the_kernel(kernels: list) -> Iterator[list[int]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        quiet.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- the report
