@@ -1,4 +1,5 @@
-"""What every theory demo shares: one CPU thread, figures, and the images the demos train on."""
+"""What every theory demo shares: one CPU thread, figures, the images the demos train on, and the handout
+network's training pass and test."""
 from __future__ import annotations
 
 import contextlib
@@ -125,3 +126,28 @@ def load_demo_data(data_root: str | Path, synthetic: bool, n_train: int = 2000, 
 def normalized(split: Split) -> torch.Tensor:
     loader = TensorLoader(split, len(split), CPU, "cifar100")
     return loader.to_float(loader.images)
+
+
+# ---------------------------------------------------------------------------- the handout network in a demo
+
+def handout_net(seed: int):
+    """The handout's ResNet-18 with seed `seed`'s initial weights (the same for every setting a demo compares)."""
+    from ...core.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("handout_resnet18")
+
+
+def step_losses(step, loader: TensorLoader) -> Iterator[tuple[float, int]]:
+    """One training pass of `step` (engine.TrainStep) over `loader`: each step's loss, read at once (on the
+    CPU a read costs nothing), and its batch size."""
+    step.model.train()
+    for x, y in loader:
+        yield float(step.step(x, y)[0]), len(y)
+
+
+def evaluate_on(model, split: Split) -> dict:
+    """engine.evaluate of `model` on `split` (batches of 500, the CIFAR-100 normalization, the CPU)."""
+    from ...core.engine import EvalStep, evaluate
+
+    return evaluate(EvalStep(model, CPU), TensorLoader(split, 500, CPU, "cifar100"))

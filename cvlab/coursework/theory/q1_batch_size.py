@@ -139,10 +139,9 @@ def batch_training_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
     import pandas as pd
 
     from ...core.data import subset
+    from ...core.engine import TrainStep
     from ...core.loader import TensorLoader
-    from ...core.engine import EvalStep, TrainStep, evaluate
-    from ...core.models import build_model
-    from .common import CPU
+    from .common import CPU, evaluate_on, handout_net, step_losses
 
     batch_sizes = batch_sizes or ((16, 64) if quick else (32, 128, 512))
     epochs = epochs or (1 if quick else 2)
@@ -151,20 +150,16 @@ def batch_training_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
     steps, epochs_rows = {}, []
     with single_thread():
         for b in batch_sizes:
-            torch.manual_seed(seed)  # the same initial weights for every batch size
-            model = build_model("handout_resnet18")
+            model = handout_net(seed)  # the same initial weights for every batch size
             opt = torch.optim.SGD(model.parameters(), lr=scaled_lr(b), momentum=0.9)
-            step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)
+            step = TrainStep(model, opt, CPU)
             loader = TensorLoader(train, b, CPU, "cifar100", shuffle=True, seed=seed)
-            test = TensorLoader(data.test, 500, CPU, "cifar100")
             losses, seen = [], []
             for epoch in range(1, epochs + 1):
-                model.train()
-                for x, y in loader:
-                    loss, _ = step.step(x, y)
-                    losses.append(float(loss))
-                    seen.append((seen[-1] if seen else 0) + len(y))
-                te = evaluate(eval_step, test)
+                for loss, images in step_losses(step, loader):
+                    losses.append(loss)
+                    seen.append((seen[-1] if seen else 0) + images)
+                te = evaluate_on(model, data.test)
                 epochs_rows.append({"batch_size": b, "lr": scaled_lr(b), "epoch": epoch, "images_seen": seen[-1],
                                     "steps": len(losses), "test_loss": te["loss"], "test_acc": te["acc"]})
             steps[b] = pd.DataFrame({"images_seen": seen, "train_loss": losses})

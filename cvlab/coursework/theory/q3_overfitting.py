@@ -9,10 +9,10 @@ from torch import nn
 from ...core.augment import compose, random_crop, random_hflip
 from ...core.data import subset
 from ...core.loader import TensorLoader
-from ...core.engine import EvalStep, TrainStep, evaluate, train_one_epoch
+from ...core.engine import TrainStep, train_one_epoch
 from ...core.errors import RunDirError
 from ...core.runs import load_run
-from .common import CPU, DemoData, legend_below, new_figure, save_demo_figure, single_thread, zh
+from .common import CPU, DemoData, evaluate_on, legend_below, new_figure, save_demo_figure, single_thread, zh
 
 
 MISSING_BASELINE = ("no baseline run at {path}: this part reads the handout run's history. Train it with "
@@ -100,14 +100,12 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
             torch.manual_seed(seed)
             model = small_cnn()
             opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=wd)
-            train_step, eval_step = TrainStep(model, opt, CPU), EvalStep(model, CPU)  # constant lr: no schedule
+            train_step = TrainStep(model, opt, CPU)  # constant lr: no schedule
             loader = TensorLoader(train, 50, CPU, "cifar100", shuffle=True, augment=augment, seed=seed)
-            clean = TensorLoader(train, 500, CPU, "cifar100")
-            test = TensorLoader(data.test, 500, CPU, "cifar100")
             rows = []
             for epoch in range(1, epochs + 1):
                 train_one_epoch(train_step, loader)
-                tr, te = evaluate(eval_step, clean), evaluate(eval_step, test)
+                tr, te = evaluate_on(model, train), evaluate_on(model, data.test)  # train: the clean images
                 rows.append({"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"],
                              "train_acc": tr["acc"], "test_acc": te["acc"]})
             histories[name] = pd.DataFrame(rows)

@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import legend_below, new_figure, printed, save_demo_figure, single_thread, zh
+from .common import (CPU, evaluate_on, handout_net, legend_below, new_figure, printed, save_demo_figure, single_thread,
+                     step_losses, zh)
 
 
 def _quadratic(angle_degrees: float, kappa: float = 100.0):
@@ -182,31 +183,19 @@ def _train_network(name: str, lr: float, train, epochs: int, batch: int, seed: i
     """The handout ResNet-18 from seed `seed`'s weights, trained by optimizer `name` at `lr` (constant):
     the per-step training losses, their mean over the last quarter of the steps (the score; inf when a loss
     is not finite) and the trained model."""
-    from ...core.loader import TensorLoader
     from ...core.engine import TrainStep
-    from ...core.models import build_model
-    from .common import CPU
+    from ...core.loader import TensorLoader
 
-    torch.manual_seed(seed)
-    model = build_model("handout_resnet18")
+    model = handout_net(seed)
     step = TrainStep(model, NETWORK_OPTIMIZERS[name][0](model.parameters(), lr), CPU)
     loader = TensorLoader(train, batch, CPU, "cifar100", shuffle=True, seed=seed)
     losses: list[float] = []
     for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            losses.append(float(step.step(x, y)[0]))
-            if not math.isfinite(losses[-1]):
+        for loss, _ in step_losses(step, loader):
+            losses.append(loss)
+            if not math.isfinite(loss):
                 return {"losses": losses, "score": math.inf, "model": None}
     return {"losses": losses, "score": float(np.mean(losses[-max(1, len(losses) // 4):])), "model": model}
-
-
-def _test(model, test) -> dict:
-    from ...core.loader import TensorLoader
-    from ...core.engine import EvalStep, evaluate
-    from .common import CPU
-
-    return evaluate(EvalStep(model, CPU), TensorLoader(test, 500, CPU, "cifar100"))
 
 
 def _sweep(name: str, train, epochs: int, batch: int, seed: int, max_widen: int) -> tuple[dict[float, dict], float]:
@@ -237,7 +226,7 @@ def _sweep(name: str, train, epochs: int, batch: int, seed: int, max_widen: int)
 
 def network_demo(fig_dir: str | Path, data, quick: bool = True, seed: int = 0, n_train: int | None = None,
                  epochs: int | None = None, batch: int = 32, max_widen: int = 3) -> dict:
-    """Four optimizers on the handout ResNet-18 and real images (a class-balanced subset), the same budget
+    """Five optimizers on the handout ResNet-18 and real images (a class-balanced subset), the same budget
     (images, epochs, batch, initial weights, data order) for each, each at its best constant rate: the mean
     training loss over the last quarter of the steps decides, and the half-decade grid is widened (up to
     `max_widen` times per side) until that best rate is inside it; the best run is then tested on the test
@@ -256,7 +245,7 @@ def network_demo(fig_dir: str | Path, data, quick: bool = True, seed: int = 0, n
             exps = sorted(tried)
             sweeps += [{"optimizer": name, "lr": 10 ** e, "score": tried[e]["score"]} for e in exps]
             r = tried[best]
-            te = _test(r["model"], data.test) if r["model"] is not None else {"loss": math.nan, "acc": math.nan}
+            te = evaluate_on(r["model"], data.test) if r["model"] is not None else {"loss": math.nan, "acc": math.nan}
             curves[name] = r["losses"]
             rows.append({"optimizer": name, "best_lr": 10 ** best, "interior": exps[0] < best < exps[-1],
                          "rates_tried": len(exps), "train_loss_last_quarter": r["score"],
@@ -305,6 +294,6 @@ def _plot_network(fig_dir, curves: dict, sweep, table, data, n: int, epochs: int
         a.grid(alpha=0.3)
     # one legend below both panels: inside either it would cover curves or points
     fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=len(curves), fontsize=8)
-    fig.suptitle(zh(f"讲义的 ResNet-18，同一初始权重和数据顺序（seed {seed}），CPU", 
+    fig.suptitle(zh(f"讲义的 ResNet-18，同一初始权重和数据顺序（seed {seed}），CPU",
                     f"the handout's ResNet-18, same initial weights and data order (seed {seed}), CPU"), fontsize=11)
     return save_demo_figure(fig, fig_dir, "optimizers_network.png", synthetic=data.synthetic)
