@@ -260,14 +260,14 @@ def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
     rows = n.get("net_rows")
     if not rows:
         return {"net_rows_zh": None, "net_zh": None}
-    listed = "；".join(f"{ZH_NETWORK[r['key']]}（最佳学习率 {r['lr']:.3g}，试了 {r['rates_tried']} 个）最后四分之一步的平均训练损失 "
+    listed = "；".join(f"{ZH_OPTIMIZERS[r['key']]}（最佳学习率 {r['lr']:.3g}，试了 {r['rates_tried']} 个）最后四分之一步的平均训练损失 "
                       f"{r['train_loss']:.3f}，测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
     by = {r["key"]: r for r in rows}
     ranked = sorted(rows, key=lambda r: r["train_loss"])
     tie = 0.05  # train-loss gap (nats) below which one seed cannot order two runs
     first = [r for r in ranked if r["train_loss"] - ranked[0]["train_loss"] < tie]
     parts = [("训练损失最低的是 " if len(first) == 1 else "训练损失最低、彼此相差不到 0.05 的是 ")
-             + "、".join(ZH_NETWORK[r["key"]] for r in first)]
+             + _names(r["key"] for r in first)]
     gap = by["sgd"]["train_loss"] - by["momentum"]["train_loss"]
     parts.append(f"动量把 SGD 的训练损失降低了 {gap:.3f}" if gap >= tie else
                  ("动量没有让 SGD 的训练损失明显降低（相差不到 0.05）" if gap > -tie else f"动量反而让训练损失高了 {-gap:.3f}"))
@@ -284,7 +284,7 @@ def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
     top = [r for r in rows if r["test_acc"] == best_acc]
     chance = best_acc < 0.05
     parts.append(("测试准确率都还接近随机猜测（1%），这么短的训练分不出泛化的好坏" if chance else
-                  f"测试准确率最高的是 {'、'.join(ZH_NETWORK[r['key']] for r in top)}（{best_acc:.1%}），"
+                  f"测试准确率最高的是 {_names(r['key'] for r in top)}（{best_acc:.1%}），"
                   "但只有一个 seed、一千张测试图，几个百分点以内的差别不可靠"))
     if n["net_adam_handout_lr"] != by["adam"]["lr"]:
         parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:.0e} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
@@ -297,9 +297,6 @@ def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
     parts.append("每个最佳学习率都在试过的范围内部" if edge == 0 else
                  f"有 {edge} 个最佳学习率落在试过的范围端点上（扩展次数用完），它们的排名不可靠")
     return {"net_rows_zh": listed, "net_zh": "；".join(parts)}
-
-
-ZH_NETWORK = {"sgd": "SGD", "momentum": "SGD+动量", "adagrad": "AdaGrad", "rmsprop": "RMSProp", "adam": "Adam"}
 
 
 def q6_wording(n: dict[str, Any]) -> dict[str, str]:
