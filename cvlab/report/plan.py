@@ -71,27 +71,28 @@ def _planned(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedT
     return list(groups.values())
 
 
-def _kwargs(fn: Callable, params: dict[str, Any]) -> dict[str, Any]:
-    """The notebook parameters `fn` takes (its keyword names are the parameters in lower case)."""
+def _call(fn: Callable, params: dict[str, Any]) -> Any:
+    """`fn` called with the notebook parameters it takes (its keyword names are the parameters in lower case)."""
     taken = inspect.signature(fn).parameters
-    return {k.lower(): v for k, v in params.items() if k.lower() in taken}
+    return fn(**{k.lower(): v for k, v in params.items() if k.lower() in taken})
 
 
 def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
     """The training one notebook will do with `params` (its resolved papermill parameters), built by the
-    function the notebook itself calls (report.notebook)."""
-    from . import parameters as notebook  # what each notebook calls (report.notebook re-exports it)
+    function the notebook itself calls (report.parameters, which the notebooks reach through report.notebook)."""
+    from . import parameters
 
     if stem.startswith("01"):
-        return _planned(stem, [notebook.baseline_config(**_kwargs(notebook.baseline_config, params))])
+        return _planned(stem, [_call(parameters.baseline_config, params)])
     if stem.startswith("02"):
-        quick = notebook.theory_quick(**_kwargs(notebook.theory_quick, params))
-        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, "theory demos on the CPU (" + ("QUICK" if quick else "the report's setting") + "),"
-                                " no ResNet-18", fixed_seconds=THEORY_SECONDS[quick])]
+        quick = _call(parameters.theory_quick, params)
+        setting = "QUICK" if quick else "the report's setting"
+        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU ({setting}), no ResNet-18",
+                                fixed_seconds=THEORY_SECONDS[quick])]
     if stem.startswith("03"):
         from ..experiments import ablate
 
-        imp = notebook.improvements(**_kwargs(notebook.improvements, params))
+        imp = _call(parameters.improvements, params)
         runs, _ = ablate.plan(imp.budget.presets, imp.seeds, "runs", imp.budget, imp.overrides)
         return _planned(stem, [r.config for r in runs], f"budget {imp.budget.name}")
     return []
