@@ -113,12 +113,13 @@ def notebook_provenance(stem: str, params: dict[str, Any], notebooks_dir: Path, 
         root = notebooks_dir / params.get("RUNS_DIR", "../runs/03_improvements") / str(params.get("BUDGET", "subset"))
         return run_provenance(sorted(p.parent for p in root.glob("*/metrics.json")))
     if stem.startswith("02"):
-        from . import notebook
+        from .parameters import theory_quick
 
-        synthetic = params.get("SYNTHETIC", False)
+        synthetic, budget = params.get("SYNTHETIC", False), params.get("BUDGET", "subset")
         data = "合成数据 SYNTHETIC（数字没有意义）" if synthetic else "CIFAR-100 真实数据，类别均衡子集"
         return (f"设备 cpu（演示固定在 CPU 上）｜ 精度 fp32 ｜ 数据 {data}（Q2、Q5 和 Q6 的二维曲面不用图像）"
-                f" ｜ BUDGET={params.get('BUDGET', 'subset')}（QUICK={notebook.theory_quick(params.get('BUDGET', 'subset'))}）｜ 种子 {params.get('SEED', 0)} ｜ 第 (3) 题的基线曲线来自第三章的运行"
+                f" ｜ BUDGET={budget}（QUICK={theory_quick(budget)}）｜ 种子 {params.get('SEED', 0)}"
+                " ｜ 第 (3) 题的基线曲线来自第三章的运行"
                 f" ｜ commit {report_commit[:10] or '?'}（生成报告时）"), []
     return "", []
 
@@ -324,7 +325,6 @@ def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Pat
     """The submission as one notebook (Markdown and output cells only) and its headings."""
     import nbformat
 
-
     executed = {prefix: _executed(out, prefix) for prefix in NOTEBOOK_CHAPTERS}
     missing = [p for p, path in executed.items() if path is None]
     if missing:
@@ -371,8 +371,6 @@ def _trained_presets(budget: str) -> set[str]:
         return set(ablate.get_budget(budget).presets)
     except UsageError:
         return set()
-
-
 
 
 def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
