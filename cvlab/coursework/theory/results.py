@@ -233,7 +233,9 @@ def q6_network_numbers(t: dict | None) -> dict[str, Any]:
              "test_acc": _f(r.final_test_acc)} for r in t["table"].itertuples()]
     sweep = t["sweep"]
     adam = sweep[sweep.optimizer == "Adam"].set_index("lr").score
-    handout = min(adam.index, key=lambda lr: abs(math.log10(lr) + 4))  # the handout's Adam(lr=1e-4)
+    from ...core.config import make_config
+    target = math.log10(make_config("handout").lr)  # the rate tried nearest the handout's Adam(lr=...)
+    handout = min(adam.index, key=lambda lr: abs(math.log10(lr) - target))
     return {"net_rows": rows, "net_n": int(t["n_train"]), "net_epochs": int(t["epochs"]), "net_batch": int(t["batch"]),
             "net_steps": int(t["table"].steps.iloc[0]), "net_n_test": int(t["n_test"]), "net_seed": int(t["seed"]),
             "net_data_zh": data_zh(t["data"]), "net_first_loss": _f(t["table"].first_loss.iloc[0]),
@@ -287,12 +289,12 @@ def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
                   f"测试准确率最高的是 {_names(r['key'] for r in top)}（{best_acc:.1%}），"
                   "但只有一个 seed、一千张测试图，几个百分点以内的差别不可靠"))
     if n["net_adam_handout_lr"] != by["adam"]["lr"]:
-        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:.0e} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
+        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:g} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
                      f"比它在最佳学习率 {by['adam']['lr']:.3g} 下的 {by['adam']['train_loss']:.3f} 高"
                      f" {n['net_adam_handout_loss'] - by['adam']['train_loss']:.3f}：在这么少的步数里 1e-4 偏小，"
                      f"讲义的 {n['handout_steps']:,} 步能弥补多少，这个短实验回答不了")
     else:
-        parts.append("讲义的学习率 1e-4 正是 Adam 在这里的最佳学习率")
+        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:g} 正是 Adam 在这里的最佳学习率")
     edge = n["net_n_at_edge"]
     parts.append("每个最佳学习率都在试过的范围内部" if edge == 0 else
                  f"有 {edge} 个最佳学习率落在试过的范围端点上（扩展次数用完），它们的排名不可靠")
