@@ -1,4 +1,7 @@
 """Exceptions that map to exit codes: UsageError (and its subclasses) -> 2, Diverged -> 3, Terminated -> 143."""
+from __future__ import annotations
+
+import errno
 
 
 class UsageError(Exception):
@@ -50,3 +53,10 @@ def cause(exc: BaseException) -> str:
     """'Type: first line' of an exception, or just 'Type' when it has no message (never 'EOFError: EOFError')."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {first_line(exc)}" if text else type(exc).__name__
+
+
+def disk_error(exc: OSError) -> str:
+    """A short reason for a failed write, e.g. 'No space left on device'."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    return exc.strerror or str(exc)

@@ -9,7 +9,6 @@ the old holder.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import RunDirError
+from .errors import RunDirError, disk_error
 
 HEARTBEAT_SECONDS = 30.0
 LOCK_STALE_SECONDS = 300.0
@@ -41,13 +40,6 @@ def duration(seconds: float) -> str:
         return f"{seconds} s"
     minutes = seconds // 60
     return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def disk_error(exc: OSError) -> str:
-    """A short reason for a failed write, e.g. 'No space left on device'."""
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device"
-    return exc.strerror or str(exc)
 
 
 class RunLock:

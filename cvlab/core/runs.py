@@ -31,9 +31,9 @@ import torch
 
 from .. import __version__
 from . import device as devices
-from .errors import Diverged, NonFiniteLoss, RunDirError, cause, first_line
+from .errors import Diverged, NonFiniteLoss, RunDirError, cause, disk_error, first_line
+from .lock import RunLock
 from .models import count_parameters
-from .lock import RunLock, disk_error
 from .signals import stop_reason
 
 # `t` below is an engine.Trainer (model, optimizer, scheduler, scaler, EMA, loader, config, device): used by
