@@ -56,6 +56,16 @@ def new_figure(ncols: int, nrows: int = 1, panel: tuple[float, float] = (4.6, 3.
     return fig, axes
 
 
+def moving_average(values, window: int):
+    """Means of `window` consecutive values (numpy's "valid" convolution: len(values) - window + 1 of them);
+    the window is clipped to 1..len(values)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(v)))
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
 def printed(fig, points: float) -> float:
     """The font size that prints at `points` once `fig` is shrunk to the report's page width."""
     return points * max(1.0, fig.get_figwidth() / PRINT_WIDTH_IN)

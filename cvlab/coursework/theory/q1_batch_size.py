@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import (CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, LEGEND_PT, DemoData, legend_below,
-                     new_figure, normalized, printed, save_demo_figure, single_thread, steps_per_epoch, zh)
+                     moving_average, new_figure, normalized, printed, save_demo_figure, single_thread, steps_per_epoch, zh)
 
 
 class NoiseNet(nn.Module):
@@ -176,13 +176,10 @@ def batch_training_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
 
 
 def _plot_batch_training(fig_dir, steps: dict, history, data: DemoData, n: int, epochs: int, seed: int) -> Path:
-    import numpy as np
-
     fig, ax = new_figure(2, panel=(5.0, 3.8))
     for i, (b, s) in enumerate(steps.items()):
         window = max(1, min(8, len(s) // 4))
-        smooth = np.convolve(s.train_loss, np.ones(window) / window, mode="valid")
-        ax[0, 0].plot(s.images_seen[window - 1:], smooth, color=f"C{i}",
+        ax[0, 0].plot(s.images_seen[window - 1:], moving_average(s.train_loss, window), color=f"C{i}",
                       label=zh(f"B={b}，lr={scaled_lr(b):g}，{len(s)} 步", f"B={b}, lr={scaled_lr(b):g}, {len(s)} steps"))
         h = history[history.batch_size == b]
         ax[0, 1].plot(h.images_seen, h.test_loss, "o-", color=f"C{i}")

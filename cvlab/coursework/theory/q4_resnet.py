@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DemoData, legend_below, new_figure, normalized, save_demo_figure, single_thread, zh
+from .common import DemoData, legend_below, moving_average, new_figure, normalized, save_demo_figure, single_thread, zh
 
 
 class DepthBlock(nn.Module):
@@ -131,13 +131,6 @@ def residual_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, seed:
             "gradient_norms": grads, "curves": curves, "data": data.description}
 
 
-def _smooth(values: list[float], window: int = 10) -> np.ndarray:
-    v = np.asarray(values)
-    window = max(1, min(window, len(v)))
-    kernel = np.ones(window) / window
-    return np.convolve(v, kernel, mode="valid")
-
-
 _ZH_NET = {"plain": "普通网络 (plain)", "residual": "残差网络 (residual)"}
 
 
@@ -164,7 +157,7 @@ def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: in
                        ylabel=zh("权重梯度 |∂L/∂W|", "|dL/dW|") + (zh("（0 画在 1e-30）", " (0 drawn at 1e-30)") if floored else ""))
         ax[0, col].grid(alpha=0.3)
     for i, (name, c) in enumerate(curves.items()):
-        s = _smooth(c)
+        s = moving_average(c, 10)
         kind, layers = name.split(", ")
         ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i],
                       label=_net_label(kind, int(layers.split()[0])))
