@@ -204,7 +204,10 @@ def test_batches_steps_and_metrics_stay_on_the_device_with_fake_cuda_tensors(mon
 
 def on_the_host(function):
     """`function` run outside the fake mode: what the host computes from CPU generators stays real."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+    except ImportError:  # torch < 2.2: leave every dispatch mode (only the fake mode is on here)
+        from torch.utils._python_dispatch import _disable_current_modes as unset_fake_temporarily
 
     def run(*args, **kwargs):
         with unset_fake_temporarily():

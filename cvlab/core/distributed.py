@@ -264,7 +264,8 @@ def lost_peer(exc: BaseException) -> str | None:
         return None
     text = str(exc)
     reason = PEER_LOST.search(text)
-    if not (isinstance(exc, dist.DistError) or (reason and any(b in text.lower() for b in BACKEND_NAMES))):
+    distributed_error = getattr(dist, "DistError", ())  # torch 2.2+; isinstance(x, ()) is False
+    if not (isinstance(exc, distributed_error) or (reason and any(b in text.lower() for b in BACKEND_NAMES))):
         return None
     return (f"process {os.environ.get('RANK', '?')}: another process of this data-parallel run stopped"
             f"{f' ({reason.group(0).lower()})' if reason else ''}; the run directory keeps the last finished "

@@ -127,7 +127,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch asks to file an issue
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        # the refused class as each torch words it: "GLOBAL posix.system" (2.4+), "Unsupported class posix.system" (2.1)
+        found = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", str(exc))
         if found:
             raise RunDirError(f"refusing to load {path}: it holds an object of type {found.group(1)}, not only "
                               "tensors and plain values (not a checkpoint cvlab wrote; it may try to run code)") from None
