@@ -241,7 +241,32 @@ def test_real_cpu_probe():
     assert caps.kind == "cpu" and caps.bf16 and not caps.fp16 and caps.capability is None
     assert "adam" in caps.foreach
     assert devices.probe(torch.device("cpu")) is caps  # read once
-    assert set(devices.tf32_state()) == {"cudnn_conv", "matmul", "float32_matmul_precision"}
+    assert set(devices.tf32_state()) == {"cudnn_conv", "matmul", "float32_matmul_precision", "api"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_tf32_state_reads_the_api_the_installed_torch_has(monkeypatch):
+    """torch >= 2.9 has `fp32_precision` ("none" defers to the parent); reading the old `allow_tf32` flags after
+    the new API was used raises there. Older releases have only `allow_tf32`."""
+    import types
+
+    class Refusing:  # torch >= 2.9 after someone set fp32_precision: the old flag raises
+        fp32_precision = "tf32"
+
+        @property
+        def allow_tf32(self):
+            raise RuntimeError("mixing allow_tf32 and fp32_precision is not supported")
+
+    backends = types.SimpleNamespace(fp32_precision="ieee",
+                                     cudnn=types.SimpleNamespace(fp32_precision="none", conv=Refusing()),
+                                     cuda=types.SimpleNamespace(matmul=types.SimpleNamespace(fp32_precision="none")))
+    monkeypatch.setattr(torch, "backends", backends)
+    state = devices.tf32_state()
+    assert (state["cudnn_conv"], state["matmul"], state["api"]) == (True, False, "fp32_precision")
+    old = types.SimpleNamespace(cudnn=types.SimpleNamespace(allow_tf32=True),
+                                cuda=types.SimpleNamespace(matmul=types.SimpleNamespace(allow_tf32=True)))
+    monkeypatch.setattr(torch, "backends", old)  # torch 2.1: no fp32_precision anywhere
+    state = devices.tf32_state()
+    assert (state["cudnn_conv"], state["matmul"], state["api"]) == (True, True, "allow_tf32")

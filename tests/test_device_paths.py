@@ -72,6 +72,58 @@ def test_loader_state_accepts_generator_states_of_any_device_and_dtype():
     assert all(torch.equal(y, e) for (_, y), e in zip(again, expected))
 
 
+# ---------------------------------------------------------------------------- resume across device kinds
+
+CUDA_GENERATOR_STATE = torch.zeros(16, dtype=torch.uint8)  # what a CUDA (or NPU) generator's get_state() returns
+
+
+def test_a_run_saved_on_a_gpu_resumes_on_the_cpu_exactly_as_an_uninterrupted_run(tmp_path):
+    """device=auto is CUDA on the GPU server and the CPU on a laptop: last.pt written on CUDA held a 16-byte
+    device-generator state that the CPU's generator (5,056 bytes) refused ("the checkpoint does not fit this
+    run"). The loader saves no device generator now; an older checkpoint's is ignored. The draws follow from
+    (seed, pass), so the resumed run repeats the uninterrupted one exactly."""
+    from cvlab.core.runs import load_checkpoint, load_run, save_checkpoint
+    cfg = tiny_config(epochs=2, crop_padding=4, hflip=True, policy="trivialaugment", cutout=8, mix="mixup",
+                      synthetic_train=100, eval_batch_size=50, synthetic_test=50)
+    timing = ["epoch_seconds", "images_per_second"]
+    whole = load_run(engine.fit(cfg, tmp_path / "whole", **QUIET)).history.drop(columns=timing)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, tmp_path / "cut", on_epoch_end=StopAfter(1), **QUIET)
+    last = tmp_path / "cut" / "last.pt"
+    state = load_checkpoint(last)
+    state["loader"].update(augment=CUDA_GENERATOR_STATE, host=torch.get_rng_state())  # as CUDA wrote them
+    save_checkpoint(last, state)
+    resumed = load_run(engine.fit(None, tmp_path / "cut", resume=True, **QUIET))
+    assert resumed.metrics["status"] == "complete"
+    import pandas as pd
+    pd.testing.assert_frame_equal(resumed.history.drop(columns=timing), whole)
+
+
+def test_a_loader_on_a_gpu_takes_a_state_written_on_the_cpu():
+    """The other direction: the loader's state holds only CPU generators and the pass count (the same bytes on
+    every device), and loading it never sets the device generator, whose state size is device-specific."""
+    from cvlab.core.data import Split
+    from cvlab.core.loader import TensorLoader
+    labels = torch.arange(8)
+    split = Split(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), labels, labels)
+    cpu = TensorLoader(split, 4, torch.device("cpu"), "cifar100", shuffle=True, augment=lambda x, g, h: x)
+    state = cpu.state_dict()
+    assert set(state) == {"order", "mix", "epoch"}
+    assert all(v.numel() == torch.Generator().get_state().numel() for k, v in state.items() if k != "epoch")
+
+    class DeviceGenerator:  # a CUDA generator as Generator.set_state sees a CPU state: the wrong size
+        def set_state(self, new_state):
+            raise RuntimeError(f"RNG state is wrong size ({new_state.numel()} bytes, expected 16)")
+
+        def manual_seed(self, seed):
+            return self
+
+    gpu = TensorLoader(split, 4, torch.device("cpu"), "cifar100", shuffle=True, augment=lambda x, g, h: x)
+    gpu.augment_generator = gpu.host_generator = DeviceGenerator()
+    gpu.load_state_dict(state)
+    assert gpu.epoch == cpu.epoch
+
+
 # ---------------------------------------------------------------------------- augmentation seeds only its own generator
 
 def test_apply_policy_seeds_only_the_cpu_generator_it_forks(monkeypatch):
@@ -87,8 +139,8 @@ def test_apply_policy_seeds_only_the_cpu_generator_it_forks(monkeypatch):
 
 
 def test_policy_seeds_come_from_the_loaders_host_generator():
-    """On a device the policy's per-batch seed is drawn from a CPU generator (no .item() on a device tensor);
-    the loader keeps that generator in its state, so a resumed run repeats the draws."""
+    """On a device the policy's per-batch seed is drawn from a CPU generator (no .item() on a device tensor),
+    re-seeded with the device generator at every pass, so a resumed run repeats the draws."""
     from cvlab.core import augment as aug
     from cvlab.core.config import make_config
     from cvlab.core.data import Split

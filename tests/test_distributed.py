@@ -189,3 +189,44 @@ def test_sigterm_stops_every_process_cleanly_and_the_run_resumes_exactly(ddp_run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_run(out).metrics["status"] == "complete"
     pd.testing.assert_frame_equal(history(out), history(ddp_run[0]))
+
+
+def test_epoch_totals_are_reduced_without_float64(monkeypatch):
+    """HCCL (Ascend) has little float64 support: the loss is summed in float32, the counts in int64 (exact)."""
+    reduced = []
+
+    def all_reduce(tensor):
+        reduced.append(tensor.dtype)
+        tensor.mul_(2)  # two processes with the same figures
+
+    monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    totals = distributed.sum_counts(torch.tensor(12.5, dtype=torch.float32), torch.tensor(7), torch.tensor(9), 25)
+    assert totals == (25.0, 14, 18, 50) and isinstance(totals[1], int)
+    assert torch.float64 not in reduced and set(reduced) == {torch.float32, torch.int64}
+
+
+def test_the_npu_generators_are_saved_and_restored(monkeypatch):
+    """Dropout on an NPU draws from torch_npu's generators: a checkpoint keeps them, as it keeps CUDA's."""
+    from cvlab.core import runs
+
+    class FakeNPU:
+        states = [torch.arange(4, dtype=torch.uint8)]
+        restored = None
+
+        def is_available(self):
+            return True
+
+        def get_rng_state_all(self):
+            return list(self.states)
+
+        def set_rng_state_all(self, states):
+            FakeNPU.restored = states
+
+    monkeypatch.setattr(torch, "npu", FakeNPU(), raising=False)
+    state = runs.rng_state()
+    assert torch.equal(state["npu"][0], FakeNPU.states[0])
+    runs.set_rng_state(state)
+    assert torch.equal(FakeNPU.restored[0], FakeNPU.states[0])

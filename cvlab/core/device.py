@@ -318,10 +318,32 @@ def apply_plan(plan: Plan, device: torch.device) -> None:
 
 
 def tf32_state() -> dict:
-    """PyTorch's TF32 switches as they stand (cvlab never changes them)."""
+    """PyTorch's TF32 switches as they stand (cvlab never changes them), read through the API the installed
+    torch has: `fp32_precision` (torch >= 2.9, where touching the old `allow_tf32` flags after the new API was
+    used raises) or `allow_tf32` (older releases). `api` says which."""
+    conv = _fp32_precision(["cudnn", "conv"])
+    matmul = _fp32_precision(["cuda", "matmul"])
+    if conv is not None and matmul is not None:
+        return {"cudnn_conv": conv == "tf32", "matmul": matmul == "tf32",
+                "float32_matmul_precision": torch.get_float32_matmul_precision(), "api": "fp32_precision"}
     return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
             "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+            "float32_matmul_precision": torch.get_float32_matmul_precision(), "api": "allow_tf32"}
+
+
+def _fp32_precision(path: list[str]) -> str | None:
+    """The effective `fp32_precision` of torch.backends.<path> ("tf32" or "ieee"): "none" defers to the parent
+    (cudnn.conv -> cudnn -> backends). None where this torch has no such API."""
+    nodes = [torch.backends]
+    for name in path:
+        nodes.append(getattr(nodes[-1], name, None))
+    if any(n is None for n in nodes) or not isinstance(getattr(nodes[-1], "fp32_precision", None), str):
+        return None
+    for node in reversed(nodes):
+        value = getattr(node, "fp32_precision", "none")
+        if value != "none":
+            return value
+    return "ieee"
 
 
 # ---------------------------------------------------------------------------- precision helpers

@@ -195,15 +195,18 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
 
 def sum_counts(loss_sum: torch.Tensor, correct: torch.Tensor, correct5: torch.Tensor, seen: int
                ) -> tuple[float, float, float, int]:
-    """(loss sum, correct, top-5 correct, images) over all processes, read to the host in one transfer.
-    One process: the values themselves (as .item() would read them)."""
+    """(loss sum, correct, top-5 correct, images) over all processes, read to the host once per epoch.
+    One process: the values themselves (as .item() would read them). The loss is summed in float32 and the
+    counts in int64: HCCL (Ascend) has little float64 support, and counts are exact as integers."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return loss_sum.item(), correct.item(), correct5.item(), seen
-    totals = torch.stack([loss_sum.double(), correct.double(), correct5.double(),
-                          torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
-    dist.all_reduce(totals)
-    loss, right, right5, n = totals.tolist()
-    return loss, int(right), int(right5), int(n)
+    loss = loss_sum.detach().float().reshape(1)
+    counts = torch.stack([correct.long(), correct5.long(),
+                          torch.tensor(seen, dtype=torch.int64, device=loss_sum.device)])  # sync-ok: once per epoch
+    dist.all_reduce(loss)
+    dist.all_reduce(counts)
+    right, right5, n = counts.tolist()
+    return loss.item(), right, right5, n
 
 
 def broadcast_buffers(*modules: nn.Module | None) -> None:

@@ -30,13 +30,18 @@ class TensorLoader:
     processes together see exactly the batches one process would. `equal_shards` (training) trims the last
     batch to a multiple of world_size images (dropping at most world_size - 1 per epoch) so every process
     takes equal, non-empty shares; otherwise (evaluation) shares differ by at most one and empty ones are
-    skipped. Each process augments its share with its own generator, re-seeded every epoch from
-    (seed, epoch, rank), so a resumed run needs only the epoch count to repeat the draws.
+    skipped.
 
     Generators: `order` (CPU) shuffles, once per pass; `augment` (on the device) draws what the device
     needs (crop offsets, flips, partner orders for mixing); `host` (CPU; the augment generator itself on
     the CPU) gives the per-batch seeds of torchvision policies; `mix` (CPU) draws the mixing weights and
     boxes. No batch waits for the device to hand a random number to the host.
+
+    Resume on any device: `augment` and `host` are re-seeded at the start of every pass from
+    (seed, pass, rank), so their state is never saved: a device generator's state is device-specific (5,056
+    bytes on the CPU, 16 on CUDA and NPU) and could not move between a laptop's CPU and a GPU server. The saved
+    state (`state_dict`) holds only CPU generators and the pass count: a run resumed on the same device kind
+    repeats its draws exactly; on another kind it continues with that device's stream from the same seeds.
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, normalization: str,
@@ -88,11 +93,7 @@ class TensorLoader:
         n = self.num_images
         # Once per pass, not per batch: the order comes from a CPU generator (its state is portable across devices).
         order = torch.randperm(n, generator=self.order_generator).to(self.device) if self.shuffle else None
-        if self.shard[1] > 1:
-            seeds = np.random.SeedSequence([self.seed, self.epoch, self.shard[0]]).generate_state(2)
-            self.augment_generator.manual_seed(int(seeds[0]))
-            if self.host_generator is not self.augment_generator:
-                self.host_generator.manual_seed(int(seeds[1]))
+        self._seed_pass()
         self.epoch += 1
         for b in range(len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
@@ -110,25 +111,30 @@ class TensorLoader:
                 x, y = self.mix(x, y, self.mix_generator, self.augment_generator)
             yield x, y
 
+    def _seed_pass(self) -> None:
+        """The augmentation generators for this pass, from (seed, pass, rank) alone: nothing device-specific
+        has to survive a resume."""
+        seeds = np.random.SeedSequence([self.seed, self.epoch, self.shard[0]]).generate_state(2)
+        self.augment_generator.manual_seed(int(seeds[0]))
+        if self.host_generator is not self.augment_generator:
+            self.host_generator.manual_seed(int(seeds[1]))
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float().div_(255.0) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state_dict(self) -> dict:
-        state = {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
-                 "mix": self.mix_generator.get_state(), "epoch": self.epoch}
-        if self.host_generator is not self.augment_generator:
-            state["host"] = self.host_generator.get_state()
-        return state
+        """CPU generators and the pass count only: the same bytes on every device."""
+        return {"order": self.order_generator.get_state(), "mix": self.mix_generator.get_state(),
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the generators; their states may come from any device or dtype (a checkpoint mapped to the
-        GPU): Generator.set_state takes only CPU byte tensors, whatever the generator's own device."""
+        """Restore the CPU generators and the pass count, from a checkpoint written on any device (mapped to
+        any device or dtype: Generator.set_state takes only CPU byte tensors). The augmentation generators
+        follow from the pass count; an `augment`/`host` state in an older checkpoint is device-specific and
+        not used."""
         self.order_generator.set_state(_byte_state(state["order"]))
-        self.augment_generator.set_state(_byte_state(state["augment"]))  # a sharded loader re-seeds it per pass
         self.mix_generator.set_state(_byte_state(state["mix"]))
-        if "host" in state and self.host_generator is not self.augment_generator:
-            self.host_generator.set_state(_byte_state(state["host"]))
         self.epoch = int(state.get("epoch", 0))
 
 

@@ -500,6 +500,9 @@ def rng_state() -> dict:
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    npu = getattr(torch, "npu", None)  # torch_npu registers torch.npu with the CUDA-like RNG calls
+    if npu is not None and npu.is_available():
+        state["npu"] = npu.get_rng_state_all()
     return state
 
 
@@ -511,6 +514,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    npu = getattr(torch, "npu", None)
+    if "npu" in state and npu is not None and npu.is_available():  # dropout on an NPU resumes exactly
+        npu.set_rng_state_all([s.cpu() for s in state["npu"]])
 
 
 def checkpoint_state(t: Trainer, epoch: int, history: list[dict]) -> dict:

@@ -423,7 +423,8 @@ def environment(device: torch.device) -> dict:
                         "python": platform.python_version(), "numpy": np.__version__, "git_commit": git_commit()}}
     if device.type == "cuda":
         env["versions"].update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        tf32 = devices.tf32_state()
+        env["tf32"] = {"matmul": tf32["matmul"], "cudnn": tf32["cudnn_conv"], "api": tf32["api"]}
     return env
 
 

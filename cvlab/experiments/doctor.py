@@ -118,7 +118,7 @@ def describe_device(device: torch.device, caps: devices.Capabilities) -> list[st
     if device.type == "cuda":
         tf32 = devices.tf32_state()
         lines.append(f"             TF32: cuDNN convolutions {'on' if tf32['cudnn_conv'] else 'off'}, matmul "
-                     f"{'on' if tf32['matmul'] else 'off'} (cvlab leaves PyTorch's settings as they are)")
+                     f"{'on' if tf32['matmul'] else 'off'} (PyTorch's {tf32['api']} settings, left as they are)")
     return lines
 
 
