@@ -223,8 +223,39 @@ def test_validation_split_is_balanced_disjoint_and_deterministic():
 
 
 @pytest.mark.parametrize("field,value", [("cutout", -1), ("cutout", 40), ("mix", "blend"), ("mix_alpha", 0.0),
-                                         ("mix_prob", 1.5), ("policy", "augmix"), ("policy_group", 0),
+                                         ("mix_prob", 1.5), ("policy", "augmix"), ("policy_group", -1),
                                          ("dropout", 1.0), ("ema_decay", 1.0), ("val_size", 50), ("val_size", -100)])
 def test_config_rejects_bad_technique_values(field, value):
     with pytest.raises(ConfigError):
         make_config("handout", **{field: value})
+
+
+@pytest.mark.parametrize("name", ["trivialaugment", "randaugment", "autoaugment"])
+def test_policies_batched_by_op_draw_per_image_and_repeat_from_the_generator(name):
+    """policy_group 0 (default): every image draws its own op (so a batch holds many ops), images that drew
+    the same op share its magnitude, and the result depends only on the CPU generator."""
+    from cvlab.core import augment as aug
+    policy = aug.make_policy(name)
+    x = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    stages = aug.policy_stages(policy, 128, torch.Generator().manual_seed(0))
+    assert len(stages) == {"trivialaugment": 1, "randaugment": 2, "autoaugment": 2}[name]
+    assert len({op[0] for op in stages[0] if op}) >= 8  # per image, not one op for the batch
+    first = aug.apply_policy(x, policy, torch.Generator().manual_seed(3))
+    assert first.dtype == torch.uint8 and first.shape == x.shape
+    assert torch.equal(first, aug.apply_policy(x, policy, torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, aug.apply_policy(x, policy, torch.Generator().manual_seed(4)))
+
+
+def test_a_batched_op_gives_what_torchvision_gives_each_image():
+    """One call on the group equals torchvision's op applied image by image at the same magnitude."""
+    from cvlab.core import augment as aug
+    policy = aug.make_policy("trivialaugment")
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    for op, magnitude in [("Rotate", 20.0), ("ShearX", -0.3), ("Posterize", 4.0), ("Equalize", 0.0),
+                          ("Solarize", 0.5), ("Contrast", 0.5), ("AutoContrast", 0.0)]:
+        together = policy._apply_image_or_video_transform(x, op, magnitude, interpolation=policy.interpolation,
+                                                          fill=policy._fill)
+        alone = torch.cat([policy._apply_image_or_video_transform(x[i:i + 1], op, magnitude,
+                                                                   interpolation=policy.interpolation,
+                                                                   fill=policy._fill) for i in range(6)])
+        assert torch.equal(together, alone), op

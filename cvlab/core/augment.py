@@ -95,21 +95,104 @@ def make_policy(name: str, fill: tuple[int, ...] = MEAN_FILL):
 
 
 def apply_policy(x: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
-                 group: int = 1) -> torch.Tensor:
-    """Apply a torchvision policy to a uint8 batch, sampling one op (and magnitude) per group of
-    `group` images. torchvision draws from the global CPU generator, so it runs inside a forked CPU
-    RNG seeded from `generator` (a CPU generator: the loader's host generator): the result depends on
-    `generator` only; the global CPU RNG is restored and no other generator (CUDA's) is touched."""
-    seed = host_seed(generator)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every CUDA generator too
-        return torch.cat([policy(chunk) for chunk in x.split(group)])
+                 group: int = 0) -> torch.Tensor:
+    """Apply a torchvision policy to a uint8 batch, its draws from `generator` (a CPU generator: the loader's
+    host generator), so the result depends on `generator` only and no global or CUDA RNG is touched.
+
+    `group` 0 (the default): batched by op. Every image draws its own op (TrivialAugment, RandAugment) or
+    sub-policy and its apply-coin (AutoAugment) as torchvision does; the images that drew the same op in a
+    batch share one magnitude and sign, drawn per batch. Each distinct op is applied once, to all its images
+    together, so a batch costs at most (ops in the policy) x (ops per image) calls instead of one per image,
+    and one host-to-device copy (the grouping order) per op stage. `group` N >= 1: torchvision's own policy
+    object called on chunks of N consecutive images (op and magnitude shared by the chunk; 1 = per image)."""
+    if group >= 1:
+        seed = host_seed(generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every CUDA generator too
+            return torch.cat([policy(chunk) for chunk in x.split(group)])
+    for stage in policy_stages(policy, x.shape[0], generator):
+        x = _apply_stage(x, policy, stage, generator)
+    return x
+
+
+def policy_stages(policy, n: int, generator: torch.Generator) -> list[list]:
+    """Per op stage, each of the n images' op or None (no op), drawn from the CPU `generator`: an op is
+    (transform id, magnitude bins, bin index or None for a random bin per batch),
+    with torchvision's probabilities: TrivialAugmentWide one uniform op (random bin of 31), RandAugment
+    num_ops uniform ops (bin `magnitude`), AutoAugment one uniform sub-policy whose two ops each apply with
+    their probability (their own bins)."""
+    from torchvision.transforms import v2
+
+    def uniform(k: int) -> list[int]:
+        return torch.randint(0, k, (n,), generator=generator).tolist()  # sync-ok: a CPU generator
+
+    if isinstance(policy, v2.AutoAugment):
+        chosen = [policy._policies[i] for i in uniform(len(policy._policies))]
+        stages = []
+        for position in range(2):
+            coins = torch.rand(n, generator=generator).tolist()  # sync-ok: a CPU generator
+            stages.append([(sub[position][0], 10, sub[position][2]) if coin <= sub[position][1] else None
+                           for sub, coin in zip(chosen, coins)])
+        return stages
+    names = list(policy._AUGMENTATION_SPACE)
+    if isinstance(policy, v2.RandAugment):
+        return [[(names[i], policy.num_magnitude_bins, policy.magnitude) for i in uniform(len(names))]
+                for _ in range(policy.num_ops)]
+    if isinstance(policy, v2.TrivialAugmentWide):
+        return [[(names[i], policy.num_magnitude_bins, None) for i in uniform(len(names))]]
+    raise ValueError(f"batched application does not know {type(policy).__name__}; use policy_group >= 1")
+
+
+def _apply_stage(x: torch.Tensor, policy, stage: list, generator: torch.Generator) -> torch.Tensor:
+    """One op stage: the images grouped by op (one gather by a permutation copied to the device once), each
+    group transformed in one call with one magnitude, then put back in their places."""
+    groups: dict = {}
+    for i, op in enumerate(stage):
+        if op is not None and op[0] != "Identity":
+            groups.setdefault(op, []).append(i)
+    if not groups:
+        return x
+    ops = sorted(groups)  # a fixed order: the draws below do not depend on dict order
+    order = [i for op in ops for i in groups[op]]
+    index = torch.tensor(order, device=x.device)  # sync-ok: one host-to-device copy per op stage
+    picked = x[index]
+    h, w = x.shape[-2:]
+    parts, start = [], 0
+    for op in ops:
+        size = len(groups[op])
+        parts.append(policy._apply_image_or_video_transform(
+            picked[start:start + size], op[0], _magnitude(policy, op, h, w, generator),
+            interpolation=policy.interpolation, fill=policy._fill))
+        start += size
+    out = x.clone()
+    out[index] = torch.cat(parts)
+    return out
+
+
+def _magnitude(policy, op: tuple, h: int, w: int, generator: torch.Generator) -> float:
+    """The op's magnitude as torchvision computes it (its bin, or a random bin, and a random sign for the
+    signed ops), drawn once for the group from the CPU `generator` (read with .tolist(): no scalar reads)."""
+    name, bins, level = op
+    table, signed = _magnitudes(type(policy), name, bins, h, w)
+    if table is None:
+        return 0.0
+    bin_draw, sign_draw = torch.rand(2, generator=generator).tolist()  # sync-ok: a CPU generator
+    magnitude = table[min(int(bin_draw * bins), bins - 1) if level is None else level]
+    return -magnitude if signed and sign_draw <= 0.5 else magnitude
+
+
+@functools.lru_cache(maxsize=256)
+def _magnitudes(policy_type: type, name: str, bins: int, h: int, w: int) -> tuple[tuple[float, ...] | None, bool]:
+    """torchvision's magnitude table of an op (as floats, made once) and whether it takes a random sign."""
+    magnitudes_fn, signed = policy_type._AUGMENTATION_SPACE[name]
+    magnitudes = magnitudes_fn(bins, h, w)
+    return (None if magnitudes is None else tuple(magnitudes.tolist())), signed
 
 
 def host_seed(generator: torch.Generator) -> int:
     """A seed for the host, drawn from `generator`: a CPU generator gives it without waiting for any device
     (a device generator would cost a host-device sync)."""
-    return int(torch.randint(0, 2**62, (1,), device=generator.device, generator=generator).item())  # sync-ok: CPU
+    return torch.randint(0, 2**62, (1,), device=generator.device, generator=generator).tolist()[0]  # sync-ok: CPU
 
 
 def host_uniform(generator: torch.Generator, n: int) -> list[float]:
@@ -120,7 +203,7 @@ def host_uniform(generator: torch.Generator, n: int) -> list[float]:
 class PolicyStep:
     """A torchvision policy as a `compose` step: its per-batch seed comes from the host (CPU) generator."""
 
-    def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], group: int = 1) -> None:
+    def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], group: int = 0) -> None:
         self.policy, self.group = policy, group
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator,
@@ -171,7 +254,9 @@ def partner_order(n: int, device: torch.device, generator: torch.Generator,
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return F.one_hot(labels, num_classes).float()
+    """Float one-hot rows by a scatter: F.one_hot reads the labels' min and max back to the host (a sync per
+    batch) on devices other than CUDA."""
+    return torch.zeros(labels.shape[0], num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
 
 
 def mix_pairs(x: torch.Tensor, targets: torch.Tensor, lam: float,
@@ -207,8 +292,8 @@ def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator) -> tuple[
     """A box (top, bottom, left, right) of area about (1 - lam) h w, centred uniformly, clipped to the image."""
     ratio = (1.0 - lam) ** 0.5
     ch, cw = int(h * ratio), int(w * ratio)
-    cy = int(torch.randint(0, h, (1,), generator=generator))  # a CPU generator: no device sync
-    cx = int(torch.randint(0, w, (1,), generator=generator))
+    row, col = torch.rand(2, generator=generator).tolist()  # sync-ok: a CPU generator, no device involved
+    cy, cx = min(int(row * h), h - 1), min(int(col * w), w - 1)
     top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     return top, bottom, left, right
