@@ -59,42 +59,51 @@ def test_every_preset_builds_and_trains_two_steps(preset):
 
 
 def test_ladder_adds_one_change_per_rung():
-    assert LADDER[0] == "handout" and LADDER[-2:] == ["fast", "best"]
-    for name in LADDER[1:-2]:
+    from cvlab.core.config import RECIPES
+    assert LADDER[0] == "handout" and LADDER[-1] == "+cifar-stem" and not set(RECIPES) & set(LADDER)
+    for name in LADDER[1:]:
         parent = PRESETS[PARENT[name]][1]
         changed = {k for k, v in PRESETS[name][1].items() if parent.get(k, v) != v or k not in parent}
         assert changed and PRESETS[name][0].startswith(f"= {PARENT[name]} ")
         assert LADDER.index(PARENT[name]) == LADDER.index(name) - 1
-
-
-# Fields that only make sense together, so one idea may set several of them (see the comment above +sgd in
-# cvlab.core.config): an optimizer with its momentum, rate and the batch its rate is quoted for; a schedule
-# with its warmup; a mixing method with its probability; a model with nothing else.
-ONE_IDEA = [{"optimizer", "nesterov", "momentum", "lr", "batch_size"}, {"schedule", "warmup"},
-            {"mix", "mix_alpha", "mix_prob"}, {"normalization", "shuffle"}, {"crop_padding", "hflip"}]
+    assert all(PARENT[recipe] == LADDER[-1] for recipe in RECIPES)  # recipes made of the whole ladder
 
 
 def test_each_rung_changes_one_idea():
-    """+sgd-onecycle changed the optimizer, weight decay and the schedule at once; no rung may do that again.
-    (+norm-shuffle and +crop-flip pair two input-pipeline fixes each, as their names say.)"""
-    from cvlab.core.config import preset_changes
-    for name in LADDER[1:-2]:
-        changed = set(preset_changes(name))
-        assert len(changed) == 1 or any(changed <= group for group in ONE_IDEA), (name, sorted(changed))
-    assert set(preset_changes("+sgd")) == {"optimizer", "nesterov", "lr", "batch_size"}
+    """One idea per rung: one field, one group of fields that only make sense together, or the model as a
+    declared architectural change. +sgd once also moved the batch size, +cifar-norm paired two fixes."""
+    from cvlab.core.config import ARCHITECTURAL, preset_changes, rung_is_one_idea
+    for name in LADDER[1:]:
+        assert rung_is_one_idea(name), (name, sorted(preset_changes(name)))
+    assert set(preset_changes("+sgd")) == {"optimizer", "nesterov", "lr"}  # momentum 0.9 is the default
+    assert preset_changes("+batch-256") == {"batch_size": 256}
+    assert preset_changes("+shuffle") == {"shuffle": True} and preset_changes("+cifar-norm") == {"normalization": "cifar100"}
     assert preset_changes("+weight-decay") == {"weight_decay": 5e-4}
     assert preset_changes("+onecycle") == {"schedule": "onecycle", "warmup": 0.15}
+    assert [n for n in LADDER if "model" in preset_changes(n)] == list(ARCHITECTURAL) == ["+cifar-stem"]
 
 
-def test_the_split_keeps_what_the_end_points_train():
-    """+onecycle trains what +sgd-onecycle trained, so fast and best (built on it) are unchanged."""
-    onecycle = make_config("+onecycle").to_dict()
-    expected = dict(make_config("+cifar-stem").to_dict(), optimizer="sgd", momentum=0.9, nesterov=True,
-                    weight_decay=5e-4, batch_size=256, lr=0.2, schedule="onecycle", warmup=0.15, preset="+onecycle")
-    assert onecycle == expected
+def test_the_one_idea_check_fails_on_a_bundled_rung(monkeypatch):
+    """The check can fail: a rung that moves the batch size with the optimizer, or the model unmarked."""
+    from cvlab.core import config
+    monkeypatch.setitem(config.PRESETS, "bundled", ("= +crop-flip bundled", {**config.PRESETS["+crop-flip"][1],
+                                                                              "optimizer": "sgd", "batch_size": 256}))
+    monkeypatch.setitem(config.PARENT, "bundled", "+crop-flip")
+    assert not config.rung_is_one_idea("bundled")
+    monkeypatch.setitem(config.PRESETS, "bundled", ("= +crop-flip new model", {**config.PRESETS["+crop-flip"][1],
+                                                                                "model": "cifar_resnet18"}))
+    assert not config.rung_is_one_idea("bundled")
+
+
+def test_the_recipes_train_what_the_ladder_adds_up_to():
+    """fast and best are the whole ladder (with the CIFAR model) plus their own run settings."""
+    top = make_config("+cifar-stem")
+    assert (top.optimizer, top.nesterov, top.weight_decay, top.schedule, top.batch_size, top.lr, top.model) == (
+        "sgd", True, 5e-4, "onecycle", 256, 0.2, "cifar_resnet18")
     fast = make_config("fast")
     assert (fast.optimizer, fast.nesterov, fast.weight_decay, fast.schedule, fast.warmup, fast.batch_size, fast.lr,
-            fast.wd_exclude_norm_bias, fast.epochs) == ("sgd", True, 5e-4, "onecycle", 0.15, 512, 0.4, True, 30)
+            fast.wd_exclude_norm_bias, fast.epochs, fast.model) == ("sgd", True, 5e-4, "onecycle", 0.15, 512, 0.4, True,
+                                                                     30, "cifar_resnet18")
     with pytest.raises(ConfigError, match=r"\+onecycle"):
         make_config("+sgd-onecycle")
 
@@ -149,18 +158,18 @@ def test_budget_keeps_the_warmup_share_and_applies_overrides():
 def test_ablation_runs_skips_duplicates_and_tabulates_from_run_dirs(tmp_path):
     budget = Budget("tiny", "test budget", dict(TINY, subset=100, val_size=100, test_subset=100, epochs=1,
                                                 batch_size=50, eval_batch_size=100))
-    presets = ["handout", "+crop-flip", "+cifar-stem"]
+    presets = ["handout", "+tta-flip", "+cifar-stem"]
     result = run_ablation(presets, [0, 1], tmp_path, budget, log=quiet)
-    assert result.skipped == {"+cifar-stem": "same run as +crop-flip under this budget"}
-    assert sorted(p.name for p in result.run_dirs) == ["+crop-flip-s0", "+crop-flip-s1", "handout-s0", "handout-s1"]
+    assert result.skipped == {"+cifar-stem": "same run as +tta-flip under this budget"}
+    assert sorted(p.name for p in result.run_dirs) == ["+tta-flip-s0", "+tta-flip-s1", "handout-s0", "handout-s1"]
     table = result.table.set_index("preset")
-    for preset in ("handout", "+crop-flip"):
+    for preset in ("handout", "+tta-flip"):
         finals = [load_run(tmp_path / f"{preset}-s{s}").history["test_acc"].iloc[-1] for s in (0, 1)]
         assert table.loc[preset, "test_acc"] == pytest.approx(sum(finals) / 2)
         assert table.loc[preset, "test_acc_std"] == pytest.approx(pd.Series(finals).std())
         assert table.loc[preset, "seeds"] == 2
-    assert table.loc["+crop-flip", "compared_to"] == "handout"  # its parent +norm-shuffle was not run
-    assert table.loc["+crop-flip", "gain"] == pytest.approx(table.loc["+crop-flip", "test_acc"]
+    assert table.loc["+tta-flip", "compared_to"] == "handout"  # its parent +ema was not run
+    assert table.loc["+tta-flip", "gain"] == pytest.approx(table.loc["+tta-flip", "test_acc"]
                                                             - table.loc["handout", "test_acc"])
     for name in (LADDER_CSV, LADDER_MD, RUNS_CSV):
         assert (tmp_path / name).stat().st_size > 0
@@ -195,15 +204,15 @@ def write_fake_run(path, preset, seed, accs, val=None):
 def test_table_arithmetic_from_hand_written_run_dirs(tmp_path):
     dirs = [write_fake_run(tmp_path / "a0", "handout", 0, [0.1, 0.2], val=[0.3, 0.25]),
             write_fake_run(tmp_path / "a1", "handout", 1, [0.1, 0.4], val=[0.2, 0.5]),
-            write_fake_run(tmp_path / "b0", "+norm-shuffle", 0, [0.3, 0.5])]
-    table, runs = ladder_table(dirs, order=["handout", "+norm-shuffle"])
+            write_fake_run(tmp_path / "b0", "+cifar-norm", 0, [0.3, 0.5])]
+    table, runs = ladder_table(dirs, order=["handout", "+cifar-norm"])
     t = table.set_index("preset")
     assert t.loc["handout", "test_acc"] == pytest.approx(0.3)
     assert t.loc["handout", "test_acc_std"] == pytest.approx(pd.Series([0.2, 0.4]).std())
     assert t.loc["handout", "best_val_acc"] == pytest.approx((0.3 + 0.5) / 2)
     assert t.loc["handout", "gap"] == pytest.approx(0.1)
     assert t.loc["handout", "seconds"] == 20.0 and t.loc["handout", "images_per_second"] == 150.0
-    assert t.loc["+norm-shuffle", "gain"] == pytest.approx(0.2) and math.isnan(t.loc["+norm-shuffle", "best_val_acc"])
+    assert t.loc["+cifar-norm", "gain"] == pytest.approx(0.2) and math.isnan(t.loc["+cifar-norm", "best_val_acc"])
     assert runs.loc[runs["run"].str.endswith("a0"), "best_val_epoch"].item() == 1
 
 
@@ -214,7 +223,7 @@ def test_cli_presets_and_ablate_table_only(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert all(name in listed for name in LADDER)
     write_fake_run(tmp_path / "handout-s0", "handout", 0, [0.1, 0.2])
-    assert main(["ablate", "--budget", "smoke", "--presets", "handout,+norm-shuffle", "--out", str(tmp_path),
+    assert main(["ablate", "--budget", "smoke", "--presets", "handout,+cifar-norm", "--out", str(tmp_path),
                  "--table-only"]) == 0
     assert "`handout`" in capsys.readouterr().out and (tmp_path / LADDER_CSV).exists()
     with pytest.raises(SystemExit) as exc:
@@ -234,3 +243,35 @@ def test_superclass_table_breaks_accuracy_ties_by_name():
     table = per_superclass_accuracy(pred)            # every prediction is class 0: 19 superclasses tie at 0
     ties = table[table["fine_acc"] == 0]["superclass"].tolist()
     assert len(ties) == 19 and ties == sorted(ties)
+
+
+@pytest.mark.parametrize("gain, sigma, seeds, expected", [
+    (0.021, 0.01, 3, "effect"), (-0.021, 0.01, 3, "effect"), (0.019, 0.01, 3, "no measurable effect"),
+    (0.021, 0.01, 1, "needs seeds"), (0.005, 0.01, 1, "no measurable effect"), (0.05, math.nan, 3, ""),
+    (math.nan, 0.01, 3, "")])
+def test_an_effect_needs_twice_the_seed_noise_and_three_seeds(gain, sigma, seeds, expected):
+    from cvlab.experiments.ablate import verdict
+    assert verdict(gain, sigma, seeds) == expected
+
+
+def test_the_evidence_plan_seeds_the_ends_and_the_large_gains(tmp_path):
+    """run_evidence: every rung at seed 0, the seeded presets at every seed, then the rungs whose seed-0 gain
+    passes twice the noise (and the row they are compared with); a second call trains nothing."""
+    from cvlab.experiments.ablate import run_evidence
+    budget = Budget("tiny-evidence", "test budget", dict(TINY, subset=100, val_size=0, test_subset=100, epochs=1,
+                                                         batch_size=50, eval_batch_size=100),
+                    ("handout", "+shuffle", "+cifar-norm"), extra_seeds=(1, 2), seeded=("handout", "+cifar-norm"),
+                    seed_effects=True)
+    result = run_evidence(budget, tmp_path, log=quiet)
+    table = result.table.set_index("preset")
+    assert table.loc["handout", "seeds"] == table.loc["+cifar-norm", "seeds"] == 3
+    sigma = table["noise"].iloc[0]
+    assert sigma == pytest.approx(math.sqrt((table.loc["handout", "test_acc_std"] ** 2
+                                             + table.loc["+cifar-norm", "test_acc_std"] ** 2) / 2))
+    shuffle_seeds = table.loc["+shuffle", "seeds"]
+    assert shuffle_seeds in (1, 3) and (shuffle_seeds == 3 or table.loc["+shuffle", "verdict"] == "no measurable effect")
+    assert table.loc["+shuffle", "verdict"] != "needs seeds"  # a large one-seed gain got its seeds
+    mtime = (tmp_path / "handout-s2" / "last.pt").stat().st_mtime_ns
+    run_evidence(budget, tmp_path, log=quiet)
+    assert (tmp_path / "handout-s2" / "last.pt").stat().st_mtime_ns == mtime
+    assert "seed noise sigma" in (tmp_path / LADDER_MD).read_text()

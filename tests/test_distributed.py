@@ -158,7 +158,7 @@ def test_parallel_ablation_writes_the_sequential_table(tmp_path):
     budget = Budget("tiny", "tiny synthetic", dict(model="tiny_resnet18", synthetic=True, synthetic_train=200,
                                                   synthetic_test=100, batch_size=50, eval_batch_size=100, epochs=1,
                                                   device="cpu", progress=False, download=False))
-    presets = ["handout", "+norm-shuffle"]
+    presets = ["handout", "+cifar-norm"]
     run_ablation(presets, [0], tmp_path / "seq", budget, log=lambda s: None)
     run_ablation(presets, [0], tmp_path / "par", budget, log=lambda s: None, parallel=2)
     seq, par = (pd.read_csv(tmp_path / d / LADDER_CSV) for d in ("seq", "par"))

@@ -17,9 +17,10 @@ def _csv(text: str) -> list[str]:
 
 def cmd_ablate(args) -> int:
     budget = get_budget(args.budget)
+    whole_plan = budget.extra_seeds and args.presets in (None, "ladder") and args.seeds is None
     presets = budget.presets if args.presets in (None, "ladder") else _csv(args.presets)
     try:
-        seeds = [int(s) for s in _csv(args.seeds)]
+        seeds = [int(s) for s in _csv(args.seeds or "0")]
     except ValueError:
         raise UsageError(f"--seeds expects integers separated by commas, got {args.seeds!r}") from None
     for seed in seeds:  # before any run starts
@@ -28,11 +29,14 @@ def cmd_ablate(args) -> int:
     overrides = explicit_overrides(args)
     out = Path(args.out or f"runs/ablate-{budget.name}")
     if args.table_only:
-        dirs = [r.run_dir for r in plan(presets, seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
+        table_seeds = (0, *budget.extra_seeds) if whole_plan else seeds
+        dirs = [r.run_dir for r in plan(presets, table_seeds, out, budget, overrides)[0] if (r.run_dir / CONFIG).exists()]
         if not dirs:  # before write_tables creates `out`
             raise UsageError(f"--table-only: {out} holds none of the planned run directories; train them first "
                              "(without --table-only) or give the --out they are in")
         write_tables(out, dirs, order=presets, budget=budget)
+    elif whole_plan:  # the budget's seed plan: every rung at seed 0, then the extra seeds where they are needed
+        ablate.run_evidence(budget, out, overrides, devices=args.devices, parallel=args.parallel)
     else:
         run_ablation(presets, seeds, out, budget, overrides, devices=args.devices, parallel=args.parallel)
     print((out / LADDER_MD).read_text(encoding="utf-8"))
@@ -46,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("--budget", choices=tuple(BUDGETS), default="subset",
                    help="; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
     p.add_argument("--presets", metavar="A,B,...", help="presets in ladder order (default: the whole ladder)")
-    p.add_argument("--seeds", default="0", metavar="0,1,...", help="training seeds, each in [0, 2^32 - 1] (default: 0)")
+    p.add_argument("--seeds", metavar="0,1,...", help="training seeds, each in [0, 2^32 - 1] (default: 0; a budget "
+                                                      "with a seed plan, e.g. evidence, runs its whole plan)")
     p.add_argument("--out", metavar="DIR", type=path_text,
                    help="folder for the run directories and tables (default: runs/ablate-BUDGET)")
     add_field_option(p, "epochs", help="override the budget's epochs")

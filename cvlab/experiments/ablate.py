@@ -4,6 +4,7 @@
     python -m cvlab ablate --budget subset --data-root /work/cifar --seeds 0
     python -m cvlab ablate --budget full --presets handout,+crop-flip,fast --seeds 0,1,2 --device cuda
     python -m cvlab ablate --budget subset --out runs/ablate-subset --table-only
+    python -m cvlab ablate --budget evidence --data-root /work/cifar --out docs/results/cpu-evidence   # resumable
 
 A budget fixes what every run shares (data, epochs, sometimes the model) so that the rungs differ
 only in their own change. Each run writes `OUT/<preset>-s<seed>/`; finished runs with the same
@@ -32,13 +33,19 @@ class Budget:
     description: str
     overrides: dict[str, Any]
     presets: tuple[str, ...] = tuple(LADDER)
+    # Seeds beyond the first: `seeded` presets always get them; with `seed_effects`, so does every rung whose
+    # first-seed gain reaches EFFECT_SIGMAS x the seed noise measured on the seeded presets (see run_evidence).
+    extra_seeds: tuple[int, ...] = ()
+    seeded: tuple[str, ...] = ()
+    seed_effects: bool = False
 
 
-RUNGS = tuple(LADDER[:-2])  # the ladder without its two end points, fast and best
+RUNGS = tuple(LADDER)  # the recipes fast and best are made of rungs and are not on the ladder
+EFFECT_SIGMAS = 2.0  # a gain is an effect when |gain| >= EFFECT_SIGMAS x the seeds' standard deviation
 # Short budgets train a few rungs only; a row then differs from the row it is compared with by several rungs'
 # changes, which the table's `changes` column lists.
 SMOKE_RUNGS = ("handout", "+crop-flip", "+onecycle", "+cutmix", "+tta-flip")
-QUICK_RUNGS = ("handout", "+norm-shuffle", "+crop-flip", "+onecycle", "+label-smoothing")
+QUICK_RUNGS = ("handout", "+cifar-norm", "+crop-flip", "+onecycle", "+label-smoothing")
 
 BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("smoke", "SYNTHETIC data (100 train / 100 validation / 100 test images), 2 epochs, five rungs of the "
@@ -49,8 +56,16 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("subset", "real CIFAR-100, class-balanced: 4,000 training images (40 per class) taken after holding "
            "out 1,000 for validation (the last 10 of each class), 2,000 test images (the first 20 of each class), "
            "3 epochs, the rungs of the ladder with the handout model for every rung (the CIFAR ResNet-18 is "
-           "~3.5x slower on a CPU, so +cifar-stem is the same run as +crop-flip and is skipped); a CPU budget",
+           "~3.5x slower on a CPU, so +cifar-stem is the same run as +tta-flip and is skipped); a CPU budget",
            dict(subset=4000, val_size=1000, test_subset=2000, epochs=3, model="handout_resnet18"), RUNGS),
+    Budget("evidence", "real CIFAR-100 at a CPU budget where each rung's effect can be measured: 5,000 training "
+           "images (the first 50 of each class), the first 2,000 test images of each class's order (20 per class), "
+           "no validation split (the final epoch is reported, nothing is selected on the test set), 4 epochs, "
+           "every rung with its own model (the CIFAR ResNet-18 only on the last rung, +cifar-stem); seed 0 for "
+           "every rung, seeds 1 and 2 for the handout baseline, the final rung and every rung whose seed-0 gain "
+           "reaches twice the seed noise",
+           dict(subset=5000, val_size=0, test_subset=2000, epochs=4), RUNGS,
+           extra_seeds=(1, 2), seeded=("handout", RUNGS[-1]), seed_effects=True),
     Budget("quick", "real CIFAR-100, class-balanced: 2,000 training images (20 per class) taken after holding "
            "out 1,000 for validation (the last 10 of each class), 1,000 test images (the first 10 of each class), "
            "2 epochs, five rungs of the ladder with the handout model for every rung: checks the whole pipeline on "
@@ -173,6 +188,40 @@ def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0
     return write_tables(out, done, order=presets, skipped=skipped, budget=budget)
 
 
+def run_evidence(budget: str | Budget, out: str | Path, overrides: Iterable[str] | dict[str, Any] = (),
+                 log: Callable[[str], None] = print, **placement: Any) -> Ablation:
+    """A budget's whole seed plan, resumable (finished runs are kept, interrupted ones resumed): every rung at
+    the first seed; the budget's `seeded` presets at its extra seeds, which measure the seed noise; then, when
+    `seed_effects`, every rung whose first-seed gain reaches EFFECT_SIGMAS x that noise, and the row it is
+    compared with, at the extra seeds too. The table is built from all of them."""
+    budget = get_budget(budget)
+    presets = list(budget.presets)
+    run_ablation(presets, (0,), out, budget, overrides, log, **placement)
+    seeds = (0, *budget.extra_seeds)
+    run_ablation(list(budget.seeded), seeds, out, budget, overrides, log, **placement)
+    if budget.seed_effects and budget.extra_seeds:
+        table = _table_of(out, budget, overrides, presets, seeds)
+        wanted = set()
+        for r in table.to_dict("records"):
+            if r["verdict"] == "needs seeds":
+                wanted.update({r["preset"], r["compared_to"]} - set(budget.seeded))
+        if wanted:
+            log(f"rungs with a gain past {EFFECT_SIGMAS:g} sigma at one seed, trained at seeds "
+                f"{', '.join(map(str, budget.extra_seeds))} too: {', '.join(p for p in presets if p in wanted)}")
+            run_ablation([p for p in presets if p in wanted], seeds, out, budget, overrides, log, **placement)
+    dirs = [r.run_dir for r in plan(presets, seeds, out, budget, _overrides(overrides))[0] if RunDir(r.run_dir).has_run()]
+    return write_tables(out, dirs, order=presets, budget=budget)
+
+
+def _overrides(overrides: Iterable[str] | dict[str, Any]) -> dict[str, Any]:
+    return dict(overrides) if isinstance(overrides, dict) else parse_pairs(overrides)
+
+
+def _table_of(out: str | Path, budget: Budget, overrides, presets: list[str], seeds: tuple[int, ...]):
+    dirs = [r.run_dir for r in plan(presets, seeds, out, budget, _overrides(overrides))[0] if RunDir(r.run_dir).has_run()]
+    return ladder_table(dirs, presets)[0]
+
+
 def get_budget(budget: str | Budget) -> Budget:
     if isinstance(budget, Budget):
         return budget
@@ -238,7 +287,29 @@ def ladder_table(run_dirs: Iterable[str | Path], order: Iterable[str] | None = N
         gains.append(by_name[name] - by_name[ref] if ref else math.nan)
         changes.append(config_changes(configs[name], configs[ref]) if ref else "")
     table["compared_to"], table["gain"], table["changes"] = compared, gains, changes
+    sigma = seed_noise(table)
+    seeds = dict(zip(table["preset"], table["seeds"]))
+    table["noise"] = sigma
+    table["verdict"] = [verdict(g, sigma, min(seeds[n], seeds[r]) if r else 0)
+                        for n, r, g in zip(table["preset"], compared, gains)]
     return table, runs
+
+
+def seed_noise(table) -> float:
+    """The seeds' standard deviation of test top-1 at this budget, pooled over the rows with several seeds
+    (root mean variance); NaN when no row has more than one seed."""
+    variances = [std ** 2 for std, n in zip(table["test_acc_std"], table["seeds"]) if n > 1 and not math.isnan(std)]
+    return math.sqrt(sum(variances) / len(variances)) if variances else math.nan
+
+
+def verdict(gain: float, sigma: float, seeds: int) -> str:
+    """'effect' when |gain| >= EFFECT_SIGMAS x sigma with both rows at 3 or more seeds; 'no measurable effect'
+    when below; 'needs seeds' when a single seed shows a large gain; '' for the first row or no noise estimate."""
+    if math.isnan(gain) or math.isnan(sigma):
+        return ""
+    if abs(gain) < EFFECT_SIGMAS * sigma:
+        return "no measurable effect"
+    return "effect" if seeds >= 3 else "needs seeds"
 
 
 def config_changes(config: dict, reference: dict) -> str:
@@ -256,7 +327,7 @@ def _pct(value: float, std: float = math.nan, signed: bool = False) -> str:
 
 
 TABLE_HEADER = ["preset", "seeds", "test top-1 %", "test top-5 %", "best val %", "train−test gap (pp)",
-                "gain (pp)", "vs", "changes vs that row", "time (s)", "img/s"]
+                "gain (pp)", "vs", "verdict", "changes vs that row", "time (s)", "img/s"]
 
 
 def markdown_table(table, header: list[str] | None = None, changes: bool = True) -> str:
@@ -272,13 +343,23 @@ def markdown_table(table, header: list[str] | None = None, changes: bool = True)
         cells = [f"`{r['preset']}`", str(r["seeds"]), _pct(r["test_acc"], r["test_acc_std"]),
                  _pct(r["test_top5"], r["test_top5_std"]), _pct(r["best_val_acc"], r["best_val_acc_std"]),
                  _pct(r["gap"], r["gap_std"], signed=True), _pct(r["gain"], signed=True),
-                 f"`{r['compared_to']}`" if r["compared_to"] else "", r.get("changes", "") or "",
+                 f"`{r['compared_to']}`" if r["compared_to"] else "", r.get("verdict", "") or "",
+                 r.get("changes", "") or "",
                  f"{r['seconds']:.0f}",
                  f"{r['images_per_second']:.0f}"]
         if skip is not None:
             del cells[skip]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _noise_note(table) -> str:
+    sigma = float(table["noise"].iloc[0]) if len(table) else math.nan
+    if math.isnan(sigma):
+        return "Verdict: none (no row has several seeds, so the seed noise is unknown)."
+    return (f"Verdict: seed noise sigma = {100 * sigma:.2f} pp (test top-1 std over seeds, pooled over the rows with "
+            f"several seeds); effect = |gain| >= {EFFECT_SIGMAS:g} sigma with both rows at 3 or more seeds; no "
+            f"measurable effect = |gain| < {EFFECT_SIGMAS:g} sigma; needs seeds = a large gain seen with one seed.")
 
 
 def write_tables(out: str | Path, run_dirs: Iterable[str | Path], order: Iterable[str] | None = None,
@@ -298,7 +379,8 @@ def write_tables(out: str | Path, run_dirs: Iterable[str | Path], order: Iterabl
               "Accuracies at the final epoch; best val = highest validation accuracy over the epochs; gap = final "
               "train accuracy (on augmented/mixed batches, during the epoch) minus test accuracy; gain = test top-1 "
               "minus the row named in `vs`; changes = the config fields in which this row's runs differ from that row's "
-              "(read from their config.json); time = training + evaluation seconds per run.", ""]
+              "(read from their config.json); time = training + evaluation seconds per run.",
+              _noise_note(table), ""]
     for name, why in (skipped or {}).items():
         notes.append(f"- `{name}` skipped: {why}.")
     atomic_write_text(out / LADDER_MD, "\n".join(notes) + ("\n" if skipped else "") + "\n" + markdown_table(table))
