@@ -275,3 +275,21 @@ def test_the_evidence_plan_seeds_the_ends_and_the_large_gains(tmp_path):
     run_evidence(budget, tmp_path, log=quiet)
     assert (tmp_path / "handout-s2" / "last.pt").stat().st_mtime_ns == mtime
     assert "seed noise sigma" in (tmp_path / LADDER_MD).read_text()
+
+
+def test_the_report_claims_an_effect_only_where_the_numbers_show_one():
+    """ladder_findings_zh says a rung raises or lowers top-1 only for the verdict "effect"."""
+    import pandas as pd
+    from cvlab.report.tables import ladder_findings_zh
+    table = pd.DataFrame([
+        dict(preset="handout", compared_to="", gain=math.nan, seeds=3, verdict="", noise=0.01),
+        dict(preset="+a", compared_to="handout", gain=0.05, seeds=3, verdict="effect", noise=0.01),
+        dict(preset="+b", compared_to="+a", gain=0.015, seeds=3, verdict="no measurable effect", noise=0.01),
+        dict(preset="+c", compared_to="+b", gain=-0.04, seeds=3, verdict="effect", noise=0.01),
+        dict(preset="+d", compared_to="+c", gain=0.03, seeds=1, verdict="needs seeds", noise=0.01)])
+    found = ladder_findings_zh(table)
+    assert len(found) == 4
+    assert "提高了 5.00 个百分点" in found[0] and "可测量的效果" in found[0]
+    assert "测不出效果" in found[1] and "提高" not in found[1]
+    assert "降低了 4.00 个百分点" in found[2]
+    assert "暂不作结论" in found[3] and "效果" not in found[3].replace("暂不作结论", "")

@@ -140,3 +140,43 @@ def superclass_bars(frame, synthetic: bool = False, title: str = ""):
     _stamp(fig, synthetic)
     fig.tight_layout()
     return fig
+
+
+def evidence_figure(table, runs, histories, title: str = ""):
+    """The measured ladder in one figure. Left: each rung's final test top-1 (each seed a dot, the mean a bar
+    with its seed band, +-1 std, where a rung has several seeds). Right: the test-loss curves of the first and
+    last rung (mean over seeds, the band from the lowest to the highest seed). From ablate.ladder_table's
+    (table, runs) and load_runs' histories."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(table["preset"])
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 0.3 * len(names) + 2.2),
+                                          gridspec_kw={"width_ratios": [1.5, 1]})
+    means = 100 * table["test_acc"]
+    stds = 100 * table["test_acc_std"].fillna(0)
+    ax_acc.barh(names, means, xerr=stds, color="tab:blue", alpha=0.35, error_kw={"capsize": 3})
+    for i, name in enumerate(names):
+        seeds = runs[runs["preset"] == name]["test_acc"]
+        ax_acc.plot(100 * seeds, [i] * len(seeds), "k.", markersize=4)
+    ax_acc.invert_yaxis()
+    ax_acc.set_xlabel(zh("最后一个 epoch 的测试 top-1 (%)；点 = 各种子，误差线 = ±1 标准差",
+                         "final test top-1 (%); dots = seeds, bars = +-1 std"))
+    ax_acc.grid(axis="x", alpha=0.3)
+    ends = [names[0], names[-1]]
+    colours = {names[0]: "tab:gray", names[-1]: "tab:green"}
+    for name in ends:
+        rows = histories[histories["preset"] == name].groupby("epoch")["test_loss"]
+        epochs = list(rows.mean().index)
+        ax_loss.plot(epochs, rows.mean(), marker=".", color=colours[name], label=name)
+        ax_loss.fill_between(epochs, rows.min(), rows.max(), color=colours[name], alpha=0.2)
+    ax_loss.set(xlabel="epoch", ylabel=zh("测试损失", "test loss"),
+                title=zh("首尾两级的测试损失（阴影 = 各种子的范围）", "test loss of the first and last rung"))
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _stamp(fig, bool(runs["synthetic"].any()))
+    fig.tight_layout()
+    return fig
