@@ -3,6 +3,7 @@ run's device, loader generator states from any device, augmentation that seeds o
 from __future__ import annotations
 
 import ast
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -263,30 +264,46 @@ def test_no_graph_is_compiled_after_the_warm_up(monkeypatch):
 # ---------------------------------------------------------------------------- device placement on fake CUDA tensors
 
 def test_batches_steps_and_metrics_stay_on_the_device_with_fake_cuda_tensors(monkeypatch):
-    """Augmentation, batch mixing, the loader's normalization, EvalStep and the metrics code on fake CUDA tensors
-    (FakeTensorMode works on a CPU-only torch): a CPU constant meeting a device tensor raises here as on a GPU.
+    """The whole training step on fake CUDA tensors (FakeTensorMode works on a CPU-only torch): a CPU constant
+    meeting a device tensor raises here as on a GPU. Covered: augmentation, batch mixing and the loader's
+    normalization; `train_one_epoch` with a bf16 TrainStep: autocast on the (fake) CUDA device (bf16 logits, the
+    fp32 loss of `logits.float()`), label smoothing on soft targets, the per-step LR schedule, the optimizer's
+    foreach kernels and its state, the weight EMA (`_foreach_lerp_`), the epoch's metrics kept on the device;
+    EvalStep and `evaluate` on the model and on the EMA copy under bf16.
 
-    Not covered: autocast (fp32 only), backward and the optimizer step, CUDA generators (torch.Generator cannot be
-    made for CUDA without CUDA: the loader's device generator is a CPU one here, and fake random ops ignore it),
-    torchvision's policies (they read values), and anything that reads values: the final .item() of each epoch
-    (made a no-op below) and the host's own draws from CPU generators (run outside the fake mode below)."""
+    Not covered, as a CPU torch cannot run it: backward (autograd asks the CUDA driver for a context: replaced
+    by fake gradients on the device), the fused optimizer kernels (a CPU build has no CUDA kernels to dispatch
+    to; foreach is the kernel path checked), fp16 with its GradScaler (it reads found_inf with .item()), CUDA
+    generators (torch.Generator cannot be made for CUDA without CUDA: the loader's device generator is a CPU
+    one here, and fake random ops ignore it), torchvision's policies (they read values), and anything that
+    reads values: the epoch's final reads (.item() answered 1 below), the host's own draws from CPU generators
+    (run outside the fake mode below), torch.cuda.synchronize (a no-op below); the EMA's deepcopy of the model
+    (a twin built on the device stands in: see twin_on). Skipped where this torch cannot
+    make a fake CUDA tensor without a driver (torch 2.1's CUDA builds)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from cvlab.core import augment as aug
+    from cvlab.core import device as devices
     from cvlab.core import distributed
     from cvlab.core.config import make_config
     from cvlab.core.data import Split
+    from cvlab.core import ema as ema_module
     from cvlab.core.loader import TensorLoader
     from cvlab.core.models import build_model
+    from cvlab.core.optim import build_optimizer, build_scheduler
     cuda = torch.device("cuda")
+    skip_without_fake_cuda(cuda)
     real_generator = torch.Generator
 
     def generator(device="cpu"):
         return real_generator()  # no CUDA generator without CUDA; fake random ops do not read it
     monkeypatch.setattr(distributed, "sum_counts", lambda loss, right, right5, seen: (loss, right, right5, seen))
+    monkeypatch.setattr(devices, "synchronize", lambda device: None)
+    monkeypatch.setattr(torch, "autocast", autocast_on_a_fake_device(monkeypatch))
     for name in ("host_seed", "host_uniform", "cutmix_box"):  # host values: real CPU draws, outside the fake mode
         monkeypatch.setattr(aug, name, on_the_host(getattr(aug, name)))
     aug.fill_colour.cache_clear()
-    cfg = make_config("handout", crop_padding=4, hflip=True, cutout=8, mix="mixup_cutmix", mix_prob=1.0)
+    cfg = make_config("fast", crop_padding=4, hflip=True, cutout=8, mix="mixup_cutmix", mix_prob=1.0,
+                      precision="bf16", label_smoothing=0.1, ema_decay=0.9, model="tiny_resnet18")
     with FakeTensorMode(allow_non_fake_inputs=True):
         images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
         labels = torch.zeros(10, dtype=torch.long)
@@ -298,12 +315,117 @@ def test_batches_steps_and_metrics_stay_on_the_device_with_fake_cuda_tensors(mon
         for x, y in loader:
             assert x.device.type == y.device.type == "cuda" and y.shape[1] == 100
         with cuda:  # parameters made on the (fake) device
-            model = build_model("tiny_resnet18").eval()
+            model = build_model(cfg.model)  # (channels_last weights: .to() cannot swap fake parameters)
         assert next(model.parameters()).device.type == "cuda"
-        step = engine.EvalStep(model, cuda, "fp32", tta_flip=True)
-        result = engine.evaluate(step, test)
-        assert result["loss"].device.type == result["acc"].device.type == "cuda"
+        optimizer = build_optimizer(cfg, model, {"foreach": True})
+        with monkeypatch.context() as patch:  # the EMA's copy of the model: a twin built on the device
+            patch.setattr(ema_module, "copy", SimpleNamespace(deepcopy=lambda m: twin_on(cuda, cfg.model, m)))
+            ema = ema_module.WeightEMA(model, cfg.ema_decay)
+        step = engine.TrainStep(model, optimizer, cuda, "bf16", None, cfg.label_smoothing,
+                                build_scheduler(cfg, optimizer, len(loader)), ema)
+        seen = record_training(monkeypatch, step)
+        with monkeypatch.context() as patch, ForeachOps() as foreach:
+            patch.setattr(torch.Tensor, "item", lambda self: 1)  # the epoch's final reads
+            result = engine.train_one_epoch(step, loader)
+        assert seen["logits"] == [(torch.bfloat16, "cuda")] * len(loader)  # autocast ran on the device
+        assert seen["loss"] == [(torch.float32, "cuda")] * len(loader)
+        assert result["loss"].device.type == result["acc"].device.type == result["top5"].device.type == "cuda"
+        assert result["nonfinite_step"] is None and ema.updates == len(loader)
+        state = [t for s in optimizer.state.values() for k, t in s.items() if k != "step" and torch.is_tensor(t)]
+        assert state and {t.device.type for t in state} == {"cuda"}  # momentum buffers on the device
+        assert {t.device.type for t in ema.module.state_dict().values()} == {"cuda"}
+        # The optimizer's and the EMA's foreach kernels ran on the device (step counters, if any, on the CPU).
+        assert "_foreach_lerp_" in foreach.ops and len(foreach.ops) >= 2, foreach.ops
+        assert all("cuda" in kinds for kinds in foreach.ops.values()), foreach.ops
+        for weights in (model, ema.module):
+            result = engine.evaluate(engine.EvalStep(weights, cuda, "bf16", tta_flip=True), test)
+            assert result["loss"].dtype == torch.float32
+            assert result["loss"].device.type == result["acc"].device.type == "cuda"
     aug.fill_colour.cache_clear()  # it holds fake tensors now
+
+
+def twin_on(device: torch.device, name: str, model):
+    """A fresh `name` model on `device` holding `model`'s state: what copy.deepcopy gives, without deep-copying
+    fake tensors (that corrupted the heap at the interpreter's exit here, torch 2.14)."""
+    from cvlab.core.models import build_model
+    with device:
+        twin = build_model(name)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def skip_without_fake_cuda(cuda: torch.device) -> None:
+    """Skip where this torch cannot move a fake tensor to CUDA without a driver (torch 2.1's CUDA builds call the
+    CUDA runtime for it); the reason quotes its error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    try:
+        with FakeTensorMode():
+            torch.zeros(1).to(cuda)
+    except (RuntimeError, AssertionError) as error:
+        pytest.skip(f"torch {torch.__version__} cannot make a fake CUDA tensor here: "
+                    f"{str(error).splitlines()[0]}")
+
+
+def autocast_on_a_fake_device(monkeypatch):
+    """torch.autocast that accepts device_type "cuda" on a machine without CUDA: it would otherwise disable
+    itself with a warning (torch.cuda.is_available() is False, and bf16 support cannot be asked). Only its
+    construction sees CUDA as available; entering it sets the real autocast state for CUDA."""
+    real = torch.autocast
+
+    class FakeDeviceAutocast(real):
+        def __init__(self, *args, **kwargs):
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.cuda, "is_available", lambda: True)
+                patch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+                super().__init__(*args, **kwargs)
+    return FakeDeviceAutocast
+
+
+def record_training(monkeypatch, step) -> dict:
+    """Record each step's logits and loss (dtype, device kind) and replace backward by fake gradients: ones on
+    each parameter's device, as autograd would leave them (fp32 parameters get fp32 gradients under autocast)."""
+    seen: dict[str, list] = {"logits": [], "loss": []}
+    forward = step.model.forward
+
+    def recorded_forward(x):
+        logits = forward(x)
+        seen["logits"].append((logits.dtype, logits.device.type))
+        return logits
+
+    def fake_backward(loss, *args, **kwargs):
+        seen["loss"].append((loss.dtype, loss.device.type))
+        for p in step.model.parameters():
+            p.grad = torch.ones_like(p)
+    monkeypatch.setattr(step.model, "forward", recorded_forward)
+    monkeypatch.setattr(torch.Tensor, "backward", fake_backward)
+    return seen
+
+
+class ForeachOps:
+    """A dispatch mode (entered inside the fake mode) that records each _foreach_* op with the device kinds of
+    its tensors."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, set] = {}
+        self._mode = None
+
+    def __enter__(self) -> "ForeachOps":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        ops = self.ops
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if name.startswith("_foreach"):
+                    flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
+                    ops.setdefault(name, set()).update(t.device.type for t in flat if isinstance(t, torch.Tensor))
+                return func(*args, **(kwargs or {}))
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
 
 
 def on_the_host(function):
