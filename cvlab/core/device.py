@@ -336,14 +336,23 @@ def _fp32_precision(path: list[str]) -> str | None:
     (cudnn.conv -> cudnn -> backends). None where this torch has no such API."""
     nodes = [torch.backends]
     for name in path:
-        nodes.append(getattr(nodes[-1], name, None))
-    if any(n is None for n in nodes) or not isinstance(getattr(nodes[-1], "fp32_precision", None), str):
+        nodes.append(_attribute(nodes[-1], name))
+    if any(n is None for n in nodes) or not isinstance(_attribute(nodes[-1], "fp32_precision"), str):
         return None
     for node in reversed(nodes):
-        value = getattr(node, "fp32_precision", "none")
+        value = _attribute(node, "fp32_precision") or "none"
         if value != "none":
             return value
     return "ieee"
+
+
+def _attribute(obj, name: str):
+    """getattr(obj, name, None), also where torch answers an unknown name with AssertionError (torch 2.1's
+    torch.backends.cuda.matmul does)."""
+    try:
+        return getattr(obj, name, None)
+    except AssertionError:
+        return None
 
 
 # ---------------------------------------------------------------------------- precision helpers
