@@ -164,7 +164,7 @@ def test_parallel_ablation_writes_the_sequential_table(tmp_path):
     seq, par = (pd.read_csv(tmp_path / d / LADDER_CSV) for d in ("seq", "par"))
     columns = [c for c in seq.columns if c not in ("seconds", "images_per_second")]
     pd.testing.assert_frame_equal(par[columns], seq[columns], rtol=1e-4)
-    assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == ["+norm-shuffle-s0.log", "handout-s0.log"]
+    assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == ["+cifar-norm-s0.log", "handout-s0.log"]
 
 
 @pytest.mark.slow

@@ -125,6 +125,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch asks to file an issue
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # torch 2.1's own loader
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # the refused class as each torch words it: "GLOBAL posix.system" (2.4+), "Unsupported class posix.system" (2.1)

@@ -145,7 +145,8 @@ def object_listing(obj: Callable[..., Any], commit: str | None) -> Listing:
 
 
 def preset_listing(name: str, commit: str | None) -> Listing:
-    """The lines of cvlab/core/config.py that define preset `name` (its `_derive(...)` call or its entry)."""
+    """The lines of cvlab/core/config.py that define preset `name` (its `_derive(...)` call or its PRESETS entry,
+    a (description, fields) tuple; other dicts keyed by preset names, e.g. ARCHITECTURAL, are not definitions)."""
     path = "cvlab/core/config.py"
     for where in ([commit, None] if commit else [None]):
         try:
@@ -159,7 +160,7 @@ def preset_listing(name: str, commit: str | None) -> Listing:
                 return Listing(f"preset {name}", path, start, end, body, where or "working tree")
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
-                    if isinstance(key, ast.Constant) and key.value == name:
+                    if isinstance(key, ast.Constant) and key.value == name and isinstance(value, ast.Tuple):
                         lines = text.splitlines()[key.lineno - 1:value.end_lineno]
                         return Listing(f"preset {name}", path, key.lineno, value.end_lineno, "\n".join(lines),
                                        where or "working tree")
