@@ -204,6 +204,9 @@ def curve_summary(history) -> dict:
 
     s = summarize_history(history.to_dict("records"))
     first, last = s["first"], s["final"]
+    at_min = history.loc[history.epoch == s["min_test_loss_epoch"]].iloc[0]
+    after = history.loc[history.epoch >= s["min_test_loss_epoch"]]
+    after_min = after.loc[after.test_acc.idxmin()]
     return {
         "epochs": s["epochs"],
         "first_train_loss": float(first["train_loss"]), "final_train_loss": float(last["train_loss"]),
@@ -217,7 +220,48 @@ def curve_summary(history) -> dict:
         "loss_gap": float(last["test_loss"] - last["train_loss"]),
         "best_test_acc": float(s["best_test_acc"]), "best_test_acc_epoch": int(s["best_test_acc_epoch"]),
         "final_epoch": int(last["epoch"]),
+        # the test accuracy where the test loss is lowest, and its lowest value after that epoch: a test loss that
+        # rises while the accuracy holds is over-confidence, not worse classification
+        "test_acc_at_min_loss": float(at_min["test_acc"]),
+        "min_test_acc_after": float(after["test_acc"].min()), "min_test_acc_after_epoch": int(after_min["epoch"]),
     }
+
+
+def device_zh(device: str) -> str:
+    """A run's device string said in Chinese: 'cpu (x86_64, 1 threads)' -> 'CPU（x86_64，1 个线程）';
+    anything else (a GPU's name) unchanged."""
+    import re
+
+    match = re.fullmatch(r"cpu \((.+), (\d+) threads?\)", str(device))
+    return f"CPU（{match.group(1)}，{match.group(2)} 个线程）" if match else str(device)
+
+
+def test_trend_zh(s: dict) -> str:
+    """What a run's test curves say about overfitting (`s`: curve_summary), test loss and test accuracy read
+    separately: a test loss that rises while the test accuracy does not fall is over-confidence on the images
+    it gets wrong, which is overfitting by the loss but not by the accuracy."""
+    lowest, e_min, last = s["min_test_loss"], s["min_test_loss_epoch"], s["final_epoch"]
+    if s["epochs"] < 2:
+        return "只有 1 个 epoch，看不出测试损失的走势，也无从判断过拟合（overfitting）"
+    if not s["turned_up"]:
+        if e_min == last:
+            return (f"测试损失在最后一个 epoch（第 {last} 个）仍是最低（{lowest:.3f}），还没有回升；"
+                    "要看到过拟合的拐点需要训练更多 epoch")
+        return (f"测试损失在第 {e_min} 个 epoch 最低（{lowest:.3f}），之后基本持平（最后一个 epoch 只高 "
+                f"{s['test_loss_rise']:.3f}，不到 1%），还不能判断是否开始过拟合")
+    rise = (f"测试损失在第 {e_min} 个 epoch 最低（{lowest:.3f}），到第 {last} 个 epoch 回升到 {s['final_test_loss']:.3f}"
+            f"（升高 {s['test_loss_rise']:.3f}）")
+    then, now = s["test_acc_at_min_loss"], s["final_test_acc"]
+    if now < then:
+        return (rise + f"；测试准确率也从第 {e_min} 个 epoch 的 {then:.2%} 降到 {now:.2%}：模型在训练集上继续变好、"
+                "在测试集上变差，按损失和按准确率看都是过拟合（overfitting）")
+    dip = (f"（中间在第 {s['min_test_acc_after_epoch']} 个 epoch 一度降到 {s['min_test_acc_after']:.2%}）"
+           if s["min_test_acc_after"] < then - 0.01 else "")
+    best = "，也是本次运行的最高值" if s["best_test_acc_epoch"] == last else ""
+    return (rise + f"。但测试准确率没有变差：第 {last} 个 epoch 的 {now:.2%} 不低于测试损失最低的第 {e_min} 个 epoch 的 "
+            f"{then:.2%}{best}{dip}。升高的是损失而不是错误率：交叉熵看的是模型给正确类别的概率，模型对分错的测试图给出越来越"
+            "自信的错误预测（过度自信，over-confidence）时，即使准确率不变，损失也会上升。所以按测试损失看过拟合（overfitting）"
+            "已经开始，按测试准确率看到这个 epoch 为止还没有")
 
 
 def describe_run_zh(run: Run) -> str:
@@ -227,12 +271,12 @@ def describe_run_zh(run: Run) -> str:
     data = "合成数据（SYNTHETIC，不是 CIFAR-100）" if run.synthetic else "真实 CIFAR-100"
     subset = "（类别均衡子集）" if ds.get("subset") else "（全部）"
     shuffle = "每个 epoch 打乱" if c.get("shuffle") else "不打乱"
-    norm = "MNIST 标准化常数" if c.get("normalization") == "handout" else "CIFAR-100 逐通道标准化"
+    norm = "MNIST 的归一化常数" if c.get("normalization") == "handout" else "CIFAR-100 逐通道归一化"
     ips = m.get("mean_images_per_second")
     speed = f"，平均 {ips:,.0f} 张/秒（训练）" if ips else ""
     return (f"预设 `{c.get('preset')}`（模型 `{c.get('model')}`，{c.get('optimizer')}，lr {c.get('lr')}，"
-            f"batch {c.get('batch_size')}，{shuffle}，{norm}）；数据：{data}，训练 {ds.get('n_train', 0):,} 张"
-            f"{subset} / 测试 {ds.get('n_test', 0):,} 张；设备：{m.get('device', '?')}，精度 {m.get('precision', '?')}；"
+            f"批量大小 {c.get('batch_size')}，{shuffle}，{norm}）；数据：{data}，训练 {ds.get('n_train', 0):,} 张"
+            f"{subset} / 测试 {ds.get('n_test', 0):,} 张；设备：{device_zh(m.get('device', '?'))}，精度 {m.get('precision', '?')}；"
             f"1 个种子（seed {c.get('seed')}）；完成 {m.get('epochs_done', len(run.history))}/{c.get('epochs')} 个 epoch，"
             f"用时 {m.get('total_seconds', 0):,.0f} 秒{speed}。")
 
@@ -248,18 +292,7 @@ def discussion_zh(run: Run, bn: dict | None = None) -> str:
     lines.append(f"- 训练损失（train loss）从第 1 个 epoch 的 {s['first_train_loss']:.3f} "
                  f"变为第 {s['final_epoch']} 个 epoch 的 {s['final_train_loss']:.3f}；"
                  f"测试损失（test loss）从 {s['first_test_loss']:.3f} 变为 {s['final_test_loss']:.3f}。")
-    if s["epochs"] < 2:
-        lines.append("- 只有 1 个 epoch，看不出测试损失的走势，也无从判断过拟合（overfitting）。")
-    elif s["turned_up"]:
-        lines.append(f"- 测试损失在第 {s['min_test_loss_epoch']} 个 epoch 最低（{s['min_test_loss']:.3f}），"
-                     f"之后回升到 {s['final_test_loss']:.3f}（升高 {s['test_loss_rise']:.3f}）："
-                     f"从这里起模型在训练集上继续变好、在测试集上变差，即过拟合（overfitting）开始。")
-    elif s["min_test_loss_epoch"] == s["final_epoch"]:
-        lines.append(f"- 测试损失在最后一个 epoch（第 {s['final_epoch']} 个）仍是最低（{s['min_test_loss']:.3f}），"
-                     "本次运行中还没有回升；要看到拐点需要训练更多 epoch。")
-    else:
-        lines.append(f"- 测试损失在第 {s['min_test_loss_epoch']} 个 epoch 最低（{s['min_test_loss']:.3f}），"
-                     f"之后基本持平（最后一个 epoch 只高 {s['test_loss_rise']:.3f}，不到 1%），还不能判断是否开始过拟合。")
+    lines.append(f"- {test_trend_zh(s)}。")
     gap_pp = 100 * s["acc_gap"]
     size = "已经明显" if gap_pp >= 10 else "还不大"
     lines.append(f"- 最后一个 epoch：训练准确率 {s['final_train_acc']:.1%}，测试准确率 {s['final_test_acc']:.1%}，"
@@ -299,6 +332,20 @@ def cpu_run_label_zh(run: Run) -> str:
     return f"在 CPU 上训练了 {planned} 个 epoch 中的前 {len(run.history)} 个"
 
 
+# RunDir.status() in Chinese: metrics.json's own word, except that a run which says "running" while no live
+# process holds its lock was stopped ("interrupted")
+STATUS_ZH = {"complete": "已完成（complete）", "interrupted": "中途停止（interrupted）", "running": "正在运行（running）",
+             "diverged": "发散后停止（diverged）", "started": "第 1 个 epoch 结束前停止（started）", "new": "没有运行（new）"}
+
+
+def run_status_zh(path) -> str:
+    """The status of a run directory as RunDir.status() reads it (not metrics.json's word alone), in Chinese."""
+    from ..core.runs import RunDir
+
+    status = RunDir(path).status()
+    return STATUS_ZH.get(status, status)
+
+
 def reference_run_zh(path=HANDOUT_CPU_RUN) -> str:
     """What to expect from the handout's settings: the committed CPU run's curves discussed in Chinese
     (discussion_zh), labelled with how many of its epochs it holds; one line when it is not there."""
@@ -310,4 +357,4 @@ def reference_run_zh(path=HANDOUT_CPU_RUN) -> str:
     except RunDirError:
         return f"（没有找到提交的参照运行 `{path}`。）"
     return (f"**参照：讲义的设置在完整 CIFAR-100 上的一次运行**（`docs/results/{run.path.name}`，"
-            f"{cpu_run_label_zh(run)}，状态 {run.metrics.get('status', '?')}）\n\n" + discussion_zh(run))
+            f"{cpu_run_label_zh(run)}，状态：{run_status_zh(run.path)}）\n\n" + discussion_zh(run))
