@@ -92,8 +92,8 @@ def batch_size_demo(fig_dir: str | Path, data: DemoData, quick: bool = True, see
 
 def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Path:
     fig, ax = new_figure(3, panel=(4.6, 3.7))
-    batch = zh("批大小 B (batch size)", "batch size B")
-    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=zh(f"实测（每种批大小抽 {draws} 次）", f"measured ({draws} draws each)"))
+    batch = zh("批量大小 B (batch size)", "batch size B")
+    ax[0, 0].loglog(noise.batch_size, noise.measured_sq_error, "o", label=zh(f"实测（每种批量大小抽 {draws} 次）", f"measured ({draws} draws each)"))
     ax[0, 0].loglog(noise.batch_size, noise.theory_sq_error, "-", label=zh("理论 tr(Σ)/B·(N−B)/(N−1)", "tr(Sigma)/B * (N-B)/(N-1)"))
     ax[0, 0].set(title=zh(f"小批量梯度的误差 E|g_B − g|²（N = {n}）", f"E|g_B - g|^2 vs batch size (N = {n})"),
                  xlabel=batch, ylabel=zh("平方误差", "squared error"))
@@ -105,7 +105,7 @@ def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Pa
     ax[0, 2].bar_label(bars, fontsize=printed(fig, 7))
     ax[0, 2].set(title=zh(f"每个 epoch 的步数，{CIFAR_TRAIN_IMAGES:,} 张图（橙色：讲义）",
                           f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)"),
-                 xlabel=zh("批大小 (batch size)", "batch size"),
+                 xlabel=zh("批量大小 (batch size)", "batch size"),
                  ylabel=zh(f"步数 = ceil({CIFAR_TRAIN_IMAGES} / B)", f"ceil({CIFAR_TRAIN_IMAGES} / B)"))
     ax[0, 2].set_yscale("log")
     ax[0, 2].set_ylim(top=2 * max(epoch.steps_per_epoch))  # room for the tallest bar's label
@@ -193,5 +193,5 @@ def _plot_batch_training(fig_dir, steps: dict, history, data: DemoData, n: int, 
         a.grid(alpha=0.3)
     # both panels use the same colours: one legend below them (inside, it sat on the loss curves)
     legend_below(fig, *ax[0, 0].get_legend_handles_labels(), ncol=len(steps),
-                 title=zh("批大小 B (batch size)，学习率，步数", "batch size, learning rate, steps"))
+                 title=zh("批量大小 B (batch size)，学习率，步数", "batch size, learning rate, steps"))
     return save_demo_figure(fig, fig_dir, "batch_size_training.png", synthetic=data.synthetic)

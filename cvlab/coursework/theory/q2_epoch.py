@@ -52,7 +52,7 @@ def epoch_demo(fig_dir: str | Path, n_images: int = CIFAR_TRAIN_IMAGES, batch_si
         ax[0, col].grid(alpha=0.3)
     result["total_steps"] = result["no_shuffle"]["steps_per_epoch"] * epochs
     steps, last = result["no_shuffle"]["steps_per_epoch"], result["no_shuffle"]["last_batch"]
-    fig.suptitle(zh(f"{n_images:,} 张图，批大小 {batch_size}：每个 epoch {steps} 步（最后一批 {last} 张）；抽 3,000 张图看它们落在哪一批",
+    fig.suptitle(zh(f"{n_images:,} 张图，批量大小 {batch_size}：每个 epoch {steps} 步（最后一批 {last} 张）；抽 3,000 张图看它们落在哪一批",
                     f"{n_images:,} images, batch {batch_size}: {steps} steps per epoch (last batch {last}); "
                     "where 3,000 images land"), fontsize=10)
     result["figure"] = save_demo_figure(fig, fig_dir, "epoch_batches.png")

@@ -121,7 +121,7 @@ def regularization_demo(fig_dir: str | Path, data: DemoData, quick: bool = True,
 
 
 # the Chinese names of REGULARIZERS' settings in the figure ("{}": the value that ends the English name)
-_ZH_SETTING = {"none": "无正则化", "augment": "数据增广 (augmentation)：随机裁剪 4 + 水平翻转",
+_ZH_SETTING = {"none": "无正则化", "augment": "数据增强 (augmentation)：随机裁剪 4 + 水平翻转",
                "weight": "权重衰减 (weight decay) {}"}
 
 
@@ -139,7 +139,7 @@ def _plot_regularization(fig_dir, histories: dict, data: DemoData, n_train: int,
     handles += [Line2D([], [], color="0.3", ls="--"), Line2D([], [], color="0.3", ls="-")]
     labels += [zh("虚线：训练集 (train)", "dashed: train"), zh("实线：测试集 (test)", "solid: test")]
     ax[0, 0].set(title=zh(f"小 CNN，{n_train} 张训练图，{epochs} 个 epoch", f"small CNN, {n_train} train images, {epochs} epochs"),
-                 xlabel="epoch", ylabel=zh("交叉熵（训练损失在未增广的图上算）", "cross-entropy (train: clean images)"))
+                 xlabel="epoch", ylabel=zh("交叉熵（训练损失在未做数据增强的图上算）", "cross-entropy (train: clean images)"))
     ax[0, 1].set(title=zh("泛化差距 (generalization gap)：测试损失 − 训练损失", "generalization gap: test loss - train loss"),
                  xlabel="epoch", ylabel=zh("损失差距", "loss gap"))
     for a in ax[0]:

@@ -161,7 +161,7 @@ def _plot_residual(fig_dir, grads: dict, curves: dict, data: DemoData, steps: in
         kind, layers = name.split(", ")
         ax[0, 2].plot(np.arange(len(s)) + len(c) - len(s) + 1, s, color=["C2", "C3", "C0"][i],
                       label=_net_label(kind, int(layers.split()[0])))
-    ax[0, 2].set(title=zh("训练损失，Adam 1e-3，批大小 64（有 BN）", "training loss, Adam 1e-3, batch 64 (BN)"),
+    ax[0, 2].set(title=zh("训练损失，Adam 1e-3，批量大小 64（有 BN）", "training loss, Adam 1e-3, batch 64 (BN)"),
                  xlabel=zh("步数 (step)", "step"), ylabel=zh("交叉熵（10 步滑动平均）", "cross-entropy (10-step mean)"))
     ax[0, 2].grid(alpha=0.3)
     # one legend below all three panels (inside, it covered curves): a network has the same colour and entry

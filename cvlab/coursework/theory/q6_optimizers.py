@@ -170,6 +170,7 @@ def _plot_optimizers(fig_dir, runs: dict) -> Path:
 # they only save runs: the grid still widens by half decades until the best is inside it, on any data. The
 # handout's Adam(lr=1e-4) is among Adam's. AdamW is left out: without weight decay it is Adam, and its decoupled
 # decay matters over long training, not in a few dozen steps.
+NETWORK_LR_STEP = 0.5  # log10 spacing of the rates network_demo tries (half a decade), and of its widening
 NETWORK_OPTIMIZERS: dict[str, tuple[Callable, tuple[float, ...]]] = {
     "SGD": (lambda p, lr: torch.optim.SGD(p, lr=lr), (-2.5, -2.0, -1.5)),
     "SGD+momentum": (lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9), (-3.0, -2.5, -2.0)),
@@ -215,10 +216,10 @@ def _sweep(name: str, train, epochs: int, batch: int, seed: int, max_widen: int)
             else:
                 tried[e]["model"] = None
         exps = sorted(tried)
-        if best == exps[0] and exps[0] > start[0] - 0.5 * max_widen:
-            grid = [exps[0] - 0.5]
-        elif best == exps[-1] and exps[-1] < start[-1] + 0.5 * max_widen:
-            grid = [exps[-1] + 0.5]
+        if best == exps[0] and exps[0] > start[0] - NETWORK_LR_STEP * max_widen:
+            grid = [exps[0] - NETWORK_LR_STEP]
+        elif best == exps[-1] and exps[-1] < start[-1] + NETWORK_LR_STEP * max_widen:
+            grid = [exps[-1] + NETWORK_LR_STEP]
         else:
             break
     return tried, best
