@@ -36,6 +36,11 @@ GENERATED_NOTE = ("<!-- generated from answers/templates/{name}.md and docs/resu
 
 # ---------------------------------------------------------------------------- numbers from each demo
 
+LOSS_TIE = 0.05      # nats: two single-seed runs whose losses differ by less are not ordered ("a tie")
+CHANCE_CLASSES = 100  # CIFAR-100: guessing gives accuracy 1/100 and cross-entropy ln 100
+NEAR_CHANCE = 2.0     # an accuracy under this many times chance is "close to guessing"
+
+
 def _f(value) -> float:
     return float(value)
 
@@ -83,7 +88,16 @@ def q2_numbers(r: dict) -> dict[str, Any]:
             "images_per_epoch": plain["images_per_epoch"], "total_steps": r["total_steps"],
             "prints_per_epoch": len(range(0, plain["steps_per_epoch"], 10)),
             "kept_no_shuffle": _f(plain["batchmates_kept"]), "kept_shuffle": _f(shuffled["batchmates_kept"]),
-            "kept_theory": (b - 1) / (n - 1)}
+            # a random partition into batches of sizes s_j keeps a pair together with probability
+            # sum s_j (s_j - 1) / (N (N - 1)); (B - 1)/(N - 1) only when every batch has B images
+            "kept_theory": kept_together(n, [b] * (plain["steps_per_epoch"] - 1) + [plain["last_batch"]]),
+            "kept_equal_batches": (b - 1) / (n - 1)}
+
+
+def kept_together(n: int, sizes: list[int]) -> float:
+    """Probability that two given images share a batch when n images are split at random into batches of `sizes`."""
+    assert sum(sizes) == n, (sizes, n)
+    return sum(s * (s - 1) for s in sizes) / (n * (n - 1))
 
 
 def _regularization_keys() -> dict[str, str]:
@@ -157,8 +171,9 @@ def q4_wording(n: dict[str, Any]) -> dict[str, str]:
     vanish = n["plain_nobn_first_over_last"] < 1e-3
     he_fixes = n["plain_nobn_he_first"] > 1e3 * n["plain_nobn_first"]
     grows = n["plain_bn_first_over_last"] > 1
-    deeper_worse, shortcut_best = n["plain32_loss"] > n["plain8_loss"], n["residual32_loss"] < min(
-        n["plain8_loss"], n["plain32_loss"])
+    deeper_worse = n["plain32_loss"] - n["plain8_loss"] >= LOSS_TIE
+    shortcut_best = min(n["plain8_loss"], n["plain32_loss"]) - n["residual32_loss"] >= LOSS_TIE
+    losses = [n["plain8_loss"], n["plain32_loss"], n["residual32_loss"]]
     return {
         "nobn_zh": ("普通网络的梯度向输入端指数衰减" if vanish else "普通网络的梯度向输入端没有明显衰减"),
         "he_zh": (("两者同一量级，" if 0.1 < n["plain_nobn_he_first_over_last"] < 10 else "")
@@ -166,9 +181,21 @@ def q4_wording(n: dict[str, Any]) -> dict[str, str]:
                   else "梯度仍然很小：这里的消失不能只归因于初始化"),
         "bn_zh": (f"第 1 层的梯度是最后一个卷积层的 {n['plain_bn_first_over_last']:.0f} 倍，梯度向输入端变大而不是消失"
                   if grows else "第 1 层的梯度没有大于最后一个卷积层的"),
-        "degradation_zh": ("方向与退化现象一致（更深的普通网络更差，加捷径后最好）" if deeper_worse and shortcut_best
-                           else "这次的方向与退化现象不完全一致" + ("（32 层普通网络不比 8 层差）" if not deeper_worse
-                                                                    else "（加捷径后不是最好）"))}
+        "degradation_zh": (f"方向与退化现象一致（更深的普通网络更差，加捷径后最好，相邻两者都相差 {LOSS_TIE:g} 以上）"
+                           if deeper_worse and shortcut_best
+                           else "这次的方向与退化现象不完全一致" + (f"（32 层普通网络不比 8 层差出 {LOSS_TIE:g} 以上）"
+                                                                    if not deeper_worse else "（加捷径后不是明显最好）")),
+        "chance_zh": chance_loss_zh(losses, n["chance_loss"])}
+
+
+def chance_loss_zh(losses: list[float], chance: float, near: float = 0.95) -> str:
+    """Training losses against guessing (ln 100): 'close to guessing' only when even the lowest is within
+    1 - `near` of it; otherwise how far below guessing the lowest one is."""
+    lowest = min(losses)
+    if lowest >= near * chance:
+        return f"损失都还接近随机猜测的 $\\ln 100={chance:.2f}$（最低的 {lowest:.2f} 也在它的 {1 - near:.0%} 以内）"
+    return (f"三个损失都低于随机猜测的 $\\ln 100={chance:.2f}$（最低的 {lowest:.2f}，是它的 {lowest / chance:.0%}），"
+            "但没有重复实验，不知道它们之间的差别有多少来自随机性")
 
 
 def q5_numbers(r: dict) -> dict[str, Any]:
@@ -256,49 +283,108 @@ def _names(keys) -> str:
     return "、".join(ZH_OPTIMIZERS[k] for k in keys)
 
 
+def tie_zh(diff: float, tie: float = LOSS_TIE) -> str:
+    """'相差 0.031，不到 0.05' for a difference one seed cannot order."""
+    return f"相差 {abs(diff):.3f}，不到 {tie:g}"
+
+
+def accuracy_se(acc: float, n_test: int) -> float:
+    """Standard error of a test accuracy measured on n_test images (binomial)."""
+    return math.sqrt(acc * (1 - acc) / n_test)
+
+
+def chance_acc_zh(accs: list[float], n_test: int | None = None, classes: int = CHANCE_CLASSES) -> str:
+    """Test accuracies against guessing (1/classes): 'close to guessing' only under NEAR_CHANCE times it;
+    otherwise how many times guessing the best one is, with its standard error when `n_test` is known."""
+    chance, best = 1 / classes, max(accs)
+    if best < NEAR_CHANCE * chance:
+        return f"测试准确率都不到随机猜测（{chance:.0%}）的 {NEAR_CHANCE:g} 倍，仍接近随机猜测"
+    se = f"（{n_test:,} 张测试图，标准误约 {100 * accuracy_se(best, n_test):.1f} 个百分点）" if n_test else ""
+    return (f"最高的测试准确率 {best:.1%} 是随机猜测（{chance:.0%}）的 {best / chance:.1f} 倍{se}："
+            "已经学到了一些东西，但离有用的分类器还很远")
+
+
+def rate_tex(lr: float) -> str:
+    """A learning rate in LaTeX: $10^{-4.5}$ when it sits on a quarter-decade grid, else $a\\times10^{k}$."""
+    exponent = math.log10(lr)
+    if abs(4 * exponent - round(4 * exponent)) < 1e-9:
+        e = round(4 * exponent) / 4
+        return f"$10^{{{e:g}}}$" if e != 0 else "$1$"
+    return f"${format_value(lr, 'tex2')}$"
+
+
 def q6_network_wording(n: dict[str, Any]) -> dict[str, str | None]:
     """Answer (6) on the handout network: the optimizers ranked by training loss and by test accuracy, and the
     handout's Adam rate against Adam's best, as the numbers say; one seed, so small gaps are called ties."""
     rows = n.get("net_rows")
     if not rows:
         return {"net_rows_zh": None, "net_zh": None}
-    listed = "；".join(f"{ZH_OPTIMIZERS[r['key']]}（最佳学习率 {r['lr']:.3g}，试了 {r['rates_tried']} 个）最后四分之一步的平均训练损失 "
-                      f"{r['train_loss']:.3f}，测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
+    listed = "；".join(f"{ZH_OPTIMIZERS[r['key']]}（最佳学习率 {rate_tex(r['lr'])}，试了 {r['rates_tried']} 个）最后 1/4 的迭代步"
+                      f"的平均训练损失 {r['train_loss']:.3f}，测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}"
+                      for r in rows)
     by = {r["key"]: r for r in rows}
     ranked = sorted(rows, key=lambda r: r["train_loss"])
-    tie = 0.05  # train-loss gap (nats) below which one seed cannot order two runs
+    tie = LOSS_TIE
     first = [r for r in ranked if r["train_loss"] - ranked[0]["train_loss"] < tie]
-    parts = [("训练损失最低的是 " if len(first) == 1 else "训练损失最低、彼此相差不到 0.05 的是 ")
+    parts = [("训练损失最低的是 " if len(first) == 1 else f"训练损失最低、彼此相差不到 {tie:g} 的是 ")
              + _names(r["key"] for r in first)]
     gap = by["sgd"]["train_loss"] - by["momentum"]["train_loss"]
     parts.append(f"动量把 SGD 的训练损失降低了 {gap:.3f}" if gap >= tie else
-                 ("动量没有让 SGD 的训练损失明显降低（相差不到 0.05）" if gap > -tie else f"动量反而让训练损失高了 {-gap:.3f}"))
-    adaptive = [r for r in rows if r["key"] in ("adagrad", "rmsprop", "adam")]
-    sgd_family = [r for r in rows if r["key"] in ("sgd", "momentum")]
-    d_train = min(r["train_loss"] for r in sgd_family) - min(r["train_loss"] for r in adaptive)
-    d_test = min(r["test_loss"] for r in sgd_family) - min(r["test_loss"] for r in adaptive)
-    if d_train >= tie:
-        parts.append(f"自适应方法的最低训练损失比 SGD 类低 {d_train:.2f}，最低测试损失却"
-                     + (f"只低 {d_test:.2f}" if d_test >= 0 else f"反而高 {-d_test:.2f}")
-                     + ("：多降的训练损失大多变成了训练与测试之间的差距（第二个 epoch 又看到同样的图像，即第 (3) 题的过拟合）"
-                        if d_test < d_train / 2 else ""))
-    best_acc = max(r["test_acc"] for r in rows)
-    top = [r for r in rows if r["test_acc"] == best_acc]
-    chance = best_acc < 0.05
-    parts.append(("测试准确率都还接近随机猜测（1%），这么短的训练分不出泛化的好坏" if chance else
-                  f"测试准确率最高的是 {_names(r['key'] for r in top)}（{best_acc:.1%}），"
-                  "但只有一个 seed、一千张测试图，几个百分点以内的差别不可靠"))
-    if n["net_adam_handout_lr"] != by["adam"]["lr"]:
-        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:g} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
-                     f"比它在最佳学习率 {by['adam']['lr']:.3g} 下的 {by['adam']['train_loss']:.3f} 高"
-                     f" {n['net_adam_handout_loss'] - by['adam']['train_loss']:.3f}：在这么少的步数里 1e-4 偏小，"
-                     f"讲义的 {n['handout_steps']:,} 步能弥补多少，这个短实验回答不了")
-    else:
-        parts.append(f"讲义的学习率 {n['net_adam_handout_lr']:g} 正是 Adam 在这里的最佳学习率")
+                 (f"动量没有让 SGD 的训练损失明显降低（{tie_zh(gap)}）" if gap > -tie else f"动量反而让训练损失高了 {-gap:.3f}"))
+    parts += _adaptive_vs_sgd_zh(rows, n.get("net_n_test"))
+    parts.append(_handout_adam_rate_zh(n, by["adam"]))
     edge = n["net_n_at_edge"]
     parts.append("每个最佳学习率都在试过的范围内部" if edge == 0 else
                  f"有 {edge} 个最佳学习率落在试过的范围端点上（扩展次数用完），它们的排名不可靠")
     return {"net_rows_zh": listed, "net_zh": "；".join(parts)}
+
+
+def _adaptive_vs_sgd_zh(rows: list[dict], n_test: int | None) -> list[str]:
+    """The adaptive methods against SGD with and without momentum, on the handout network: training loss, test
+    loss (each with the one-seed tie) and test accuracy, and why the two losses are not subtracted here."""
+    tie = LOSS_TIE
+    adaptive = [r for r in rows if r["key"] in ("adagrad", "rmsprop", "adam")]
+    sgd_family = [r for r in rows if r["key"] in ("sgd", "momentum")]
+    d_train = min(r["train_loss"] for r in sgd_family) - min(r["train_loss"] for r in adaptive)
+    d_test = min(r["test_loss"] for r in sgd_family) - min(r["test_loss"] for r in adaptive)
+    out = []
+    if abs(d_train) < tie:
+        out.append(f"自适应方法与 SGD 类的最低训练损失{tie_zh(d_train)}，分不出快慢")
+    else:
+        out.append(f"自适应方法的最低训练损失比 SGD 类{'低' if d_train > 0 else '高'} {abs(d_train):.2f}")
+    out.append(f"最低测试损失{tie_zh(d_test)}，一个 seed 分不出高低" if abs(d_test) < tie else
+               f"最低测试损失{'低' if d_test > 0 else '高'} {abs(d_test):.2f}")
+    out.append("这里的训练损失是 train 模式下最后 1/4 迭代步的平均，测试损失是训练结束时 eval 模式下的值（见第 (2) 题），"
+               "两者之差不是泛化差距，这个实验也没有逐 epoch 比较，所以不能据此判断过拟合")
+    acc = lambda group: (min(r["test_acc"] for r in group), max(r["test_acc"] for r in group))
+    (a_lo, a_hi), (s_lo, s_hi) = acc(adaptive), acc(sgd_family)
+    order = ("自适应方法的都高于 SGD 类" if a_lo > s_hi else "SGD 类的都高于自适应方法" if s_lo > a_hi else "两组有重叠")
+    closest = (a_lo - s_hi) if a_lo > s_hi else (s_lo - a_hi) if s_lo > a_hi else None
+    if closest is not None and n_test:
+        two_se = 2 * math.hypot(accuracy_se(a_lo, n_test), accuracy_se(s_hi, n_test))
+        if closest < two_se:
+            order += f"，但两组最接近的两个只差 {100 * closest:.1f} 个百分点，在两个标准误（{100 * two_se:.1f} 个百分点）以内"
+    out.append(f"测试准确率自适应方法 {a_lo:.1%}–{a_hi:.1%}、SGD 类 {s_lo:.1%}–{s_hi:.1%}，{order}；"
+               + chance_acc_zh([r["test_acc"] for r in rows], n_test) + "；只有一个 seed，这些差别不能当作结论")
+    return out
+
+
+def _handout_adam_rate_zh(n: dict[str, Any], adam: dict) -> str:
+    """The handout's Adam rate against Adam's best rate on the sweep's half-decade grid."""
+    from .q6_optimizers import NETWORK_LR_STEP
+
+    handout, best = n["net_adam_handout_lr"], adam["lr"]
+    if handout != best:
+        return (f"讲义的学习率 {rate_tex(handout)} 下 Adam 的训练损失是 {n['net_adam_handout_loss']:.3f}，"
+                f"比它在最佳学习率 {rate_tex(best)} 下的 {adam['train_loss']:.3f} 高 "
+                f"{n['net_adam_handout_loss'] - adam['train_loss']:.3f}：在这么少的步数里讲义的学习率偏小，"
+                f"讲义的 {n['handout_steps']:,} 步能弥补多少，这个短实验回答不了")
+    low, high = math.log10(best) - NETWORK_LR_STEP, math.log10(best) + NETWORK_LR_STEP
+    where = (f"；更细的网格上 Adam 的最佳值可以在 $10^{{{low:g}}}$ 到 $10^{{{high:g}}}$ 之间的任何地方，"
+             f"不能说恰好是 {rate_tex(handout)}" if adam["interior"] else "，而且它落在试过的范围端点上")
+    return (f"讲义的学习率 {rate_tex(handout)} 也是 Adam 在这里最好的学习率，但这只说明它在试过的 {adam['rates_tried']} 个"
+            f"相隔 {NETWORK_LR_STEP:g} 个数量级的学习率中最好（网格的起点取自同一设置下更早的一次扫描，"
+            f"见 `q6_optimizers.NETWORK_OPTIMIZERS` 的注释）" + where)
 
 
 def q6_wording(n: dict[str, Any]) -> dict[str, str]:
@@ -358,22 +444,64 @@ def q1_wording(n: dict[str, Any]) -> dict[str, str]:
     if not rows:
         return {**out, "train_rows_zh": None, "train_zh": None}
     out["train_rows_zh"] = "；".join(
-        f"$B={r['batch_size']}$（学习率 {r['lr']:g}）走 {r['steps']} 步，最后四分之一步的平均训练损失 {r['train_loss']:.3f}，"
+        f"$B={r['batch_size']}$（学习率 {r['lr']:g}）走 {r['steps']} 步，最后 1/4 的迭代步的平均训练损失 {r['train_loss']:.3f}，"
         f"测试损失 {r['test_loss']:.3f}，测试准确率 {r['test_acc']:.1%}" for r in rows)
-    by_batch = sorted(rows, key=lambda r: r["batch_size"])
-    losses = [r["train_loss"] for r in by_batch]
-    lowest = min(rows, key=lambda r: r["train_loss"])["batch_size"]
-    if all(a < b for a, b in zip(losses, losses[1:])):
-        trend = ("看到同样多的图像，批量越大、步数越少，训练损失降得越少：按线性缩放规则放大的学习率没有补回少走的步数。"
-                 "若这些批量都远小于梯度噪声尺度，按线性缩放后各条曲线应随看到的图像数大致重合；它们没有重合，"
-                 "说明至少较大的批量已不在这个范围内")
-    elif all(a > b for a, b in zip(losses, losses[1:])):
-        trend = "看到同样多的图像，批量越大训练损失反而越低：小批量配线性缩放后的小学习率，在这么短的训练里走得更慢"
-    else:
-        trend = f"训练损失没有随批量单调变化（最低的是 $B={lowest}$），这么短的训练不足以排出先后"
-    chance = all(r["test_acc"] < 0.05 for r in rows)
-    out["train_zh"] = trend + ("；测试准确率都还接近随机猜测（1%），测试损失的差别只反映训练的早期阶段" if chance else "")
+    rows = sorted(rows, key=lambda r: r["batch_size"])
+    parts = [batch_trend_zh(rows), batch_confounders_zh(rows, n["train_n"], n["train_epochs"]),
+             chance_acc_zh([r["test_acc"] for r in rows])]
+    parts += [bn_eval_zh(r) for r in rows if r["test_loss"] > EVAL_BN_RATIO * r["train_loss"]]
+    out["train_zh"] = "。".join(parts)
     return out
+
+
+EVAL_BN_RATIO = 1.5  # a test loss this many times the training loss after a few dozen steps is not generalization
+
+
+def batch_trend_zh(rows: list[dict]) -> str:
+    """Training loss across batch sizes (rows sorted by batch size), each neighbouring pair compared with the
+    one-seed tie: only differences of LOSS_TIE or more are given a direction."""
+    pairs = []
+    for a, b in zip(rows, rows[1:]):
+        d = b["train_loss"] - a["train_loss"]
+        pairs.append((a["batch_size"], b["batch_size"], d))
+    said = [f"$B={a}$ 与 $B={b}$ 的训练损失{tie_zh(d)}，一个种子分不出先后" if abs(d) < LOSS_TIE else
+            f"$B={b}$ 的训练损失比 $B={a}$ {'高' if d > 0 else '低'} {abs(d):.3f}" for a, b, d in pairs]
+    ordered = [d for _, _, d in pairs if abs(d) >= LOSS_TIE]
+    if not ordered:
+        summary = "各批量大小的训练损失都分不出先后"
+    elif all(d > 0 for d in ordered):
+        summary = ("分得出先后的，都是批量大小更大、步数更少的一方训练损失更高：看到同样多的图像时，"
+                   "按线性缩放放大的学习率没有补回少走的步数")
+    elif all(d < 0 for d in ordered):
+        summary = "分得出先后的，都是批量大小更大的一方训练损失更低"
+    else:
+        summary = "训练损失没有随批量大小单调变化"
+    return "；".join(said) + "。" + summary
+
+
+def batch_confounders_zh(rows: list[dict], n_train: int, epochs: int) -> str:
+    """Why these runs cannot place the gradient noise scale: the largest batch's rate is scaled without the
+    warm-up that the linear scaling rule asks for, it is a large share of the images, and there is one seed."""
+    big = rows[-1]
+    per_epoch = big["steps"] // epochs
+    return (f"这组结果不能说明哪个批量大小已超过梯度噪声尺度：最大的 $B={big['batch_size']}$ 用了线性缩放后的学习率 "
+            f"{big['lr']:g} 却没有预热（上面的线性缩放规则要求预热），它是 {n_train:,} 张训练图的 "
+            f"{big['batch_size'] / n_train:.0%}，每个 epoch 只走 {per_epoch} 步；每种批量大小也只跑了一个种子")
+
+
+def bn_eval_zh(row: dict) -> str:
+    """A test loss far above the training loss after few steps: BN's running statistics (momentum from the
+    handout network's own BN layers) have only partly replaced their initial values (mean 0, variance 1)."""
+    from torch import nn
+
+    from ...core.models import build_model
+    momentum = next(m.momentum for m in build_model("handout_resnet18").modules() if isinstance(m, nn.BatchNorm2d))
+    steps, kept = row["steps"], (1 - momentum) ** row["steps"]
+    return (f"$B={row['batch_size']}$ 的测试损失 {row['test_loss']:.1f} 是它训练损失的 {row['test_loss'] / row['train_loss']:.0f} 倍："
+            f"它只走了 {steps} 步，BN 的滑动平均（running 统计量，动量 {momentum:g}）只更新了 $1-{1 - momentum:g}^{{{steps}}}"
+            f"\\approx{1 - kept:.2f}$，其余 {kept:.0%} 仍是初始值（均值 0、方差 1），评估模式（eval mode）下的归一化因而失准。"
+            "所以它更可能是评估模式下 BN 的假象，而不是模型在测试集上学坏了（本演示没有在训练模式下测试来证实这一点，"
+            "第 01 章的 `bn_mode_check` 做的正是这种比较）")
 
 
 def q3_wording(n: dict[str, Any]) -> dict[str, str]:
@@ -381,9 +509,9 @@ def q3_wording(n: dict[str, Any]) -> dict[str, str]:
     accs = {k: n[f"{k}_test_acc"] for k in ("none", "augment", "wd")}
     overfits = n["none_min_epoch"] < n["epochs"]
     return {
-        "none_zh": (f"无正则化时测试损失在第 {n['none_min_epoch']} 个 epoch 最低、之后回升，而训练损失继续下降，是典型的过拟合"
+        "none_zh": (f"无正则化时测试损失在第 {n['none_min_epoch']} 个 epoch 最低、之后回升，而训练损失继续下降：按损失看是典型的过拟合"
                     if overfits else f"无正则化时测试损失在 {n['epochs']} 个 epoch 内没有回升，这次没有看到过拟合的典型信号"),
-        "augment_zh": ("数据增广把差距" + ("缩小" if n["augment_gap"] < n["none_gap"] else "扩大")
+        "augment_zh": ("数据增强把差距" + ("缩小" if n["augment_gap"] < n["none_gap"] else "扩大")
                        + f"到无正则化时的 {n['augment_gap_share']:.0%}"
                        + ("，测试准确率也是三者中最高的" if accs["augment"] == max(accs.values())
                           else "，但测试准确率不是三者中最高的")),
@@ -403,7 +531,7 @@ def cpu_run_numbers(run_dir: str | Path | None = None) -> dict[str, Any]:
     matches the committed files; every value None when the run is missing."""
     from ...core.errors import RunDirError
     from ...core.runs import load_run
-    from ..baseline import HANDOUT_CPU_RUN, cpu_run_label_zh, curve_summary
+    from ..baseline import HANDOUT_CPU_RUN, cpu_run_label_zh, curve_summary, device_zh, test_trend_zh
 
     keys = ("label_zh", "epochs", "planned_epochs", "n_train", "n_test", "device", "seed", "train_loss", "test_loss",
             "train_acc", "test_acc", "acc_gap_pp", "min_epoch", "rise", "trend_zh", "seconds_per_epoch")
@@ -413,20 +541,12 @@ def cpu_run_numbers(run_dir: str | Path | None = None) -> dict[str, Any]:
     except (RunDirError, OSError, KeyError, ValueError):
         return {f"cpu_{k}": None for k in keys}
     ds = run.metrics.get("dataset", {})
-    if s["epochs"] < 2:
-        trend = "只有 1 个 epoch，还看不出测试损失的走势"
-    elif s["turned_up"]:
-        trend = (f"测试损失在第 {s['min_test_loss_epoch']} 个 epoch 最低，到第 {s['final_epoch']} 个 epoch 回升了 "
-                 f"{s['test_loss_rise']:.3f}：过拟合已经开始")
-    else:
-        trend = (f"测试损失到第 {s['final_epoch']} 个 epoch 还没有回升（最低点在第 {s['min_test_loss_epoch']} 个 epoch）："
-                 "这些 epoch 里还看不到过拟合的拐点，讲义的 100 个 epoch 的后段会怎样，这次运行不能回答")
     values = {"label_zh": cpu_run_label_zh(run), "epochs": s["epochs"],
               "planned_epochs": run.metrics.get("epochs_planned") or run.config.get("epochs"),
-              "n_train": ds.get("n_train"), "n_test": ds.get("n_test"), "device": run.metrics.get("device"),
+              "n_train": ds.get("n_train"), "n_test": ds.get("n_test"), "device": device_zh(run.metrics.get("device")),
               "seed": run.config.get("seed"), "train_loss": s["final_train_loss"], "test_loss": s["final_test_loss"],
               "train_acc": s["final_train_acc"], "test_acc": s["final_test_acc"], "acc_gap_pp": 100 * s["acc_gap"],
-              "min_epoch": s["min_test_loss_epoch"], "rise": s["test_loss_rise"], "trend_zh": trend,
+              "min_epoch": s["min_test_loss_epoch"], "rise": s["test_loss_rise"], "trend_zh": test_trend_zh(s),
               "seconds_per_epoch": float(run.history.epoch_seconds.mean())}
     return {f"cpu_{k}": v for k, v in values.items()}
 
@@ -507,7 +627,7 @@ def compute(fig_dir: str | Path, data, quick: bool = False, seed: int = 0, basel
             continue
         log(f"{key}: running")
         results[key] = EXTRACT[key](demo()) if key != "q3" else q3_numbers(demo(), baseline_gap(baseline_run))
-    return results
+    return {k: results[k] for k in ("setting", *demos) if k in results}  # question order, also with `only`
 
 
 def write_results(results: dict[str, Any], path: str | Path = RESULTS_FILE) -> Path:
