@@ -69,3 +69,42 @@ def test_official_md5_is_enough(tmp_path, monkeypatch):
     monkeypatch.setitem(data.OFFICIAL_MD5, data.ARCHIVE, data.md5_of(b"pretend"))
     failed, line = doctor.check_data(tmp_path)
     assert failed is None and "official CIFAR-100" in line
+
+
+def _mismatched_torchvision(monkeypatch, tmp_path):
+    """A torchvision that fails to import as one built for another torch does (its C++ operators missing)."""
+    import sys
+
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(fake.parent))
+
+
+def test_a_torchvision_built_for_another_torch_is_one_failed_check_without_traceback(tmp_path, monkeypatch, capsys):
+    import torch
+
+    _mismatched_torchvision(monkeypatch, tmp_path)
+    assert main(["doctor", "--device", "cpu", "--data-root", str(tmp_path / "none")]) == 1
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    failed = [line for line in out.splitlines() if "FAIL  torch/torchvision" in line]
+    assert len(failed) == 1 and "operator torchvision::nms does not exist" in failed[0]
+    assert f"torch {torch.__version__}" in failed[0] and f"torchvision=={doctor.matching_torchvision(torch.__version__)}" in failed[0]
+    assert "Traceback" not in out and "self-test skipped" in out
+    assert out.rstrip().splitlines()[-1].startswith("FAILED: torch/torchvision")
+
+
+def test_matching_torchvision_follows_the_release_pairs():
+    assert doctor.matching_torchvision("2.5.1+cpu") == "0.20" and doctor.matching_torchvision("2.0.0") == "0.15"
+    assert doctor.matching_torchvision("1.13.1") == ""
+
+
+def test_a_part_that_raises_is_a_failed_check_and_the_report_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "preset_plans", lambda device, caps: 1 / 0)
+    assert main(["doctor", "--device", "cpu", "--data-root", str(tmp_path / "none"), "--no-selftest"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  presets                  ZeroDivisionError: division by zero" in out
+    assert "resources    disk" in out and "Traceback" not in out

@@ -79,11 +79,44 @@ class Report:
 
 def _versions() -> str:
     import numpy as np
-    import torchvision
     from ..core.paths import git_commit
     commit = git_commit()
-    return (f"python {platform.python_version()} · torch {torch.__version__} · torchvision {torchvision.__version__}"
+    return (f"python {platform.python_version()} · torch {torch.__version__} · torchvision {_installed('torchvision')}"
             f" · numpy {np.__version__} · cvlab {__version__}" + (f" (git {commit[:12]})" if commit else ""))
+
+
+def _installed(package: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def matching_torchvision(torch_version: str) -> str:
+    """The torchvision release series built for `torch_version` ('2.5.1+cpu' -> '0.20'): torch 2.N pairs with
+    torchvision 0.(N+15) since torch 2.0 / torchvision 0.15; '' for a version outside that rule."""
+    parts = torch_version.split("+")[0].split(".")
+    if len(parts) < 2 or parts[0] != "2" or not parts[1].isdigit():
+        return ""
+    return f"0.{int(parts[1]) + 15}"
+
+
+def check_torchvision() -> Check | None:
+    """A failed Check when torchvision does not import with this torch (a pair from different releases fails with
+    'operator torchvision::nms does not exist'), naming the versions and the pair to install; None when it does."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # ImportError, or RuntimeError from a torchvision built for another torch
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        wanted = matching_torchvision(torch.__version__)
+        fix = (f"install the torchvision built for this torch: pip install torchvision=={wanted}.*"
+               f" (the CPU wheel: add --index-url https://download.pytorch.org/whl/cpu)" if wanted
+               else "install the torchvision release made for this torch")
+        return Check("torch/torchvision", False,
+                     f"torchvision {_installed('torchvision')} does not work with torch {torch.__version__} "
+                     f"({type(exc).__name__}: {first[:120]}); {fix}")
+    return None
 
 
 def _backend_versions(device: torch.device) -> str:
@@ -295,6 +328,19 @@ def self_test(device: torch.device, sizes: Sizes) -> list[Check]:
 
 # ---------------------------------------------------------------------------- the whole report
 
+def stage(report: Report, say, name: str, lines) -> None:
+    """Say the lines `lines()` returns; an exception there becomes a failed check of that name (one line, no
+    traceback), and the report goes on with the next part."""
+    try:
+        for line in lines():
+            say(line)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        check = Check(name, False, f"{type(exc).__name__}: {first[:160]}")
+        report.checks.append(check)
+        say(f"  FAIL  {name:<24} {check.detail}")
+
+
 def run_doctor(device_name: str = "auto", data_root: str | None = None, sizes: Sizes | None = None,
                selftest: bool = True, out=print) -> Report:
     """Print the report line by line through `out`; returns it with every check."""
@@ -311,19 +357,25 @@ def run_doctor(device_name: str = "auto", data_root: str | None = None, sizes: S
     caps = devices.probe(device)
     say(f"cvlab doctor · {time.strftime('%Y-%m-%d %H:%M:%S')}")
     say(f"versions     {_versions()}")
-    say(f"backend      {_backend_versions(device)}")
-    for line in describe_device(device, caps):
-        say(line)
+    broken = check_torchvision()
+    if broken is not None:  # augmentation policies and the data's transforms need it: no self-test without it
+        report.checks.append(broken)
+        say(f"  FAIL  {broken.name:<24} {broken.detail}")
+    stage(report, say, "backend", lambda: [f"backend      {_backend_versions(device)}"])
+    stage(report, say, "device", lambda: describe_device(device, caps))
     say("presets here (python -m cvlab presets for what each one is):")
-    for line in preset_plans(device, caps):
-        say(line)
+    stage(report, say, "presets", lambda: preset_plans(device, caps))
     root = resolve_data_root(data_root or "")
-    failed, line = check_data(root)
-    say(line)
-    if failed is not None:
-        report.checks.append(failed)
-    say(resources(root))
-    if selftest:
+
+    def data_lines() -> list[str]:
+        failed, line = check_data(root)
+        if failed is not None:
+            report.checks.append(failed)
+        return [line]
+
+    stage(report, say, "data", data_lines)
+    stage(report, say, "resources", lambda: [resources(root)])
+    if selftest and broken is None:
         sizes = sizes or (CPU_SIZES if device.type == "cpu" else ACCELERATOR_SIZES)
         plan = devices.make_plan(selftest_config(device, sizes, sizes.models[0]), caps)
         say(f"self-test on {device} with the fast preset's settings ({plan.precision}, {plan.optimizer_kernels} "
@@ -334,6 +386,8 @@ def run_doctor(device_name: str = "auto", data_root: str | None = None, sizes: S
         for check in checks:
             say(f"  {'PASS' if check.ok else 'FAIL'}  {check.name:<24} {check.detail} ({check.seconds:.1f} s)")
         report.checks.extend(checks)
+    elif selftest:
+        say("self-test skipped: it trains with torchvision's transforms (fix torch/torchvision first)")
     failed = report.failed
     total = time.perf_counter() - start
     say(f"all checks passed ({total:.0f} s)" if not failed else
