@@ -479,7 +479,41 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
 
         made = build_submission(out, student, profile.name, folder, {nb.stem: params[nb] for nb in notebooks}, pdf, log)
         log(f"submission: {', '.join(str(p) for p in made)}")
+    line = disk_use_line(run_folders(params.values(), folder))
+    if line:
+        log(line)
     return results
+
+
+RUN_FOLDER_PARAMETERS = ("RUN_DIR", "RUNS_DIR", "BASELINE_RUN_DIR")  # notebook parameters that name run folders
+
+
+def run_folders(params, notebooks_dir: Path) -> list[Path]:
+    """The run folders the notebooks train into (relative parameters resolved from the notebooks' folder), each
+    once and none inside another."""
+    found = sorted({(notebooks_dir / str(p[k])).resolve() for p in params for k in RUN_FOLDER_PARAMETERS
+                    if isinstance(p.get(k), str) and p.get(k)})
+    return [f for f in found if f.is_dir() and not any(o != f and o in f.parents for o in found)]
+
+
+def disk_use_line(folders: list[Path]) -> str:
+    """One line: how much disk the report's runs take, how much of it is checkpoints, and how to free it."""
+    files = [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+    if not files:
+        return ""
+    total = sum(f.stat().st_size for f in files)
+    checkpoints = sum(f.stat().st_size for f in files if f.suffix == ".pt")
+    where = ", ".join(_relative(f) for f in folders)
+    return (f"disk: the runs take {total / 2**20:,.0f} MB in {where} ({checkpoints / 2**20:,.0f} MB of it checkpoints, "
+            "*.pt); the report and the submission are written and need none of it: delete the folder(s) to free it "
+            "(the next report of this profile then trains again)")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,
