@@ -57,7 +57,8 @@ def test_the_plan_takes_the_notebooks_defaults_and_one_size_name():
     (theory,) = plan.plan_notebook("02_theory", {})                   # BUDGET "subset": the report's setting
     assert plan.estimate_seconds(theory, {}) == plan.THEORY_SECONDS[False]
     (smoke,) = plan.plan_notebook("02_theory", {"BUDGET": "smoke"})
-    assert plan.estimate_seconds(smoke, {}) == plan.THEORY_SECONDS[True] and "(QUICK)" in smoke.note
+    assert plan.estimate_seconds(smoke, {}) == plan.THEORY_SECONDS[True] and "(QUICK;" in smoke.note
+    assert "ResNet-18 in Q1 and Q6" in smoke.note  # the demos that train the handout's network are named
     ladder = plan.plan_notebook("03_improvements", {"SYNTHETIC": True})  # BUDGET "subset"
     assert all(p.note == "budget subset" for p in ladder) and sum(p.runs for p in ladder) >= 5
     with pytest.raises(UsageError, match="unknown budget 'huge'"):
@@ -72,15 +73,26 @@ def test_full_data_sizes_come_from_the_split_sizes():
 def test_estimate_and_description():
     plans = [PlannedTraining("01_baseline", "handout_resnet18", 1, 2, 1000, 500, 100),
              PlannedTraining("02_theory", "", 0, 0, 0, 0, 0, "theory demos on the CPU (QUICK)", fixed_seconds=40.0)]
-    rates = {"handout_resnet18": (100.0, 500.0)}
-    assert plan.estimate_seconds(plans[0], rates) == 2000 / 100 + 1000 / 500
-    assert plan.estimate_seconds(plans[1], rates) == 40.0
+    rates = {"handout_resnet18": (plan.CALIBRATION_RATE / 2, 500.0)}   # twice as slow as the calibration run
+    assert plan.estimate_seconds(plans[0], rates) == 2000 / rates["handout_resnet18"][0] + 1000 / 500
+    assert plan.estimate_seconds(plans[1], rates) == 80.0                # the measured 40 s, scaled to this speed
     lines = plan.describe(plans, rates, "cpu (test)")
     assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
-    assert any(line.startswith("  02_theory: theory demos on the CPU (QUICK): ~40 s") for line in lines)
+    assert any(line.startswith("  02_theory: theory demos on the CPU (QUICK): ~80 s (40 s at") for line in lines)
+    overhead = plan.NOTEBOOK_OVERHEAD_SECONDS["01"] * 2
+    assert any(f"data, figures, evaluation and export ~{overhead} s" in line for line in lines)
     assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")
     rates[("handout_resnet18", 100)] = (50.0, 500.0)  # a rate measured at the planned batch wins
     assert plan.estimate_seconds(plans[0], rates) == 2000 / 50 + 1000 / 500
+
+
+def test_measured_times_scale_with_the_speed_the_warm_up_measures_now():
+    theory = PlannedTraining("02_theory", "", 0, 0, 0, 0, 0, "demos", fixed_seconds=100.0)
+    idle = {plan.CALIBRATION_MODEL: (plan.CALIBRATION_RATE, 1.0)}
+    busy = {plan.CALIBRATION_MODEL: (plan.CALIBRATION_RATE / 3.5, 1.0)}   # e.g. a load of 4-5 on 2 cores
+    assert plan.estimate_seconds(theory, idle) == pytest.approx(100.0)
+    assert plan.estimate_seconds(theory, busy) == pytest.approx(350.0)
+    assert plan.speed_factor({}) == 1.0
 
 
 def test_warm_up_measures_positive_rates():

@@ -21,13 +21,24 @@ import torch
 from ..core.config import Config
 from ..core.data import SPLIT_SIZES
 
-# Notebook 02 trains no ResNet-18; its demos (the CPU, one thread) took: the report's setting 312 s on real data at
-# a load average near 1 (`python -m cvlab theory`, docs/results/theory-run.log, 2026-11-28, with Q6's handout-network
-# comparison), QUICK 18-45 s on synthetic data (report --profile smoke, load 2-4).
-THEORY_SECONDS = {True: 40, False: 320}
-# What notebooks 01 and 03 spend besides training epochs (data loading, figures, re-evaluation, HTML/PDF
-# export): 23 s and 17 s in the same quick run (notebook seconds minus the epochs' seconds).
+# What the plan cannot count in training images (notebook 02's demos: the handout's ResNet-18 in Q1 and Q6 on a
+# subset, small CNNs and 2-D surfaces elsewhere; each notebook's data loading, figures, re-evaluation and export)
+# is a measured time, valid at the speed the warm-up measured in the same run. The plan scales it by that speed
+# against the warm-up of this run (speed_factor): a machine twice as busy is about twice as slow at both.
+# Measured together: docs/results/quick-report-run.log (2026-11-28, OMP_NUM_THREADS=1, load 0.55 before and 1.56
+# after): warm-up 194 train img/s (handout model, batch 128); notebook 02 at the report's setting 329 s, notebooks
+# 01 and 03 besides their epochs 23 s and 17 s.
+CALIBRATION_MODEL = "handout_resnet18"
+CALIBRATION_RATE = 194.0          # train images per second in that run's warm-up
+THEORY_SECONDS = {True: 40, False: 320}      # notebook 02, QUICK (smoke) / the report's setting, at CALIBRATION_RATE
 NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
+
+
+def speed_factor(rates: dict) -> float:
+    """How many times slower than the calibration run this machine trains now (its warm-up against
+    CALIBRATION_RATE); 1 without a warm-up of CALIBRATION_MODEL."""
+    rate = rates.get(CALIBRATION_MODEL)
+    return CALIBRATION_RATE / rate[0] if rate and rate[0] > 0 else 1.0
 
 
 @dataclass
@@ -87,8 +98,8 @@ def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
     if stem.startswith("02"):
         quick = _call(parameters.theory_quick, params)
         setting = "QUICK" if quick else "the report's setting"
-        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU ({setting}), no ResNet-18",
-                                fixed_seconds=THEORY_SECONDS[quick])]
+        return [PlannedTraining(stem, "", 0, 0, 0, 0, 0, f"theory demos on the CPU ({setting}; the handout's "
+                                "ResNet-18 in Q1 and Q6, small networks elsewhere)", fixed_seconds=THEORY_SECONDS[quick])]
     if stem.startswith("03"):
         from ..experiments import ablate
 
@@ -154,8 +165,9 @@ def _rate(step: Callable[[], None], mode: Callable, batch: int, steps: int, devi
 
 
 def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]]) -> float | None:
+    """Seconds for `plan`: its images at the warm-up's rates, or its measured time scaled to this machine's speed."""
     if plan.fixed_seconds is not None:
-        return float(plan.fixed_seconds)
+        return float(plan.fixed_seconds) * speed_factor(rates)
     if plan.model not in rates:
         return None
     train, evaluated = plan.images
@@ -228,8 +240,10 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
              price_per_hour: float | None = None, auto_stop_hours: float | None = None) -> list[str]:
     """Lines for the console: one per planned group, the warm-up rates, the total estimate, and (when given a
     price per hour or an auto-stop time) the cost and an auto-stop warning."""
-    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32, plus each notebook's data loading, "
-             "figures and export as measured on a CPU; a busy machine is slower):"]
+    factor = speed_factor(rates)
+    lines = [f"plan (estimate from a short warm-up on {device_label}, fp32; what is not training is a measured time "
+             f"scaled to this warm-up: x{factor:.1f} the time measured at {CALIBRATION_RATE:.0f} img/s, "
+             "docs/results/quick-report-run.log; read it as +-30% or worse when the load changes during the run):"]
     for name, (train, evaluated) in rates.items():
         label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
         lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
@@ -237,13 +251,14 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
     for notebook, seconds in NOTEBOOK_OVERHEAD_SECONDS.items():
         if any(p.notebook.startswith(notebook) for p in plans):
             lines.append(f"  {next(p.notebook for p in plans if p.notebook.startswith(notebook))}: "
-                         f"data, figures, evaluation and export ~{seconds} s")
-            total += seconds
+                         f"data, figures, evaluation and export ~{_duration(seconds * factor)}")
+            total += seconds * factor
     for p in plans:
         seconds = estimate_seconds(p, rates)
         total += seconds or 0.0
         if not p.model:
-            lines.append(f"  {p.notebook}: {p.note}: ~{_duration(seconds)} (measured once on a 2-core CPU)")
+            lines.append(f"  {p.notebook}: {p.note}: ~{_duration(seconds)} ({p.fixed_seconds:.0f} s at "
+                         f"{CALIBRATION_RATE:.0f} img/s x{factor:.1f})")
             continue
         lines.append(f"  {p.notebook}: {p.runs} run(s) x {p.epochs} epoch(s) x {p.train_images:,} train images "
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
