@@ -93,6 +93,13 @@ def test_measured_times_scale_with_the_speed_the_warm_up_measures_now():
     assert plan.estimate_seconds(theory, idle) == pytest.approx(100.0)
     assert plan.estimate_seconds(theory, busy) == pytest.approx(350.0)
     assert plan.speed_factor({}) == 1.0
+    # the one-thread calibration, when measured, decides (a multi-threaded warm-up suffers more from load)
+    assert plan.speed_factor(busy | {plan.CALIBRATION: (plan.CALIBRATION_RATE / 2, 0.0)}) == pytest.approx(2.0)
+
+
+def test_calibration_measures_one_cpu_thread_and_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    assert plan.calibration_rate(batch=4) > 0 and torch.get_num_threads() == threads
 
 
 def test_warm_up_measures_positive_rates():

@@ -61,7 +61,8 @@ def show_source(*objects) -> None:
     from .source import reference
 
     refs = "；".join(f"`{reference(obj)}`" for obj in objects)
-    display(Markdown(f"实现：{refs}（源代码见提交文档的附录 A；交互运行时可用 `inspect.getsource` 查看）"))
+    display(Markdown(f"实现：{refs}（源代码见附录 A<!-- notebook-only -->；交互运行时可用 `inspect.getsource` 查看"
+                     "<!-- /notebook-only -->）"))
 
 
 # ---------------------------------------------------------------------------- live feedback when a person runs it
@@ -81,6 +82,28 @@ def interactive() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def headless() -> bool:
+    """True in a kernel no one can answer: `jupyter nbconvert --execute`, nbclient or papermill run cells without
+    stdin (allow_stdin false), where JupyterLab, Notebook and VS Code allow it."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    kernel = getattr(get_ipython(), "kernel", None)
+    return kernel is not None and not getattr(kernel, "_allow_stdin", True)
+
+
+def skip_remaining_cells(note: str = "") -> None:
+    """Run every later cell of this kernel as a no-op, so that a headless run ends here without an error (nbconvert
+    then writes the notebook, this cell's message included); `note` is printed first."""
+    from IPython import get_ipython
+
+    if note:
+        print(note, flush=True)
+    shell = get_ipython()
+    shell.input_transformers_cleanup.append(lambda lines: ["pass  # skipped: the notebook stopped above\n"])
 
 
 class LongRun(Exception):
@@ -152,13 +175,18 @@ def live_training(cfg, confirm: bool = False, long_run_seconds: float = LONG_RUN
         what = (f"{cfg.epochs} 个 epoch × {train_images:,} 张训练图像（batch {cfg.batch_size}），"
                 f"{device_name(device)}")
         if seconds > long_run_seconds and not confirm:
-            raise LongRun(
+            stop = LongRun(
                 f"按当前参数训练（{what}）预计约 {plan.duration(seconds)}（本机几步预热测得，实际更慢）。"
                 "这是 GPU 上的工作量，所以没有开始训练。\n"
                 "在 CPU 上检查流程：把参数格改成 EPOCHS = 3、SUBSET = 5000、TEST_SUBSET = 1000、BATCH_SIZE = 256"
                 "（几分钟），或在命令行运行 python -m cvlab report --profile quick；\n"
                 "确实要在 CPU 上完整训练：把这一格的 notebook.live_training(cfg) 改成 "
                 "notebook.live_training(cfg, confirm=True)。")
+            if not headless():
+                raise stop
+            # nbconvert --execute / papermill: an error would leave no notebook behind; stop cleanly instead
+            skip_remaining_cells(f"{stop}\n（无界面运行：后面的格子都没有执行。）")
+            return LiveTraining(cfg)
         print(f"预计训练时间约 {plan.duration(seconds)}（{what}；本机几步预热测得）")
     return LiveTraining(with_overrides(cfg, {"progress": True}), LivePlot(cfg.epochs),
                         plan.StepEstimate(cfg.epochs, cfg.batch_size, eval_images, log=_tqdm_write))

@@ -34,10 +34,36 @@ THEORY_SECONDS = {True: 40, False: 320}      # notebook 02, QUICK (smoke) / the 
 NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
 
 
+CALIBRATION = "calibration"       # the key of calibration_rate's measurement in a rates dict
+
+
+def calibration_rate(batch: int = 128) -> float:
+    """Train images per second of CALIBRATION_MODEL on the CPU with one thread, as CALIBRATION_RATE was measured
+    (OMP_NUM_THREADS=1): one untimed step, one timed. Notebook 02's demos run on one CPU thread whatever the device,
+    and a loaded machine slows a multi-threaded warm-up far more than them (threads spinning against each other)."""
+    from ..core.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(CALIBRATION_MODEL)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 100, (batch,))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        return _rate(step, model.train, batch, 1, torch.device("cpu"), lambda device: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def speed_factor(rates: dict) -> float:
-    """How many times slower than the calibration run this machine trains now (its warm-up against
-    CALIBRATION_RATE); 1 without a warm-up of CALIBRATION_MODEL."""
-    rate = rates.get(CALIBRATION_MODEL)
+    """How many times slower than the calibration run this machine is now: CALIBRATION_RATE against the
+    one-thread calibration measurement in `rates` (else the warm-up of CALIBRATION_MODEL); 1 without either."""
+    rate = rates.get(CALIBRATION) or rates.get(CALIBRATION_MODEL)
     return CALIBRATION_RATE / rate[0] if rate and rate[0] > 0 else 1.0
 
 
@@ -245,6 +271,9 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
              f"scaled to this warm-up: x{factor:.1f} the time measured at {CALIBRATION_RATE:.0f} img/s, "
              "docs/results/quick-report-run.log; read it as +-30% or worse when the load changes during the run):"]
     for name, (train, evaluated) in rates.items():
+        if name == CALIBRATION:
+            lines.append(f"  calibration {CALIBRATION_MODEL}, CPU, 1 thread, batch 128: {train:,.0f} train img/s")
+            continue
         label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
         lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
     total = 0.0

@@ -529,6 +529,7 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], pr
         device = resolve_device(requested)
         batches = {(p.model, p.batch_size) for p in plans if p.model} if device.type == "cpu" else set()
         rates = plan.measure_rates({p.model for p in plans if p.model}, device, batches=batches)
+        rates[plan.CALIBRATION] = (plan.calibration_rate(), 0.0)  # the speed the measured times scale with
         for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
     except Exception as exc:  # the notebooks report real errors themselves
