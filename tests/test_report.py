@@ -3,6 +3,7 @@ profile end to end (every notebooks/0*.ipynb present, synthetic data, CPU) throu
 from __future__ import annotations
 
 import base64
+import os
 import json
 import shutil
 import subprocess
@@ -428,7 +429,11 @@ def test_submission_document_has_cover_contents_chapters_and_appendix(smoke):
             assert obj.__qualname__.split(".")[-1] in text, (name, obj.__qualname__)
     assert "ResNet_18 = torch.nn.Sequential(" in html and "def handout_resnet18" in html  # side by side
     assert "cvlab/core/config.py:" in text and "来源：" in text and "合成数据 SYNTHETIC" in text
-    assert html.count('class="provenance"') >= html.count("data:image/png")  # one per figure, at least
+    assert html.count('class="provenance"') == 3  # one line per chapter (三, 四, 五); the details in appendix B
+    assert "附录 B" in text and "流程检查" in text  # a smoke document says it is a pipeline check
+    for leftover in ("本 notebook", "python -m cvlab", "/tmp/", "第 02 章", "第 03 章", "本次的数字与提交的结果",
+                     "DATA_ROOT=", "epoch train_loss"):  # how-to, CLI, machine paths, notebook numbering, raw logs
+        assert leftover not in text, leftover
     assert not [w for w in NOT_FOR_GRADERS if w in text]
     assert "<script" not in html and 'src="http' not in html  # offline
 
@@ -452,6 +457,7 @@ def test_submission_pdf_is_a4_with_page_numbers_in_the_contents(smoke, tmp_path)
     numbers = [int(n) for n in re.findall(r"^\s*(\d+)\s*$", contents, re.M)]  # the page numbers, one a line
     assert len(numbers) >= len(CHAPTERS) and numbers[0] == 3 and numbers == sorted(numbers) and numbers[-1] <= len(pages)
     assert not [w for page in pages for w in NOT_FOR_GRADERS if w in page]
+    assert "流程检查" in pages[0] and all("流程检查" in page for page in pages[1:] if page.strip())  # every page
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
     assert "(A4)" in info or not shutil.which("pdfinfo")
 
@@ -554,3 +560,138 @@ def test_stylesheets_are_css_files_shipped_with_the_package():
     for name in ("publish.css", "submission.css"):
         rules = publish.stylesheet(name)
         assert "@media print" in rules and rules.split("*/", 1)[1].strip()[:60] in body, name
+
+
+def test_the_report_says_how_much_disk_its_runs_take_and_how_to_free_it(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    run = tmp_path / "runs" / "smoke" / "01_baseline"
+    ladder = tmp_path / "runs" / "smoke" / "03_improvements" / "smoke" / "handout-s0"
+    for folder in (run, ladder):
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"x" * 3 * 2**20)
+        (folder / "history.csv").write_bytes(b"y" * 2**20)
+    params = [{"RUN_DIR": "../runs/smoke/01_baseline"}, {"BASELINE_RUN_DIR": "../runs/smoke/01_baseline"},
+              {"RUNS_DIR": "../runs/smoke/03_improvements", "DATA_ROOT": ""}]
+    folders = runner.run_folders(params, notebooks)
+    assert folders == [run.resolve(), (tmp_path / "runs" / "smoke" / "03_improvements").resolve()]
+    line = runner.disk_use_line(folders)
+    assert "8 MB" in line and "6 MB of it checkpoints" in line and "delete the folder" in line
+    assert runner.disk_use_line([]) == ""
+
+
+@pytest.mark.slow
+def test_a_headless_cpu_run_stops_cleanly_and_keeps_the_message(tmp_path, monkeypatch):
+    """`jupyter nbconvert --execute` (nbclient, no stdin) of a notebook whose training would be long on the CPU:
+    no error, the stop message in the cell's output, the cells below skipped."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("CVLAB_REPORT", raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from cvlab.core.config import make_config\nfrom cvlab.report import notebook\n"
+                                  "live = notebook.live_training(make_config('handout', device='cpu'))"),
+        nbformat.v4.new_code_cell("raise SystemExit('this cell must not run')"),
+        nbformat.v4.new_code_cell("print('nor this one')")])
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "EPOCHS = 3" in text and "后面的格子都没有执行" in text
+    assert all(o.get("output_type") != "error" for c in nb.cells for o in c.outputs)
+    assert not nb.cells[1].outputs and not nb.cells[2].outputs
+
+
+
+# ---------------------------------------------------------------------------- the submission's parts, one by one
+
+def _executed_notebook():
+    import nbformat
+    v4 = nbformat.v4
+    cells = [v4.new_markdown_cell("# 标题\n\n本章复现讲义。"),
+             v4.new_markdown_cell("怎么运行：`python -m cvlab report`"),
+             v4.new_code_cell("PRESET = 'handout'"),
+             v4.new_code_cell("setup()"),
+             v4.new_markdown_cell("## 1. 数据\n\n见第 2 节和第 4、5 节；改进见第 03 章 §2.1。<!-- notebook-only -->用 `-p` 改参数。"
+                                  "<!-- /notebook-only -->"),
+             v4.new_code_cell("fit()"),
+             v4.new_code_cell("show()"),
+             v4.new_markdown_cell("### 2.1 小节\n```python\n# 2. not a heading\n```"),
+             v4.new_markdown_cell("## 小结\n\n- 第 02 章回答问题。")]
+    cells[1].metadata["tags"] = ["notebook-only"]
+    cells[2].metadata["tags"] = ["parameters"]
+    cells[3].outputs = [v4.new_output("stream", name="stdout", text="cvlab 0.1 from /home/me/cvlab\n")]
+    cells[5].metadata["tags"] = ["training-log"]
+    cells[5].outputs = [v4.new_output("stream", name="stdout", text="epoch train_loss\n    1  4.6\n")]
+    cells[6].outputs = [v4.new_output("stream", name="stdout",
+                                      text="注意：/tmp/x/cifar-100-python differs\n数据：/tmp/x/cifar-100-python 中的 200 张\n"),
+                        v4.new_output("display_data", data={"text/markdown": "实现：`f`（见附录 A<!-- notebook-only -->；"
+                                                                             "或 inspect<!-- /notebook-only -->）"})]
+    return v4.new_notebook(cells=cells)
+
+
+def test_the_submission_leaves_out_what_speaks_to_the_notebooks_user_and_numbers_its_own_chapters():
+    notes: list[str] = []
+    body, conclusion = submission.split_notebook(_executed_notebook(), chapter=3, notes=notes)
+    text = "\n".join(c.source for c in body) + "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                                                        for c in body if c.cell_type == "code" for o in c.outputs)
+    assert "怎么运行" not in text and "改参数" not in text and "inspect" not in text and "见附录 A" in text
+    assert "epoch train_loss" not in text and "/tmp/" not in text and "/home/" not in text
+    assert "数据：cifar-100-python 中的 200 张" in text and notes == ["注意：cifar-100-python differs"]
+    assert "### 3.1\u3000数据" in text and "#### 3.2.1\u3000小节" in text and "# 2. not a heading" in text
+    assert "见第 3.2 节和第 3.4、3.5 节" in text and "改进见第五章 5.2.1 节" in text
+    assert [c.source for c in conclusion] == ["\n- 第四章回答问题。"]
+
+
+def test_a_pipeline_check_says_so_on_the_cover_and_every_page_and_a_full_document_does_not():
+    student = submission.Student("张三", "1")
+    for budget in ("smoke", "quick"):
+        check = submission.pipeline_check(budget)
+        assert "流程检查" in check and "不是实验结果" in check
+        assert "流程检查" in submission.cover_html(student, budget, check)
+        assert "@top-center" in submission.running_header_css(check) and "流程检查" in submission.running_header_css(check)
+    assert submission.pipeline_check("full") == "" and submission.running_header_css("") == ""
+    assert "流程检查" not in submission.cover_html(student, "full", "")
+
+
+def test_parameters_table_is_chinese_without_paths():
+    table = submission.parameters_table_zh({"01_baseline": {"DATA_ROOT": "", "EPOCHS": 2, "SYNTHETIC": True,
+                                                            "RUN_DIR": "../runs/x"},
+                                            "03_improvements": {"BUDGET": "smoke", "RUNS_DIR": "../runs/y"}})
+    assert "epoch 数" in table and "预算 (budget)" in table and "| 是 |" in table and "第三章" in table
+    assert "DATA_ROOT" not in table and "../runs" not in table
+
+
+def test_code_listings_wrap_under_their_own_indentation():
+    code = submission.code_html("def f(x):\n    if x:\n        return x  # a comment\n\n    return 0")
+    assert "\n" not in code  # one raw-HTML block: a blank line would end it
+    assert code.count('class="code-line"') == 5
+    assert 'padding-left: 12ch; text-indent: -12ch">        <span class="k">return' in code
+    assert 'padding-left: 4ch; text-indent: -4ch"><span class="k">def' in code
+
+
+def test_report_tables_have_chinese_headers_and_readable_numbers():
+    from cvlab.report import tables
+
+    assert [tables.number_zh(v) for v in (1e-15, float("inf"), float("nan"), 0.0296, 11223140, True)] == \
+        ["0", "∞", "—", "0.0296", "11,223,140", "是"]
+    frame = pd.DataFrame([{"epoch": 1, "train_loss": 4.72261, "test_acc": 0.02, "epoch_seconds": 1e-16}])
+    shown = tables.zh(frame)
+    assert list(shown.columns) == ["epoch", "训练损失", "测试准确率", "用时 (s)"]
+    assert shown.iloc[0].tolist() == ["1", "4.7226", "0.02", "0"]
+
+
+def test_the_ladder_says_when_its_gains_are_within_the_noise(tmp_path):
+    from types import SimpleNamespace
+
+    from cvlab.report import tables
+
+    runs = []
+    for name in ("handout", "+crop-flip"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"dataset": {"n_test": 1000}}))
+        runs.append(tmp_path / name)
+    near_chance = SimpleNamespace(run_dirs=runs, table=pd.DataFrame({"test_acc": [0.012, 0.015], "gain": [None, 0.003]}))
+    text = tables.noise_floor_zh(near_chance)
+    assert "1,000 张测试图像" in text and "不能据此判断哪一级更好" in text and "随机猜测" in text
+    learnt = SimpleNamespace(run_dirs=runs, table=pd.DataFrame({"test_acc": [0.30, 0.40], "gain": [None, 0.10]}))
+    assert "有 1 级的增益超过两倍标准误" in tables.noise_floor_zh(learnt)

@@ -204,7 +204,10 @@ def prediction_grid(images, captions: Sequence[str], synthetic: bool, title: str
     n = len(captions)
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 1.75), squeeze=False)
+    # constrained layout reserves each caption's height (two lines when wrong), so no caption overprints the
+    # image above it (tight_layout let them overlap in print)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 2.0 + 0.5), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -220,7 +223,6 @@ def prediction_grid(images, captions: Sequence[str], synthetic: bool, title: str
             spine.set_edgecolor("#c00000" if bad else "0.8")
             spine.set_linewidth(2.5 if bad else 0.5)
     fig.suptitle(title + ("  [SYNTHETIC]" if synthetic else ""), fontsize=11)
-    fig.tight_layout()
     if synthetic:
         stamp_synthetic(fig)
     return fig
@@ -234,8 +236,8 @@ def prediction_examples(pred, n: int = 32, columns: int = 8) -> Figure:
     n = min(n, len(pred.fine))
     guess = pred.predicted[:n].tolist()
     truth = pred.fine[:n].tolist()
-    captions = [f"{pred.fine_names[g]}\n(true: {pred.fine_names[t]})" if g != t else pred.fine_names[g]
-                for g, t in zip(guess, truth)]
+    captions = [f"{pred.fine_names[g]}\n" + zh(f"（真实：{pred.fine_names[t]}）", f"(true: {pred.fine_names[t]})")
+                if g != t else pred.fine_names[g] for g, t in zip(guess, truth)]
     wrong = [g != t for g, t in zip(guess, truth)]
     split = zh({"test": "测试集", "val": "验证集"}.get(pred.split, pred.split), pred.split)
     title = zh(f"{split}前 {n} 张图像：预测类别，预测错误时括号内为真实类别（错 {sum(wrong)} 张；"

@@ -37,6 +37,17 @@ NOTEBOOK_CHAPTERS = {"01": ("三", "实验步骤与结果", "基线"), "02": ("�
                      "03": ("五", "改进方法与结果", "改进")}
 CONCLUSION_HEADING = re.compile(r"^#{1,6}\s*(\d+\.\s*)?小结")
 PARAMETERS_HEADING = re.compile(r"^#{1,6}\s*参数")
+# Cells tagged NOTEBOOK_ONLY, and text between the two markers inside a Markdown cell, speak to whoever runs the
+# notebook (how to run it, the CLI, what the repository has committed): the submission leaves them out.
+NOTEBOOK_ONLY = "notebook-only"
+NOTEBOOK_ONLY_TEXT = re.compile(r"<!--\s*notebook-only\s*-->.*?<!--\s*/notebook-only\s*-->\n?", re.S)
+# Cells tagged TRAINING_LOG print one line per epoch: the submission shows the per-epoch table instead.
+TRAINING_LOG = "training-log"
+# Budgets whose numbers check the pipeline and are not results: the document says so on every page.
+PIPELINE_CHECK_BUDGETS = {"smoke": "合成数据，几步训练", "quick": "真实数据的很小子集、2 个 epoch"}
+PIPELINE_CHECK = "流程检查"
+# An absolute path of this machine (/tmp/..., /home/...) in a program's output: not for the reader.
+MACHINE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@~-]+/)+[\w.+@~-]*")
 
 
 @dataclass
@@ -138,51 +149,99 @@ def demote_headings(markdown: str, levels: int = 1) -> str:
     return "\n".join(out)
 
 
-def _is_result(output: dict) -> bool:
-    data = output.get("data", {})
-    return "image/png" in data or "<table" in data.get("text/html", "") or \
-        bool(re.search(r"^\|.*\|\s*$\n^\|[\s:|-]+\|\s*$", data.get("text/markdown", ""), re.M))
+def _provenance_html(line: str) -> str:
+    return f'<div class="provenance">来源：{html.escape(line)}（各章的参数见附录 B）</div>'
 
 
-def _provenance_output(line: str) -> dict:
-    import nbformat
-    return nbformat.v4.new_output("display_data", data={
-        "text/html": f'<div class="provenance">来源：{html.escape(line)}</div>', "text/plain": f"来源：{line}"})
+def scrub_paths(text: str) -> str:
+    """`text` with this machine's absolute paths reduced to their last part ('/tmp/x/cifar-100-python' ->
+    'cifar-100-python'): where a file lay on the author's machine is not part of the report."""
+    return MACHINE_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or m.group(0), text)
 
 
-def clean_output(output: dict) -> dict | None:
+def clean_output(output: dict, notes: list[str] | None = None) -> dict | None:
     """An output as the submission shows it: no stderr, warnings or errors; source listings become their
-    one-line reference (the code is in the appendix); Markdown headings one level deeper."""
+    one-line reference (the code is in the appendix); no machine paths; program notes ('注意：...', e.g. the
+    data's checksum) moved to `notes` (appendix B); Markdown headings two levels deeper."""
     if output.get("output_type") == "error":
         return None
     if output.get("output_type") == "stream":
-        return None if output.get("name") == "stderr" else output
+        if output.get("name") == "stderr":
+            return None
+        output = copy.deepcopy(output)
+        lines = []
+        for line in scrub_paths(output.get("text", "")).splitlines(keepends=True):
+            if line.startswith("注意："):
+                if notes is not None and line.strip() not in notes:
+                    notes.append(line.strip())
+                continue
+            lines.append(line)
+        output["text"] = "".join(lines)
+        return output if output["text"].strip() else None
     if output.get("metadata", {}).get("cvlab") == "source":
         return None
     data = output.get("data", {})
     if "text/markdown" in data:
         output = copy.deepcopy(output)
-        output["data"]["text/markdown"] = demote_headings(data["text/markdown"], 2)
+        output["data"]["text/markdown"] = demote_headings(scrub_paths(NOTEBOOK_ONLY_TEXT.sub("", data["text/markdown"])), 2)
     return output
 
 
-def split_notebook(nb, provenance: str) -> tuple[list, list]:
-    """(body cells, conclusion cells) of an executed notebook: parameters and setup output dropped, headings
-    two levels deeper, the title line dropped, each figure and table followed by its provenance line."""
+CHAPTER_ARABIC = {"三": 3, "四": 4, "五": 5}
+_NUMBERED_HEADING = re.compile(r"^(#{1,6})\s+(\d+(?:\.\d+)*)\.?\s+")
+_CHAPTER_REF = re.compile(r"第\s*0?([1-3])\s*章(?:\s*§\s*(\d+(?:\.\d+)*))?")
+_SECTION_REF = re.compile(r"(?<![\d.(（§])(\d+(?:\.\d+)*)((?:\s*[、和与]\s*\d+(?:\.\d+)*)*)\s*节")
+
+
+def renumber(markdown: str, chapter: int, sections: bool = True) -> str:
+    """A notebook's Markdown in the document's numbering: its numbered headings ('### 3.1 标准化') and section
+    references ('第 4、5 节', '见 2.9 节') prefixed with the chapter's number (3 -> '3.3.1'), and references to
+    the notebooks ('第 02 章', '第 01 章 §3.1') turned into the document's chapters ('第四章', '第三章 3.3.1 节').
+    `sections` False leaves section numbers alone (a notebook without numbered sections)."""
+    def chapter_ref(m: re.Match) -> str:
+        number, title, _ = NOTEBOOK_CHAPTERS[f"0{m.group(1)}"]
+        section = f" {CHAPTER_ARABIC[number]}.{m.group(2)} 节" if m.group(2) else ""
+        return f"第{number}章{section}"
+
+    def section_ref(m: re.Match) -> str:
+        refs = re.sub(r"\d+(?:\.\d+)*", lambda n: f"{chapter}.{n.group(0)}", m.group(1) + m.group(2))
+        return f"{refs} 节"
+
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced:
+            if sections:
+                line = _NUMBERED_HEADING.sub(lambda m: f"{m.group(1)} {chapter}.{m.group(2)}\u3000", line)
+                line = _SECTION_REF.sub(section_ref, line)
+            line = _CHAPTER_REF.sub(chapter_ref, line)
+        out.append(line)
+    return "\n".join(out)
+
+
+def split_notebook(nb, chapter: int = 0, notes: list[str] | None = None) -> tuple[list, list]:
+    """(body cells, conclusion cells) of an executed notebook: parameters, setup output and notebook-only
+    cells and text dropped, training logs dropped (the per-epoch table stays), headings two levels deeper and
+    numbered in the document's chapter `chapter` (0: left as they are), the title line dropped."""
     body: list = []
     conclusion: list = []
     target = body
     after_parameters = False
     seen_title = False
+    sections = any(_NUMBERED_HEADING.match(line) for c in nb.cells if c.cell_type == "markdown"
+                   for line in c.source.splitlines())
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "parameters" in tags or "injected-parameters" in tags:
             after_parameters = True
             continue
+        if NOTEBOOK_ONLY in tags:
+            continue
         cell = copy.deepcopy(cell)
         if cell.cell_type == "markdown":
-            text = cell.source
-            if PARAMETERS_HEADING.match(text.lstrip()):
+            text = NOTEBOOK_ONLY_TEXT.sub("", cell.source)
+            if not text.strip() or PARAMETERS_HEADING.match(text.lstrip()):
                 continue
             if CONCLUSION_HEADING.match(text.lstrip()):
                 target = conclusion
@@ -190,7 +249,8 @@ def split_notebook(nb, provenance: str) -> tuple[list, list]:
             elif not seen_title and text.lstrip().startswith("# "):
                 text = "\n".join(text.lstrip().splitlines()[1:])
             seen_title = True
-            cell.source = demote_headings(text, 1)
+            text = demote_headings(text, 1)
+            cell.source = renumber(text, chapter, sections) if chapter else text
             target.append(cell)
             continue
         if cell.cell_type != "code":
@@ -200,12 +260,14 @@ def split_notebook(nb, provenance: str) -> tuple[list, list]:
             cell.outputs = []
         outputs = []
         for output in cell.get("outputs", []):
-            kept = clean_output(output)
+            if TRAINING_LOG in tags and output.get("output_type") == "stream":
+                continue
+            kept = clean_output(output, notes)
             if kept is None:
                 continue
+            if chapter and "text/markdown" in kept.get("data", {}):
+                kept["data"]["text/markdown"] = renumber(kept["data"]["text/markdown"], chapter, sections)
             outputs.append(kept)
-            if provenance and _is_result(kept):
-                outputs.append(_provenance_output(provenance))
         cell.outputs = outputs
         target.append(cell)
     return body, conclusion
@@ -235,6 +297,7 @@ class Heading:
 class Document:
     cells: list = field(default_factory=list)
     headings: list[Heading] = field(default_factory=list)
+    check: str = ""   # pipeline_check's words: on the cover and in every page's running header
 
     def heading(self, anchor: str, text: str, level: int = 1, css: str = "chapter") -> None:
         self.headings.append(Heading(anchor, text, level))
@@ -242,13 +305,29 @@ class Document:
         self.cells.append(_md(f'<{tag} id="{anchor}" class="{css}">{html.escape(text)}</{tag}>'))
 
 
-def cover_html(student: Student, profile: str) -> str:
+def pipeline_check(budget: str) -> str:
+    """The Chinese words for a budget whose numbers only check the pipeline ('' for one that gives results)."""
+    what = PIPELINE_CHECK_BUDGETS.get(budget)
+    return f"{PIPELINE_CHECK}（预算 {budget}：{what}）：本报告的数字只说明流程能跑通，不是实验结果" if what else ""
+
+
+def cover_html(student: Student, profile: str, check: str = "") -> str:
+    """The cover page; `check` (pipeline_check's words) is printed in a box above the student's details."""
     rows = [("课程", COURSE), ("项目", f"{PROJECT} · {TITLE}"), ("姓名", student.name), ("学号", student.student_id),
             ("班级", student.class_name or "（未填写）"), ("日期", student.date)]
     table = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    box = f'<p class="cover-check">{html.escape(check)}</p>' if check else ""
     return (f'<div class="cover"><p class="cover-course">{COURSE}</p><p class="cover-kind">实验报告</p>'
-            f'<p class="cover-title">{PROJECT} · {TITLE}</p><table class="cover-table">{table}</table>'
-            f'<p class="cover-note">由 cvlab（report --profile {html.escape(profile)} --submission）从执行过的 notebook 生成</p></div>')
+            f'<p class="cover-title">{PROJECT} · {TITLE}</p>{box}<table class="cover-table">{table}</table></div>')
+
+
+def running_header_css(check: str) -> str:
+    """A running header on every page but the cover that repeats `check` ('' when there is nothing to say)."""
+    if not check:
+        return ""
+    text = check.replace("\\", "\\\\").replace('"', '\\"')
+    return ("@media print { @page { @top-center { content: \"" + text + "\"; font-size: 8.5pt; color: #a00; } }"
+            " @page :first { @top-center { content: none; } } }")
 
 
 def toc_html(headings: list[Heading]) -> str:
@@ -262,7 +341,23 @@ def toc_html(headings: list[Heading]) -> str:
 
 def _code_block(listing: source.Listing) -> str:
     return f'<p class="listing">{html.escape(listing.title)} — {html.escape(listing.header)}</p>\n\n' \
-           f"```python\n{listing.text}\n```\n"
+           f"{code_html(listing.text)}\n"
+
+
+def code_html(code: str) -> str:
+    """Highlighted Python as one raw-HTML block whose lines wrap under their own indentation (a hanging indent
+    per line: a wrapped line of a nested block stays inside it), with no literal line break (see _one_line)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    marked = highlight(code, PythonLexer(), HtmlFormatter(nowrap=True)).rstrip("\n").split("\n")
+    lines = []
+    for raw, shown in zip(code.split("\n"), marked):
+        hang = len(raw) - len(raw.lstrip(" ")) + 4  # a wrapped part starts 4 columns right of its line
+        lines.append(f'<span class="code-line" style="padding-left: {hang}ch; text-indent: -{hang}ch">'
+                     f"{shown or '&#8203;'}</span>")
+    return f'<div class="highlight hl-python code-listing"><pre>{"".join(lines)}</pre></div>'
 
 
 def _one_line(code: str) -> str:
@@ -292,9 +387,10 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
     rungs = [n for n in config.LADDER if n in config.PARENT and n not in ("fast", "best")]
     for i, name in enumerate(rungs, start=2):
         anchor = f"appendix-{i}"
-        description = config.PRESETS[name][0]
+        changes = config.changes_text(config.preset_changes(name))
         doc.heading(anchor, f"A.{i}　{name}", level=2, css="section")
-        parts = [f"**{html.escape(description)}**（{'本报告训练了这一级' if name in trained else '本报告的预算没有单独训练这一级'}）",
+        parts = [f"相对 `{config.PARENT[name]}` 改动的配置项：`{html.escape(changes)}`"
+                 f"（{'本报告训练了这一级' if name in trained else '本报告的预算没有单独训练这一级'}；思路见第五章）",
                  "预设定义：", _code_block(source.preset_listing(name, commit))]
         for obj in source.rung_objects(name):
             listing = source.object_listing(obj, commit)
@@ -309,7 +405,8 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
         i = len(rungs) + 2
         doc.heading(f"appendix-{i}", f"A.{i}　阶梯的两个终点：{' 与 '.join(ends)}", level=2, css="section")
         doc.cells.append(_md("\n\n".join(
-            f"**{n}**：{html.escape(config.PRESETS[n][0])}\n\n" + _code_block(source.preset_listing(n, commit))
+            f"**{n}**：相对 `{config.PARENT.get(n, 'handout')}` 改动的配置项：`{html.escape(config.changes_text(config.preset_changes(n)))}`"
+            "\n\n" + _code_block(source.preset_listing(n, commit))
             for n in ends)))
 
 
@@ -318,6 +415,34 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
 def _executed(out: Path, prefix: str) -> Path | None:
     found = sorted(out.glob(f"{prefix}*.ipynb"))
     return found[0] if found else None
+
+
+PARAMETER_NAMES_ZH = {"PRESET": "预设 (preset)", "EPOCHS": "epoch 数", "BATCH_SIZE": "批量大小 (batch size)",
+                      "SUBSET": "训练图像（张，0 为全部）", "TEST_SUBSET": "测试图像（张，0 为全部）",
+                      "SYNTHETIC": "合成数据", "SEED": "随机种子", "SEEDS": "每个预设的种子数", "DEVICE": "设备",
+                      "BUDGET": "预算 (budget)"}
+
+
+def parameters_table_zh(params: dict[str, dict]) -> str:
+    """One Markdown table: each chapter's parameters that describe the experiment (paths left out), in Chinese."""
+    shown = [k for k in PARAMETER_NAMES_ZH if any(k in p for p in params.values())]
+    stems = [stem for stem in params if stem[:2] in NOTEBOOK_CHAPTERS]
+    value = lambda v: "是" if v is True else "否" if v is False else str(v)  # noqa: E731
+    header = "| 参数 | " + " | ".join(f"第{NOTEBOOK_CHAPTERS[s[:2]][0]}章" for s in stems) + " |"
+    rows = [f"| {PARAMETER_NAMES_ZH[k]} | " + " | ".join(value(params[s][k]) if k in params[s] else "—" for s in stems)
+            + " |" for k in shown]
+    return "\n".join([header, "|---" * (len(stems) + 1) + "|", *rows])
+
+
+def appendix_runs(doc: Document, params: dict[str, dict], provenance: dict[str, str], notes: list[str]) -> None:
+    """Appendix B: each chapter's provenance line and parameters, and the programs' notes on the data."""
+    doc.heading("appendix-runs", "附录 B　运行记录与参数")
+    lines = [f"- 第{NOTEBOOK_CHAPTERS[prefix][0]}章：{html.escape(line)}" for prefix, line in provenance.items() if line]
+    parts = ["各章的结果来自下列运行（设备、精度、数据、epoch、种子与代码版本 commit 从运行目录读出）：", "\n".join(lines),
+             "各章的参数：", parameters_table_zh(params)]
+    if notes:
+        parts += ["运行时程序给出的提示（原文）：", "\n".join(f"- {html.escape(n)}" for n in notes)]
+    doc.cells.append(_md("\n\n".join(parts)))
 
 
 def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Path, params: dict[str, dict],
@@ -330,19 +455,20 @@ def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Pat
     if missing:
         raise UsageError(f"--submission needs the executed notebooks {', '.join(missing)} in {out}; "
                          "run the report without --only first")
+    budget = params.get(executed["03"].stem, {}).get("BUDGET", "subset")
     doc = Document()
-    doc.cells.append(_md(cover_html(student, profile)))
+    doc.check = pipeline_check(budget)
+    doc.cells.append(_md(cover_html(student, profile, doc.check)))
     doc.cells.append(_md("<!-- toc -->"))
     doc.heading("aims", "一、实验目的")
     doc.cells.append(_md("\n".join(f"{i}. {a}" for i, a in enumerate(HANDOUT_AIMS, 1))))
     doc.heading("content", "二、实验内容", css="chapter-continued")
-    settings = "\n".join(f"| {path.stem} | {html.escape(', '.join(f'{k}={v}' for k, v in params.get(path.stem, {}).items()))} |"
-                         for path in executed.values())
     doc.cells.append(_md(
         f"{HANDOUT_CONTENT}按讲义第四部分的要求：用讲义的 ResNet-18 训练并画出 train loss 与 test loss 随 epoch 的变化（第三章），"
-        f"回答六个问题（第四章），改进模型并用训练结果证明改进有效（第五章，源代码见附录 A）。\n\n"
-        f"本报告由 profile `{profile}` 生成，各 notebook 的参数如下：\n\n| notebook | 参数 |\n|---|---|\n{settings}"))
-    conclusions, commits = [], []
+        f"回答六个问题（第四章），改进模型并用训练结果证明改进有效（第五章，源代码见附录 A）。"
+        "每章开头一行注明结果的来源（设备、数据、epoch、种子），各章的参数见附录 B。"
+        + (f"\n\n**{html.escape(doc.check)}。**" if doc.check else "")))
+    conclusions, commits, provenance, notes = [], [], {}, []
     for prefix, path in executed.items():
         nb = nbformat.read(str(path), as_version=4)
         errors = notebook_errors(nb)
@@ -351,8 +477,11 @@ def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Pat
         number, title, short = NOTEBOOK_CHAPTERS[prefix]
         line, run_commits = notebook_provenance(path.stem, params.get(path.stem, {}), notebooks_dir, report_commit)
         commits += run_commits
-        body, conclusion = split_notebook(nb, line)
+        provenance[prefix] = line
+        body, conclusion = split_notebook(nb, CHAPTER_ARABIC[number], notes)
         doc.heading(f"chapter-{prefix}", f"{number}、{title}")
+        if line:
+            doc.cells.append(_md(_provenance_html(line)))
         doc.cells.extend(body)
         conclusions.append((short, conclusion))
     doc.heading("conclusion", "六、结论")
@@ -360,8 +489,8 @@ def build_notebook(out: Path, student: Student, profile: str, notebooks_dir: Pat
         doc.cells.append(_md(f"## 6.{i}　{short}"))
         doc.cells.extend(cells)
     commit, note = source.resolve_commit(next((c for c in commits if c), report_commit or None))
-    budget = params.get(executed["03"].stem, {}).get("BUDGET", "subset")
     appendix(doc, commit, note, _trained_presets(budget))
+    appendix_runs(doc, {p.stem: params.get(p.stem, {}) for p in executed.values()}, provenance, notes)
     return nbformat.v4.new_notebook(cells=doc.cells, metadata={"language_info": {"name": "python"}}), doc
 
 
@@ -373,10 +502,10 @@ def _trained_presets(budget: str) -> set[str]:
         return set()
 
 
-def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading]) -> None:
+def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading], check: str = "") -> None:
     from .publish import fit_tables, offline_html_exporter, stylesheet
 
-    exporter = offline_html_exporter(no_input=True, extra_css=stylesheet("submission.css"))
+    exporter = offline_html_exporter(no_input=True, extra_css=stylesheet("submission.css") + running_header_css(check))
     nb = copy.deepcopy(nb)
     fit_tables(nb)
     for cell in nb.cells:
@@ -419,13 +548,13 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
 
     nb, doc = build_notebook(out, student, profile, notebooks_dir, params, git_commit() or "")
     html_path, pdf_path = out / f"{SUBMISSION_NAME}.html", out / f"{SUBMISSION_NAME}.pdf"
-    render_html(nb, html_path, notebooks_dir, doc.headings)
+    render_html(nb, html_path, notebooks_dir, doc.headings, doc.check)
     made = [html_path]
     if not pdf:
         return made
     browser = find_browser()
     if browser is None:
-        log("submission: PDF not made: needs Chromium (apt-get install chromium fonts-noto-cjk, "
+        log("submission: PDF not made: needs Chromium (apt-get update && apt-get install chromium fonts-noto-cjk, "
             "or set CVLAB_CHROMIUM to a Chrome/Edge binary); the HTML prints to A4 from any browser")
         return made
     with tempfile.TemporaryDirectory(prefix="cvlab-submission-") as tmp:
@@ -440,7 +569,7 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
             shutil.copyfile(draft, pdf_path)
         else:
             number_headings(doc.headings, pages)
-            render_html(nb, html_path, notebooks_dir, doc.headings)
+            render_html(nb, html_path, notebooks_dir, doc.headings, doc.check)
             note = chromium_pdf(browser, html_path, pdf_path)
             if note:
                 log(f"submission: PDF not made: {note}")

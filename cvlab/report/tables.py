@@ -1,9 +1,83 @@
 """Tables for the Chinese report, built from what the experiments recorded (never typed-in numbers)."""
 from __future__ import annotations
 
+import json
 import math
+import numbers
+from pathlib import Path
 
 from ..experiments import ablate
+
+# The English column (and index) names of cvlab's tables, as the report shows them. One home for them, so a
+# table shown in a notebook reads in Chinese without its producer (coursework, experiments) knowing about it.
+COLUMNS_ZH = {
+    # run histories (history.csv)
+    "epoch": "epoch", "train_loss": "训练损失", "train_acc": "训练准确率", "test_loss": "测试损失",
+    "test_acc": "测试准确率", "test_top5": "测试 top-5", "lr": "学习率", "epoch_seconds": "用时 (s)",
+    "images_per_second": "图像/秒", "val_loss": "验证损失", "val_acc": "验证准确率",
+    # notebook 01's evidence (coursework.baseline)
+    "layer": "层", "type": "类型", "output shape": "输出形状", "parameters": "参数量",
+    "channel": "通道", "data_mean": "数据均值", "data_std": "数据标准差", "handout_mean_std": "讲义的均值/标准差",
+    "after_handout_mean": "讲义常数标准化后均值", "after_handout_std": "讲义常数标准化后标准差",
+    "after_cifar100_mean": "CIFAR-100 常数标准化后均值", "after_cifar100_std": "CIFAR-100 常数标准化后标准差",
+    "normalization instead of the handout's": "替换讲义常数的标准化",
+    "relative change after first BN": "第一个 BN 输出的相对变化",
+    "none (ToTensor only)": "不标准化（只有 ToTensor）", "cifar100 (per-channel)": "CIFAR-100 逐通道常数",
+    "shuffle": "打乱", "distinct classes in batch": "batch 中的类别数", "batch size": "batch 大小",
+    "object": "对象", "handout block (lambda x: x)": "讲义的残差块（lambda x: x）",
+    "cvlab HandoutBasicBlock (nn.Identity)": "cvlab 的 HandoutBasicBlock（nn.Identity）",
+    "cvlab handout_resnet18 (whole model)": "cvlab 的 handout_resnet18（整个模型）",
+    "images": "图像数", "train_mode_acc": "训练模式准确率", "train_mode_loss": "训练模式损失",
+    "eval_mode_acc": "评估模式准确率", "eval_mode_loss": "评估模式损失",
+    # notebook 03 (config presets, analysis.confused_pairs)
+    "preset": "预设", "parent": "上一级", "changes": "相对上一级改动的配置项",
+    "true": "真实类别", "predicted": "预测类别", "count": "张数", "share_of_true": "占该真实类别的比例",
+    "same_superclass": "同一超类",
+}
+VALUES_ZH = {True: "是", False: "否"}
+
+
+def number_zh(value) -> str:
+    """A number as a report prints it: thousands separated, at most 4 decimals, never '1e-15' or 'inf'
+    (a magnitude below 0.00005 prints as 0, an infinity as ∞)."""
+    if type(value).__name__ in ("bool", "bool_"):  # numpy's bool is no Python bool
+        return VALUES_ZH[bool(value)]
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if not isinstance(value, numbers.Real):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    if abs(value) < 5e-5:
+        return "0"
+    decimals = 0 if abs(value) >= 1000 else 2 if abs(value) >= 10 else 4
+    return f"{value:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{value:,.0f}"
+
+
+def zh(frame):
+    """`frame` (a pandas DataFrame of cvlab's) with Chinese column, index and value names and report-style numbers."""
+    import pandas as pd
+
+    out = frame.rename(columns=lambda c: COLUMNS_ZH.get(c, c), index=lambda i: COLUMNS_ZH.get(i, i)
+                       if isinstance(i, str) else i)
+    out.index.names = [COLUMNS_ZH.get(n, n) for n in out.index.names]
+    if isinstance(out.index, pd.RangeIndex):
+        out = out.reset_index(drop=True)
+    return out.apply(lambda column: column.map(number_zh)).astype(str)
+
+
+def budget_description_zh(budget: "ablate.Budget") -> str:
+    """What a budget trains, in Chinese, from its overrides and its presets (the data size, epochs, rungs)."""
+    o = budget.overrides
+    data = "合成数据 (SYNTHETIC)" if o.get("synthetic") else "真实 CIFAR-100"
+    sizes = [f"{name} {o[key]:,} 张" for name, key in (("训练", "subset"), ("验证", "val_size"), ("测试", "test_subset"))
+             if o.get(key)]
+    epochs = f"每级 {o['epochs']} 个 epoch" if o.get("epochs") else "各预设自己的 epoch 数"
+    model = f"，所有级都用模型 {o['model']}" if o.get("model") else ""
+    return f"{data}，{'、'.join(sizes) or '完整数据集'}，{epochs}，训练阶梯中的 {len(budget.presets)} 级{model}"
 
 # ablate.TABLE_HEADER in Chinese, short enough to fit an A4 page without breaking inside a word
 LADDER_HEADER_ZH = ["预设", "种子数", "测试 top-1 %", "测试 top-5 %", "最佳验证 %", "训练−测试差 (pp)",
@@ -18,7 +92,7 @@ def ladder_markdown_zh(result: "ablate.Ablation", budget: "ablate.Budget | None"
     if bool(runs["synthetic"].any()):
         lines.append("**合成数据 (SYNTHETIC)：下表的数字没有意义，只说明流程能跑通。**\n")
     if budget is not None:
-        lines.append(f"预算 `{budget.name}`：{budget.description}。")
+        lines.append(f"预算 `{budget.name}`：{budget_description_zh(budget)}。")
     lines.append(f"设备：{', '.join(sorted(set(map(str, runs['device']))))}；"
                  f"种子：{', '.join(map(str, sorted(set(runs['seed']))))}；"
                  f"模型：{', '.join(sorted(set(runs['model'])))}。\n")
@@ -60,3 +134,49 @@ def ladder_findings_zh(table) -> list[str]:
 
 
 assert len(LADDER_HEADER_ZH) == len(ablate.TABLE_HEADER), "one Chinese name per column of ablate.TABLE_HEADER"
+
+
+def _test_images(run_dirs) -> int:
+    sizes = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")).get("dataset", {}).get("n_test")
+             for d in run_dirs]
+    return min((n for n in sizes if isinstance(n, int) and n > 0), default=0)
+
+
+def noise_floor_zh(result: "ablate.Ablation", classes: int = 100) -> str:
+    """Why this ladder's gains can or cannot rank the rungs, in Chinese, from its own numbers: the standard
+    error of a difference of two test accuracies measured on the same n test images, sqrt(2 p (1-p) / n) at
+    the ladder's mean accuracy p, set against the largest gain and against chance (1 / classes)."""
+    table = result.table
+    n = _test_images(result.run_dirs)
+    if not n or table.empty:
+        return ""
+    p = float(table["test_acc"].mean())
+    se = math.sqrt(2 * max(p * (1 - p), 1e-12) / n)
+    gains = table["gain"].dropna().abs()
+    largest = float(gains.max()) if len(gains) else 0.0
+    above = int((gains >= 2 * se).sum())
+    chance = 1 / classes
+    text = (f"**这些数字能不能给各级排序？** 每一级只在 {n:,} 张测试图像上测了一次，平均 top-1 为 {100 * p:.2f}%"
+            f"（随机猜测为 {100 * chance:.0f}%）。在这个准确率下，两级测试准确率之差仅由测试集的抽样就有约 "
+            f"{100 * se:.2f} 个百分点的标准误（√(2p(1−p)/n)），还没算换一个种子带来的波动。")
+    if above == 0:
+        text += (f"表中最大的增益为 {100 * largest:.2f} 个百分点，小于两倍标准误（{200 * se:.2f}），"
+                 "所以这些差异与噪声无法区分，**不能据此判断哪一级更好**；它们只说明每一级都能训练、评估并写出结果。")
+    else:
+        text += (f"表中有 {above} 级的增益超过两倍标准误（{200 * se:.2f} 个百分点），但每级只有一个种子，"
+                 "要确认还需要多个种子的均值与标准差。")
+    if p < 3 * chance:
+        text += f"平均准确率不到随机猜测的 3 倍：网络几乎还没有学到东西，这个预算本来就只用于检查流程。"
+    return text
+
+
+# HOOK (issue 27): the committed CPU evidence ladder (docs/results/<budget>/) belongs here: a table (rung, what
+# changed, top-1 mean ± std, Δ, verdict) and a figure, read from the committed run directories. Until it is
+# committed, committed_evidence_zh says so in one line; notebook 03's cell tagged "evidence" shows what it returns.
+EVIDENCE_ROOT = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def committed_evidence_zh(root: Path = EVIDENCE_ROOT) -> str:
+    """The committed CPU evidence for the ladder (issue 27), labelled as such; one line while there is none."""
+    return ("**已提交的 CPU 证据（evidence ladder）尚未生成**：本节将显示仓库中在真实 CIFAR-100 上、"
+            "按固定预算训练的整条阶梯（多个种子），作为能给各级排序的实测结果。")
