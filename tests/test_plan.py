@@ -79,7 +79,7 @@ def test_estimate_and_description():
     lines = plan.describe(plans, rates, "cpu (test)")
     assert any("1 run(s) x 2 epoch(s) x 1,000 train images" in line for line in lines)
     assert any(line.startswith("  02_theory: theory demos on the CPU (QUICK): ~80 s (40 s at") for line in lines)
-    overhead = plan.NOTEBOOK_OVERHEAD_SECONDS["01"] * 2
+    overhead = plan.NOTEBOOK_OVERHEAD_SECONDS[("01", False)] * 2
     assert any(f"data, figures, evaluation and export ~{overhead} s" in line for line in lines)
     assert any("data, figures, evaluation and export ~" in line for line in lines) and lines[-1].startswith("  total: ~")
     rates[("handout_resnet18", 100)] = (50.0, 500.0)  # a rate measured at the planned batch wins
@@ -95,6 +95,17 @@ def test_measured_times_scale_with_the_speed_the_warm_up_measures_now():
     assert plan.speed_factor({}) == 1.0
     # the one-thread calibration, when measured, decides (a multi-threaded warm-up suffers more from load)
     assert plan.speed_factor(busy | {plan.CALIBRATION: (plan.CALIBRATION_RATE / 2, 0.0)}) == pytest.approx(2.0)
+
+
+def test_synthetic_notebooks_count_their_own_smaller_overhead():
+    real = plan.plan_notebook("01_baseline", {"EPOCHS": 1, "SUBSET": 100, "TEST_SUBSET": 100})
+    fake = plan.plan_notebook("01_baseline", {"EPOCHS": 1, "SUBSET": 100, "TEST_SUBSET": 100, "SYNTHETIC": True})
+    assert not real[0].synthetic and fake[0].synthetic
+    rates = {"handout_resnet18": (plan.CALIBRATION_RATE, 1000.0)}
+    seconds = {name: plan.NOTEBOOK_OVERHEAD_SECONDS[("01", name == "fake")] for name in ("real", "fake")}
+    assert seconds["fake"] < seconds["real"]
+    for name, plans in (("real", real), ("fake", fake)):
+        assert any(f"export ~{seconds[name]} s" in line for line in plan.describe(plans, rates, "cpu"))
 
 
 def test_calibration_measures_one_cpu_thread_and_restores_the_thread_count():

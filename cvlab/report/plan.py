@@ -31,7 +31,10 @@ from ..core.data import SPLIT_SIZES
 CALIBRATION_MODEL = "handout_resnet18"
 CALIBRATION_RATE = 194.0          # train images per second in that run's warm-up
 THEORY_SECONDS = {True: 40, False: 320}      # notebook 02, QUICK (smoke) / the report's setting, at CALIBRATION_RATE
-NOTEBOOK_OVERHEAD_SECONDS = {"01": 25, "03": 17}
+# (notebook, synthetic data) -> seconds besides the epochs at CALIBRATION_RATE. Real data: the quick run above.
+# Synthetic data (small, generated): docs/results/smoke-report-run.log (2026-12-06, load 3.8 before and 4.2 after,
+# calibration 57 img/s, so x3.4): 01 took 48 s with 25 s of runs, 03 50 s with 33 s of runs -> 23 / 3.4 and 17 / 3.4.
+NOTEBOOK_OVERHEAD_SECONDS = {("01", False): 25, ("03", False): 17, ("01", True): 7, ("03", True): 5}
 
 
 CALIBRATION = "calibration"       # the key of calibration_rate's measurement in a rates dict
@@ -80,6 +83,7 @@ class PlannedTraining:
     batch_size: int
     note: str = ""
     fixed_seconds: float | None = None   # work without a ResNet-18 (notebook 02): measured seconds, not images
+    synthetic: bool = False              # generated data: less to load and draw than CIFAR-100
 
     @property
     def images(self) -> tuple[int, int]:
@@ -104,7 +108,8 @@ def _planned(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedT
         if key in groups:
             groups[key].runs += 1
         else:
-            groups[key] = PlannedTraining(notebook, cfg.model, 1, cfg.epochs, train, evaluated, cfg.batch_size, note)
+            groups[key] = PlannedTraining(notebook, cfg.model, 1, cfg.epochs, train, evaluated, cfg.batch_size, note,
+                                          synthetic=bool(cfg.synthetic))
     return list(groups.values())
 
 
@@ -277,10 +282,11 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
         label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
         lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
     total = 0.0
-    for notebook, seconds in NOTEBOOK_OVERHEAD_SECONDS.items():
-        if any(p.notebook.startswith(notebook) for p in plans):
-            lines.append(f"  {next(p.notebook for p in plans if p.notebook.startswith(notebook))}: "
-                         f"data, figures, evaluation and export ~{_duration(seconds * factor)}")
+    for notebook in sorted({p.notebook for p in plans if p.model}):
+        synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
+        seconds = NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic))
+        if seconds is not None:
+            lines.append(f"  {notebook}: data, figures, evaluation and export ~{_duration(seconds * factor)}")
             total += seconds * factor
     for p in plans:
         seconds = estimate_seconds(p, rates)
