@@ -695,3 +695,12 @@ def test_the_ladder_says_when_its_gains_are_within_the_noise(tmp_path):
     assert "1,000 张测试图像" in text and "不能据此判断哪一级更好" in text and "随机猜测" in text
     learnt = SimpleNamespace(run_dirs=runs, table=pd.DataFrame({"test_acc": [0.30, 0.40], "gain": [None, 0.10]}))
     assert "有 1 级的增益超过两倍标准误" in tables.noise_floor_zh(learnt)
+
+
+def test_a_presets_listing_is_its_derive_call_even_when_a_dict_keyed_by_its_name_comes_first(tmp_path, monkeypatch):
+    text = ('TEXTS = {"+x": "an idea"}\n'
+            'PRESETS = {"base": (\n    "the base", {})}\n'
+            '_derive("+x", "base", "+ " + TEXTS["+x"], lr=1.0)\n')
+    monkeypatch.setattr(source, "read_source", lambda path, where: text)
+    assert source.preset_listing("+x", None).text.startswith('_derive("+x"')
+    assert '"the base"' in source.preset_listing("base", None).text  # a preset without _derive: its entry

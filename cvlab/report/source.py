@@ -153,11 +153,13 @@ def preset_listing(name: str, commit: str | None) -> Listing:
             text = read_source(path, where)
         except FileNotFoundError:
             continue
-        for node in ast.walk(ast.parse(text)):
+        nodes = list(ast.walk(ast.parse(text)))
+        for node in nodes:  # its _derive call first: a dict of texts keyed by preset name is not its definition
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_derive" and node.args \
                     and isinstance(node.args[0], ast.Constant) and node.args[0].value == name:
                 start, end, body = _lines(text, node)
                 return Listing(f"preset {name}", path, start, end, body, where or "working tree")
+        for node in nodes:
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
                     if isinstance(key, ast.Constant) and key.value == name and isinstance(value, ast.Tuple):
