@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -160,7 +161,22 @@ def test_pdf_missing_tools_are_named_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(publish, "find_browser", lambda: None)
     monkeypatch.setitem(sys.modules, "playwright", None)  # import fails
     path, note = publish.export_pdf(tmp_path / "x.html", tmp_path / "x.pdf", tmp_path / "x.ipynb")
-    assert path is None and note.startswith("PDF not made: needs Chromium") and "\n" not in note
+    assert path is None and note == publish.PRINT_FROM_BROWSER and "\n" not in note
+    assert all(word in note for word in ("Chrome or Edge", "Ctrl+P", "Headers and footers off", "CVLAB_CHROMIUM"))
+
+
+def test_report_says_once_that_it_makes_no_pdf_and_no_chinese_figures(monkeypatch):
+    """No Chromium and no CJK font (a ModelArts user without root): one line each, and no PDF attempted."""
+    monkeypatch.setattr(runner, "pdf_route", lambda: None)
+    monkeypatch.setattr(plots, "_cjk", [None])  # looked up already: none found
+    lines: list[str] = []
+    assert runner.say_missing_tools(True, lines.append) is False
+    assert lines == [plots.CJK_HINT, publish.PRINT_FROM_BROWSER]
+    monkeypatch.setattr(runner, "pdf_route", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(plots, "_cjk", ["Noto Sans CJK SC"])
+    lines.clear()
+    assert runner.say_missing_tools(True, lines.append) is True and lines == []
+    assert runner.say_missing_tools(False, lines.append) is False and lines == []  # --no-pdf: nothing to say
 
 
 # ---------------------------------------------------------------------------- baseline helpers and plots
@@ -211,6 +227,115 @@ def test_discussion_and_figures_are_labelled_synthetic(tmp_path):
     real = load_run(_run_dir(tmp_path, False, [4.0, 3.0]))
     assert "SYNTHETIC" not in baseline.discussion_zh(real)
     assert not any("SYNTHETIC" in t.get_text() for t in plots.accuracy_curves(real).texts)
+
+
+@pytest.fixture
+def fonts(monkeypatch, tmp_path):
+    """matplotlib's font list as a copy the test may change (restored after), no CJK font found yet, no user
+    font folder but the test's own: $CVLAB_FONTS unset, HOME and the repository's fonts/ in tmp_path, no mplfonts."""
+    import importlib.util
+
+    from matplotlib import font_manager, rcParams
+
+    manager = font_manager.fontManager
+    monkeypatch.setattr(manager, "ttflist", list(manager.ttflist))
+    monkeypatch.setattr(plots, "_cjk", [])
+    monkeypatch.setitem(rcParams, "font.sans-serif", list(rcParams["font.sans-serif"]))
+    monkeypatch.delenv(plots.FONTS_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(plots, "REPO_ROOT", tmp_path / "repo")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mplfonts" else real_find_spec(name, *a))
+    yield manager
+    manager._findfont_cached.cache_clear()  # no lookup may keep pointing at the test's files
+
+
+def _dejavu() -> Path:
+    import matplotlib
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
+def _cjk_font_file() -> Path | None:
+    """A font file with Chinese glyphs on this machine (system fonts, or mplfonts' Noto Sans CJK), None without."""
+    import importlib.util
+
+    from matplotlib import font_manager
+
+    candidates = [Path(p) for p in font_manager.findSystemFonts()]
+    spec = importlib.util.find_spec("mplfonts")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += sorted(Path(spec.submodule_search_locations[0], "fonts").glob("*.otf"))
+    keys = ("notosanscjk", "sourcehansans", "wqy", "simhei", "droidsansfallback")
+    return next((p for p in candidates if any(k in p.name.lower() for k in keys) and plots.covers_chinese(p)), None)
+
+
+def test_fonts_in_the_documented_folders_are_registered_with_matplotlib(fonts, tmp_path, monkeypatch):
+    folder = tmp_path / "my fonts"
+    (folder / "sub").mkdir(parents=True)
+    copy = folder / "sub" / "Copied-DejaVu.ttf"
+    shutil.copyfile(_dejavu(), copy)
+    (folder / "broken.ttf").write_bytes(b"not a font")
+    (folder / "notes.txt").write_text("not a font either")
+    monkeypatch.setenv(plots.FONTS_ENV, f"{folder}{os.pathsep}{tmp_path / 'missing'}")
+    dirs = plots.font_dirs()
+    assert dirs[:2] == [folder, tmp_path / "missing"]
+    assert tmp_path / "home" / ".local" / "share" / "fonts" in dirs and tmp_path / "repo" / "fonts" in dirs
+    assert plots.register_fonts(dirs) == [copy]  # the broken file and the text file are skipped
+    assert str(copy) in {f.fname for f in fonts.ttflist}
+    assert plots.register_fonts(dirs) == []  # once only
+    assert not plots.covers_chinese(copy) and plots.chinese_family([copy]) is None
+
+
+def test_mplfonts_fonts_folder_is_one_of_the_font_folders(fonts, tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.machinery.ModuleSpec("mplfonts", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "site" / "mplfonts")]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "mplfonts" else None)
+    assert plots.font_dirs()[-1] == tmp_path / "site" / "mplfonts" / "fonts"
+
+
+def test_a_cjk_font_the_user_adds_without_root_makes_the_figures_chinese(fonts, tmp_path, monkeypatch):
+    """The font is nowhere matplotlib looks by itself: only in $CVLAB_FONTS, under a name of the user's choosing."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    source = _cjk_font_file()
+    if source is None:
+        pytest.skip("no font with Chinese glyphs here (Debian: fonts-noto-cjk; or pip install mplfonts)")
+    fonts.ttflist[:] = [f for f in fonts.ttflist if f.name not in plots.CJK_FONTS and Path(f.fname) != source]
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    folder = tmp_path / "fonts"
+    folder.mkdir()
+    (folder / f"my-chinese-font{source.suffix}").symlink_to(source)
+    said: list[str] = []
+    assert plots.cjk_font(say=said.append) is None and len(said) == 1  # not there yet: English, said once
+    monkeypatch.setattr(plots, "_cjk", [])
+    monkeypatch.setenv(plots.FONTS_ENV, str(folder))
+    found = plots.cjk_font(say=said.append)
+    assert found is not None and len(said) == 1 and plots.zh("训练损失", "train loss") == "训练损失"
+    fig, ax = plt.subplots()
+    ax.set_title("训练损失与测试损失随 epoch 的变化")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)"
+        fig.canvas.draw()
+    plt.close(fig)
+
+
+def test_without_a_cjk_font_figures_are_english_and_one_line_says_how_to_get_chinese(fonts, monkeypatch):
+    from matplotlib import font_manager
+
+    fonts.ttflist[:] = [f for f in fonts.ttflist if not any(k in Path(f.fname).name.lower() for k in plots.CJK_FILES)
+                        and f.name not in plots.CJK_FONTS and "CJK" not in f.name]
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    said: list[str] = []
+    assert plots.cjk_font(say=said.append) is None
+    assert plots.zh("训练损失", "train loss") == "train loss" and len(said) == 1  # said once, not per figure
+    assert "pip install mplfonts" in said[0] and "fonts" in said[0] and "root" in said[0]
+    assert "pip install mplfonts" in plots.CJK_HINT and "\n" not in plots.CJK_HINT
 
 
 def test_handout_lambda_block_does_not_pickle_but_cvlab_does():
@@ -519,6 +644,35 @@ def test_headings_demoted_outside_code_and_found_in_page_text():
     headings = [submission.Heading("a", "一、实验目的"), submission.Heading("b", "A.2\u3000+crop-flip", 2)]
     pages = ["cover", "目录 一、实验目的 A.2 +crop-flip", "一、实验目的", "x", "A.2\n中间\n+crop-flip"]
     assert submission.number_headings(headings, pages) == 2 and [h.page for h in headings] == [3, 5]
+
+
+def test_contents_numbers_match_headings_read_as_kangxi_radicals():
+    """pypdf reads some glyphs of Noto Sans CJK as Kangxi radicals (⼀ U+2F00 for 一, ⽬ for 目): still the same heading."""
+    headings = [submission.Heading("a", "一、实验目的"), submission.Heading("b", "附录 A\u3000源代码")]
+    pages = ["cover", "contents", "3 / 9\n⼀、实验⽬的\n1. 了解", "4 / 9\n附录  A \u2003源代码"]
+    assert submission.number_headings(headings, pages) == 2 and [h.page for h in headings] == [3, 4]
+
+
+def test_contents_page_numbers_come_from_pypdf_where_pdftotext_is_missing(tmp_path, monkeypatch):
+    pytest.importorskip("pypdf")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    pdf = tmp_path / "draft.pdf"
+    with PdfPages(pdf) as pages:
+        for text in ("cover", "contents", "Heading Alpha", "more text", "Heading Beta"):
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.1, 0.9, text)
+            pages.savefig(fig)
+            plt.close(fig)
+    real_which = shutil.which
+    monkeypatch.setattr(submission.shutil, "which", lambda name, *a, **k: None if name == "pdftotext" else real_which(name))
+    texts = submission.pdf_pages_text(pdf)
+    assert texts is not None and len(texts) == 5
+    headings = [submission.Heading("a", "Heading Alpha"), submission.Heading("b", "Heading Beta")]
+    assert submission.number_headings(headings, texts) == 2 and [h.page for h in headings] == [3, 5]
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # neither tool: no numbers, no error
+    assert submission.pdf_pages_text(pdf) is None
 
 
 # ---------------------------------------------------------------------------- live feedback in a notebook run by hand

@@ -4,17 +4,21 @@
     save_figure(loss_curves(run), "figures/01_baseline_loss.png")
 
 Every figure made from synthetic data carries a SYNTHETIC stamp on its face. Titles and labels are
-Chinese when matplotlib finds a CJK font (cjk_font; e.g. apt-get install fonts-noto-cjk), else English,
-said once. save_figure enlarges the text of a figure wider than an A4 page so it prints legibly.
+Chinese when matplotlib finds a CJK font (cjk_font), else English, said once (CJK_HINT). A font needs no root:
+every font file in $CVLAB_FONTS, ~/.local/share/fonts, ~/.fonts or the repository's fonts/ folder, and the
+fonts of the PyPI package mplfonts (Noto Sans CJK SC) when it is installed, are registered with matplotlib
+(font_dirs, register_fonts). save_figure enlarges the text of a figure wider than an A4 page so it prints legibly.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from ..core.paths import REPO_ROOT
 from ..core.runs import Run, load_run
 
 COLORS = {"train": "#1f77b4", "test": "#d62728", "top5": "#9467bd"}
@@ -28,10 +32,74 @@ MIN_LEGEND_PT = 6.0     # legends: a little smaller, they sit on the curves
 _cjk: list[str | None] = []  # the font found, once looked up
 
 
-def cjk_font() -> str | None:
-    """The first CJK font matplotlib can use, put first in font.sans-serif; None (said once) when there is none.
+FONTS_ENV = "CVLAB_FONTS"          # folders (os.pathsep-separated) whose font files matplotlib should know
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+CJK_HINT = ("figures in English: matplotlib finds no Chinese font; for Chinese (no root needed) pip install mplfonts, "
+            f"or put a .ttf/.otf/.ttc with Chinese glyphs into {REPO_ROOT / 'fonts'} (or a folder named by ${FONTS_ENV})")
 
-    Fonts installed after matplotlib built its font cache are found by file name and added."""
+
+def font_dirs() -> list[Path]:
+    """Folders whose font files cvlab registers with matplotlib: $CVLAB_FONTS, the user's own font folders
+    (fontconfig reads them too), the repository's fonts/ (git-ignored; under the checkout, so it survives a
+    ModelArts restart), and the fonts folder of the PyPI package mplfonts when it is installed."""
+    import importlib.util
+
+    listed = [Path(d).expanduser() for d in os.environ.get(FONTS_ENV, "").split(os.pathsep) if d.strip()]
+    home = Path.home()
+    dirs = [*listed, home / ".local" / "share" / "fonts", home / ".fonts", REPO_ROOT / "fonts"]
+    spec = importlib.util.find_spec("mplfonts")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(loc) / "fonts" for loc in spec.submodule_search_locations]
+    return dirs
+
+
+def register_fonts(dirs: Sequence[Path]) -> list[Path]:
+    """Add every font file under `dirs` (searched recursively) to matplotlib's font list; the files added.
+    A file matplotlib cannot read is skipped: a broken font never stops a figure."""
+    from matplotlib import font_manager
+
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    added = []
+    for folder in dirs:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in FONT_SUFFIXES or str(path) in known or not path.is_file():
+                continue
+            try:
+                font_manager.fontManager.addfont(str(path))
+            except (OSError, RuntimeError, ValueError):
+                continue
+            known.add(str(path))
+            added.append(path)
+    return added
+
+
+ZH_SAMPLE = "训练测试损失准确率"  # characters every figure title needs
+
+
+def covers_chinese(path: Path) -> bool:
+    """Whether the font file has glyphs for ZH_SAMPLE (its character map, read by matplotlib's FreeType)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        charmap = FT2Font(str(path)).get_charmap()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return all(ord(ch) in charmap for ch in ZH_SAMPLE)
+
+
+def chinese_family(paths: Sequence[Path]) -> str | None:
+    """The family name of the first font file in `paths` with Chinese glyphs (any name: a user's own font)."""
+    from matplotlib.font_manager import FontProperties
+
+    return next((FontProperties(fname=str(p)).get_name() for p in paths if covers_chinese(p)), None)
+
+
+def cjk_font(say: Callable[[str], None] = print) -> str | None:
+    """The first CJK font matplotlib can use, put first in font.sans-serif; None when there is none, said once
+    through `say` (CJK_HINT, in Chinese). Looks in font_dirs() first, then in the system's fonts (also those
+    installed after matplotlib built its font cache, found by file name)."""
     if _cjk:
         return _cjk[0]
     from matplotlib import font_manager, rcParams
@@ -41,6 +109,9 @@ def cjk_font() -> str | None:
         return next((n for n in CJK_FONTS if n in names), None)
 
     found = known()
+    if found is None:  # a font the user added without root: known by name, else any with Chinese glyphs
+        added = register_fonts(font_dirs())
+        found = known() or chinese_family(added)
     if found is None:
         for path in font_manager.findSystemFonts():
             if any(key in Path(path).name.lower() for key in CJK_FILES):
@@ -53,8 +124,8 @@ def cjk_font() -> str | None:
         rcParams["font.sans-serif"] = [found, *[f for f in rcParams["font.sans-serif"] if f != found]]
         rcParams["axes.unicode_minus"] = False  # not every CJK font has U+2212
     else:
-        print("注意：matplotlib 没有找到中文字体，图中的文字用英文（Debian/Ubuntu: apt-get install fonts-noto-cjk，"
-              "然后重启内核）")
+        say("注意：matplotlib 没有找到中文字体，图中的文字用英文。无需 root：pip install mplfonts，"
+            f"或把含中文字形的 .ttf/.otf/.ttc 放进 {REPO_ROOT / 'fonts'}（或 ${FONTS_ENV} 指向的文件夹），然后重启内核")
     _cjk.append(found)
     return found
 

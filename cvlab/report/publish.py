@@ -177,6 +177,27 @@ def export_html(executed: Path, html: Path, source_dir: Path, no_input: bool = F
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "msedge")
 
 
+# Where no Chromium is found, none of the PyPI-only routes serves (measured on the smoke submission, 2026-12:
+# WeasyPrint flattens the MathML formulas into unreadable text, QtWebEngine from PyQt6-WebEngine needs the same
+# system libraries as Chromium (NSS, X11, ALSA: root to install), xhtml2pdf stops with a LayoutError, playwright and
+# pyppeteer download Chromium from outside PyPI). The student's own Chrome or Edge prints the HTML to the same pages
+# (compared page by page): the stylesheets set A4 and the margins, and the lab page forces background colours
+# (print-color-adjust: exact); only the browser's own header and footer must be turned off.
+PRINT_FROM_BROWSER = ("PDF: none made here (no Chromium found; pip gives no route that prints this page): open the .html "
+                      "in Chrome or Edge, Ctrl+P, Save as PDF, margins Default, Headers and footers off -> the same A4 "
+                      "pages (or set CVLAB_CHROMIUM to a Chrome/Edge binary)")
+
+
+def pdf_route() -> str | None:
+    """What export_pdf would print with: a Chromium-family browser, else nbconvert's webpdf (playwright); None."""
+    import importlib.util
+
+    browser = find_browser()
+    if browser:
+        return browser
+    return "playwright" if importlib.util.find_spec("playwright") is not None else None
+
+
 def find_browser() -> str | None:
     """A Chromium-family browser: $CVLAB_CHROMIUM, else the first of BROWSERS on PATH."""
     if os.environ.get("CVLAB_CHROMIUM"):
@@ -224,13 +245,13 @@ def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) ->
         if failed:
             return None, f"PDF not made: {failed}"
         note = "" if cjk_font_present() is not False else \
-            " (no Chinese font found: Chinese shows as boxes; apt-get install fonts-noto-cjk)"
+            " (no Chinese font found: Chinese shows as boxes; apt-get install fonts-noto-cjk, or without root " \
+            "copy a CJK .otf/.ttf into ~/.local/share/fonts)"
         return pdf, f"PDF via {Path(browser).name}{note}"
     try:
         import playwright  # noqa: F401
     except ImportError:
-        return None, ("PDF not made: needs Chromium (apt-get install chromium, or set CVLAB_CHROMIUM to a "
-                      "Chrome/Edge binary) or playwright (pip install 'nbconvert[webpdf]' && playwright install chromium)")
+        return None, PRINT_FROM_BROWSER
     try:
         from nbconvert import WebPDFExporter
         exporter = WebPDFExporter(disable_sandbox=True, embed_images=True, exclude_input=no_input,

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from ..core.config import FIELDS, parse_text, parse_value
 from ..core.errors import ConfigError, Terminated, UsageError
 from ..core.paths import REPO_ROOT
-from .publish import export_html, export_pdf
+from .publish import PRINT_FROM_BROWSER, export_html, export_pdf, pdf_route
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -448,6 +448,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
         logger.setLevel(logging.INFO)
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
+    pdf = say_missing_tools(pdf, log)
     if estimate:
         print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours)
     results: list[NotebookResult] = []
@@ -514,6 +515,19 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def say_missing_tools(pdf: bool, log: Callable[[str], None]) -> bool:
+    """One line each where the figures cannot be Chinese (no CJK font) or no PDF can be made (then the HTML is
+    printed from the student's browser); whether to attempt PDFs."""
+    from .plots import CJK_HINT, cjk_font
+
+    if cjk_font(say=lambda line: None) is None:
+        log(CJK_HINT)
+    if pdf and pdf_route() is None:
+        log(PRINT_FROM_BROWSER)
+        return False
+    return pdf
 
 
 def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -517,18 +518,25 @@ def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading], c
 
 
 def pdf_pages_text(pdf: Path) -> list[str] | None:
-    """The text of each page (pdftotext), None where poppler is missing."""
-    if not shutil.which("pdftotext"):
+    """The text of each page: pdftotext (poppler), else pypdf (pure Python, from PyPI); None where neither is."""
+    if shutil.which("pdftotext"):
+        done = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True, timeout=120)
+        if done.returncode == 0:
+            return done.stdout.decode("utf-8", "replace").split("\f")
+    try:
+        from pypdf import PdfReader
+    except ImportError:
         return None
-    done = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True, timeout=120)
-    if done.returncode != 0:
+    try:
+        return [page.extract_text() or "" for page in PdfReader(str(pdf)).pages]
+    except Exception:  # pypdf's errors have no common base; an unreadable draft only costs the page numbers
         return None
-    return done.stdout.decode("utf-8", "replace").split("\f")
 
 
 def number_headings(headings: list[Heading], pages: list[str], first_body_page: int = 3) -> int:
     """Set each heading's page from the PDF's text (searched in order from the body's first page); the count found."""
-    squash = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
+    # NFKC: pypdf reads some CJK glyphs as their Kangxi radicals (U+2F00 for 一), pdftotext as the ideographs
+    squash = lambda s: re.sub(r"\s+", "", unicodedata.normalize("NFKC", s))  # noqa: E731
     texts = [squash(p) for p in pages]
     page, found = first_body_page - 1, 0
     for h in headings:
@@ -544,7 +552,7 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
                      pdf: bool = True, log: Callable[[str], None] = print) -> list[Path]:
     """Write out/submission.html (and .pdf with headless Chromium); the paths written."""
     from ..core.engine import git_commit
-    from .publish import chromium_pdf, find_browser
+    from .publish import PRINT_FROM_BROWSER, chromium_pdf, find_browser
 
     nb, doc = build_notebook(out, student, profile, notebooks_dir, params, git_commit() or "")
     html_path, pdf_path = out / f"{SUBMISSION_NAME}.html", out / f"{SUBMISSION_NAME}.pdf"
@@ -554,8 +562,7 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
         return made
     browser = find_browser()
     if browser is None:
-        log("submission: PDF not made: needs Chromium (apt-get update && apt-get install chromium fonts-noto-cjk, "
-            "or set CVLAB_CHROMIUM to a Chrome/Edge binary); the HTML prints to A4 from any browser")
+        log(f"submission: {PRINT_FROM_BROWSER}")
         return made
     with tempfile.TemporaryDirectory(prefix="cvlab-submission-") as tmp:
         draft = Path(tmp) / "draft.pdf"
@@ -565,7 +572,7 @@ def build_submission(out: Path, student: Student, profile: str, notebooks_dir: P
             return made
         pages = pdf_pages_text(draft)
         if pages is None:
-            log("submission: contents without page numbers (pdftotext missing: apt-get install poppler-utils)")
+            log("submission: contents without page numbers (neither pdftotext nor pypdf: pip install pypdf)")
             shutil.copyfile(draft, pdf_path)
         else:
             number_headings(doc.headings, pages)
