@@ -182,3 +182,21 @@ def test_random_crop_and_flip_are_seeded_and_shape_preserving():
 def test_synthetic_refuses_to_overwrite_existing_data(cifar_folder):
     with pytest.raises(DataError, match="already holds CIFAR-100"):
         D.write_synthetic(cifar_folder)
+
+
+def test_synthetic_cache_is_per_user(tmp_path, monkeypatch):
+    """A second user on the machine gets their own cached synthetic data (root's folder is private, mode 0700)."""
+    import os
+
+    monkeypatch.setattr(D.tempfile, "tempdir", str(tmp_path))
+    uid = getattr(os, "getuid", lambda: None)()
+    if uid is None:
+        pytest.skip("no user ids on this system")
+    root = D.synthetic_root(200, 100, 0)
+    assert root.name == f"cvlab-synthetic-{uid}-200-100-0" and D.locate(root) is not None
+    assert D.synthetic_root(200, 100, 0) == root  # cached
+    if uid != 0:
+        return
+    os.chown(root, 4242, 4242)  # as root: make it someone else's; it is then never read
+    other = D.synthetic_root(200, 100, 0)
+    assert other != root and other.stat().st_uid == uid and D.locate(other) is not None

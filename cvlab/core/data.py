@@ -10,6 +10,7 @@ import codecs
 import zlib
 import hashlib
 import io
+import os
 import pickle
 import shutil
 import tarfile
@@ -405,8 +406,13 @@ def write_synthetic(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
 
 
 def synthetic_root(n_train: int, n_test: int, seed: int) -> Path:
-    """A cached folder of synthetic data in the temp dir, written on first use."""
-    root = Path(tempfile.gettempdir()) / f"cvlab-synthetic-{n_train}-{n_test}-{seed}"
+    """A cached folder of synthetic data in the temp dir, one per user (mkdtemp makes it private to its owner, and
+    another user's could be replaced by them), written on first use."""
+    getuid = getattr(os, "getuid", None)  # None on Windows, where the temp dir is per user already
+    user = str(getuid()) if getuid else os.environ.get("USERNAME", "user")
+    root = Path(tempfile.gettempdir()) / f"cvlab-synthetic-{user}-{n_train}-{n_test}-{seed}"
+    if root.exists() and getuid and root.stat().st_uid != getuid():  # someone else's: never read it
+        root = Path(tempfile.mkdtemp(prefix="cvlab-synthetic-"))
     if locate(root) is None:
         tmp = Path(tempfile.mkdtemp(prefix="cvlab-synthetic-"))
         write_synthetic(tmp, n_train, n_test, seed)
