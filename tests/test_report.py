@@ -412,7 +412,7 @@ def test_smoke_baseline_run_dir_and_figures(smoke):
 @pytest.mark.slow
 def test_smoke_html_has_chinese_headings_and_the_loss_curve_embedded(smoke):
     html = (smoke / "reports" / "smoke" / "01_baseline.html").read_text(encoding="utf-8")
-    for heading in ("任务与数据", "逐层输出形状", "手册代码的问题", "训练损失与测试损失曲线", "讨论"):
+    for heading in ("任务与数据", "逐层输出形状", "讲义代码的问题", "训练损失与测试损失曲线", "讨论"):
         assert heading in html
     loss_png = base64.b64encode((smoke / "figures" / "01_baseline_loss.png").read_bytes()).decode()
     assert f"data:image/png;base64,{loss_png}" in html
@@ -639,8 +639,8 @@ def test_submission_needs_name_and_id_from_options_or_the_student_file(tmp_path)
 
 
 def test_headings_demoted_outside_code_and_found_in_page_text():
-    text = "## 3. 手册代码的问题\n```python\n# 获取测试集\n```\n### 3.1 标准化"
-    assert submission.demote_headings(text) == "### 3. 手册代码的问题\n```python\n# 获取测试集\n```\n#### 3.1 标准化"
+    text = "## 3. 讲义代码的问题\n```python\n# 获取测试集\n```\n### 3.1 标准化"
+    assert submission.demote_headings(text) == "### 3. 讲义代码的问题\n```python\n# 获取测试集\n```\n#### 3.1 标准化"
     headings = [submission.Heading("a", "一、实验目的"), submission.Heading("b", "A.2\u3000+crop-flip", 2)]
     pages = ["cover", "目录 一、实验目的 A.2 +crop-flip", "一、实验目的", "x", "A.2\n中间\n+crop-flip"]
     assert submission.number_headings(headings, pages) == 2 and [h.page for h in headings] == [3, 5]

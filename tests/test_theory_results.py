@@ -313,8 +313,6 @@ def test_answers_and_notebook_02_use_one_term_per_concept():
     assert not bad, f"{len(bad)} rejected terms, e.g. {bad[:3]}; see cvlab/coursework/glossary.py"
 
 
-@pytest.mark.xfail(strict=True, reason="notebooks 01 and 03 belong to other helpers: the lead applies the replacements "
-                                       "listed for issue 28 item 17, then removes this marker (strict: it fails once they pass)")
 def test_notebooks_01_and_03_use_one_term_per_concept():
     from cvlab.coursework import glossary
     texts = _glossary_texts(["notebooks/01_baseline.ipynb", "notebooks/03_improvements.ipynb"])

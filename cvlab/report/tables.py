@@ -170,13 +170,86 @@ def noise_floor_zh(result: "ablate.Ablation", classes: int = 100) -> str:
     return text
 
 
-# HOOK (issue 27): the committed CPU evidence ladder (docs/results/<budget>/) belongs here: a table (rung, what
-# changed, top-1 mean ± std, Δ, verdict) and a figure, read from the committed run directories. Until it is
-# committed, committed_evidence_zh says so in one line; notebook 03's cell tagged "evidence" shows what it returns.
-EVIDENCE_ROOT = Path(__file__).resolve().parents[2] / "docs" / "results"
+# The committed CPU evidence ladder (issue 27): `cvlab ablate --budget evidence --out docs/results/cpu-evidence`
+# trains it (resumable); the finished run directories are committed (config.json, history.csv, metrics.json).
+EVIDENCE_ROOT = Path(__file__).resolve().parents[2] / "docs" / "results" / "cpu-evidence"
+EVIDENCE_HEADER_ZH = ["预设", "相对上一级的改动", "种子数", "测试 top-1 %", "增益 (pp)", "结论"]
+
+
+def evidence_runs(root: Path = EVIDENCE_ROOT) -> list[Path]:
+    """The finished run directories of the committed evidence ladder."""
+    from ..core.runs import RunDir
+    return sorted(d for d in root.glob("*-s*") if d.is_dir() and RunDir(d).status() == "complete") if root.is_dir() else []
+
+
+def committed_evidence(root: Path = EVIDENCE_ROOT):
+    """(Markdown, figure or None): the committed evidence ladder as the report shows it: where it comes from, a
+    table (rung, change, seeds, top-1 mean ± std, gain, verdict), one sentence per rung (ladder_findings_zh), the
+    final rung against the handout's settings, and ablation_plots.evidence_figure. Labelled as committed evidence,
+    not this run's result; says which planned rungs are not trained yet."""
+    from ..core.config import LADDER
+    from ..core.runs import load_runs
+    from .ablation_plots import evidence_figure
+
+    dirs = evidence_runs(root)
+    if not dirs:
+        return ("**已提交的 CPU 证据（evidence ladder）尚未生成**：仓库中还没有训练完成的运行目录"
+                f"（`{root.name}/`；命令 `python -m cvlab ablate --budget evidence`）。", None)
+    table, runs = ablate.ladder_table(dirs, LADDER)
+    budget = ablate.BUDGETS["evidence"]
+    o = budget.overrides
+    lines = [f"**已提交的证据（不是本次运行的结果）**：预算 `evidence`，真实 CIFAR-100：{o['subset']:,} 张训练图像"
+             f"（每类前 {o['subset'] // 100} 张）、{o['test_subset']:,} 张测试图像（每类 {o['test_subset'] // 100} 张）、"
+             f"{o['epochs']} 个 epoch、不划验证集（报告最后一个 epoch，不在测试集上挑选）；"
+             f"设备 {', '.join(sorted(set(map(str, runs['device']))))}；种子 "
+             f"{', '.join(map(str, sorted(set(runs['seed']))))}。",
+             ""]
+    missing = [n for n in budget.presets if n not in set(table["preset"])]
+    if missing:
+        lines.append(f"计划的 {len(budget.presets)} 级中已完成 {len(table)} 级；尚未训练：{'、'.join(f'`{n}`' for n in missing)}"
+                     "（命令可续跑，完成后本节自动更新）。\n")
+    head = "| " + " | ".join(EVIDENCE_HEADER_ZH) + " |\n|" + "---|" * len(EVIDENCE_HEADER_ZH) + "\n"
+    rows = []
+    for r in table.to_dict("records"):
+        top1 = f"{100 * r['test_acc']:.2f}" + (f" ± {100 * r['test_acc_std']:.2f}" if r["seeds"] > 1 else "")
+        gain = f"{100 * r['gain']:+.2f}" if r["compared_to"] else "–"
+        rows.append(f"| `{r['preset']}` | {r['changes'] or '（讲义的设置）'} | {r['seeds']} | {top1} | {gain} | "
+                    f"{VERDICT_ZH.get(r['verdict'], r['verdict'])} |")
+    lines.append(head + "\n".join(rows) + "\n")
+    lines.append(noise_rule_zh(table))
+    lines += ["", *[f"- {line}" for line in ladder_findings_zh(table)], "", _target_zh(table, budget.presets[-1])]
+    histories = load_runs(dirs)
+    return "\n".join(lines), evidence_figure(table, runs, histories, title="")
+
+
+def noise_rule_zh(table) -> str:
+    """The verdict rule with this table's seed noise, in Chinese."""
+    sigma = float(table["noise"].iloc[0]) if len(table) else math.nan
+    rule = (f"判定规则：增益的绝对值至少是种子噪声 σ 的 {ablate.EFFECT_SIGMAS:g} 倍、且两行都有 3 个以上的种子，"
+            "才算“有效果”；小于 2σ 记为“本预算下测不出效果”；单个种子上超过 2σ 记为“需要更多种子”。")
+    if math.isnan(sigma):
+        return rule + "现在还没有哪一级有多个种子，σ 未知，所以暂不下结论。"
+    return rule + f"σ = {100 * sigma:.2f} 个百分点（有多个种子的各行测试 top-1 标准差的合并值）。"
+
+
+def _target_zh(table, final: str) -> str:
+    """The final rung against the handout's settings at the same budget: the target is +10 points, mean of 3
+    seeds, with the gain at least 5 times the seeds' standard deviation."""
+    target = ("目标：最后一级（`" + final + "`）比讲义的设置在同一预算下高至少 10 个百分点（3 个种子的均值），"
+              "且增益至少是种子标准差的 5 倍。")
+    rows = table.set_index("preset")
+    if "handout" not in rows.index or final not in rows.index:
+        return target + "最后一级还没有训练，目标尚未检验。"
+    first, last = rows.loc["handout"], rows.loc[final]
+    gain, sigma = 100 * (last["test_acc"] - first["test_acc"]), 100 * float(table["noise"].iloc[0])
+    seeds = min(first["seeds"], last["seeds"])
+    text = target + f"现在两者相差 {gain:+.2f} 个百分点（各 {seeds} 个种子"
+    if seeds < 3 or math.isnan(sigma):
+        return text + "），种子还不够，目标尚未检验。"
+    met = gain >= 10 and gain >= 5 * sigma
+    return text + f"，σ = {sigma:.2f}）：目标{'达到' if met else '没有达到'}。"
 
 
 def committed_evidence_zh(root: Path = EVIDENCE_ROOT) -> str:
-    """The committed CPU evidence for the ladder (issue 27), labelled as such; one line while there is none."""
-    return ("**已提交的 CPU 证据（evidence ladder）尚未生成**：本节将显示仓库中在真实 CIFAR-100 上、"
-            "按固定预算训练的整条阶梯（多个种子），作为能给各级排序的实测结果。")
+    """The committed evidence's Markdown alone (see committed_evidence)."""
+    return committed_evidence(root)[0]
