@@ -522,6 +522,46 @@ def test_sigterm_stops_a_training_notebook_cleanly_and_the_same_command_resumes_
     assert resumed.metrics["status"] == "complete" and list(resumed.history.epoch) == [1, 2]
 
 
+@pytest.mark.slow
+def test_sigterm_during_a_cell_that_does_not_train_ends_the_report_at_once(tmp_path):
+    """A SIGTERM that ends the kernel outright (a cell that sleeps: nothing there turns it into an interrupt)
+    ends the report with 143 within seconds, the partial notebook kept and report.json saying interrupted
+    (the report used to wait forever on the kernel's zombie)."""
+    import os
+    import signal
+    import time
+
+    folder, out, ready = tmp_path / "notebooks", tmp_path / "reports", tmp_path / "ready"
+    folder.mkdir()
+    path = _notebook(folder / "01_sleep.ipynb", "EPOCHS = 1")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\n"
+                                              "time.sleep(300)"))
+    nbformat.write(nb, str(path))
+    child = subprocess.Popen([sys.executable, "-m", "cvlab", "report", "--notebooks", str(folder), "--no-pdf",
+                              "--no-estimate", "--profile", "smoke", "--out", str(out)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=30)  # hung forever before
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert child.returncode == 143, stderr
+    assert lines[-1].startswith("cvlab: 01_sleep.ipynb stopped by SIGTERM") and "Traceback" not in stderr, stderr
+    assert not [line for line in lines if "Kernel died" in line], stderr
+    manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert manifest["notebooks"][0]["status"] == "interrupted"
+    nbformat.read(str(out / "01_sleep.ipynb"), as_version=4)  # the partial notebook is whole
+
+
 # ---------------------------------------------------------------------------- the submission document
 
 CHAPTERS = ("一、实验目的", "二、实验内容", "三、实验步骤与结果", "四、问题解答", "五、改进方法与结果", "六、结论", "附录 A")

@@ -336,10 +336,13 @@ def stopped(signum: int, exc: Exception | None, notebook: Path, output: Path) ->
 
 
 def _tracked_kernel_manager(kernels: list):
-    """A kernel manager class whose instances append themselves to `kernels`, so that a stop can reach them."""
-    from jupyter_client.manager import KernelManager
+    """A kernel manager class whose instances append themselves to `kernels`, so that a stop can reach them.
+    Asynchronous, as nbclient's default is: with a blocking one nbclient waits for a cell's reply in a call that
+    blocks its event loop, so a kernel that a SIGTERM ended (and never replies) is never noticed and the report
+    hangs on the kernel's zombie; with this one nbclient checks every second that the kernel still lives."""
+    from jupyter_client.manager import AsyncKernelManager
 
-    class TrackedKernelManager(KernelManager):
+    class TrackedKernelManager(AsyncKernelManager):
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
             kernels.append(self)
@@ -383,8 +386,14 @@ def stops_reach_the_kernel(kernels: list) -> Iterator[list[int]]:
             except OSError:  # it ended meanwhile
                 pass
 
+    def not_the_stopped_kernel(record: logging.LogRecord) -> bool:
+        # nbclient logs "Kernel died ..." (to papermill's logger) when a SIGTERM ended the kernel outright
+        return not (received and record.getMessage().startswith("Kernel died"))
+
     quiet = logging.getLogger("tornado")
     level = quiet.level
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(not_the_stopped_kernel)
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     for s in previous:
         signal.signal(s, forward)
@@ -394,6 +403,7 @@ def stops_reach_the_kernel(kernels: list) -> Iterator[list[int]]:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         quiet.setLevel(level)
+        papermill_log.removeFilter(not_the_stopped_kernel)
 
 
 # ---------------------------------------------------------------------------- the report
