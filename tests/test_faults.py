@@ -148,10 +148,52 @@ def test_a_lock_without_heartbeat_is_taken_over_naming_its_holder(trained, tmp_p
     assert RunDir(run).lock_holder() is None
     code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
     assert code == 0, err
+    why = ("no heartbeat for 6 min, more than the 5 min limit" if holder == "another host"
+           else "its pid is now this process's (a restart reused it)")
     assert len(err) == 1 and err[0].startswith("cvlab: warning: taking over the stale lock") and \
-        f"of process {pid} on {host} (since 2026-01-01T00:00:00+0000): no heartbeat for 6 min, more than the " \
-        "5 min limit" in err[0]
+        f"of process {pid} on {host} (since 2026-01-01T00:00:00+0000): {why}" in err[0]
     assert not (run / "run.lock").exists() and load_run(run).metrics["epochs_done"] == 2
+
+
+def test_a_stopped_process_on_this_host_keeps_its_lock_however_old_its_heartbeat(trained, tmp_path, capsys):
+    """Ctrl-Z or a laptop's sleep stops the holder longer than the stale limit: its pid still lives, so its lock
+    is not stale, and a second start is refused with one line saying how to continue or end the holder."""
+    from cvlab.core.lock import LOCK_STALE_SECONDS
+    run = copy_run(trained, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        os.kill(holder.pid, signal.SIGSTOP)
+        write_lock(run, socket.gethostname(), LOCK_STALE_SECONDS + 3600, holder.pid)
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        assert RunDir(run).lock_holder()["pid"] == holder.pid
+        code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+        assert code == 2 and len(err) == 1 and f"in use by process {holder.pid}" in err[0], err
+        if sys.platform.startswith("linux"):
+            assert f"stopped: continue it with 'kill -CONT {holder.pid}'" in err[0], err
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_holder_whose_lock_was_taken_over_stops_and_writes_nothing(tmp_path):
+    """The holder was stopped while another host's start took its lock over: at its next write it stops with
+    one line, leaving every file as the new holder has it."""
+    out = tmp_path / "run"
+    snapshot = {}
+
+    def taken_over(row):
+        if row["epoch"] == 1:
+            write_lock(out, "other-instance", 0, pid=4242)
+            snapshot.update({p.name: p.read_bytes() for p in out.iterdir()})
+
+    with pytest.raises(RunDirError) as caught:
+        fit(tiny_config(epochs=3), out, on_epoch_end=taken_over, **QUIET)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("stopped without writing: the lock") and \
+        "now held by process 4242 on other-instance" in message, message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot  # nothing written, the new lock kept
+    assert load_run(out).metrics["epochs_done"] == 1
 
 
 def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(trained, tmp_path, capsys):

@@ -2,10 +2,12 @@
 
 run.lock holds {pid, host, started} of the process that writes the run directory. While it holds the lock that
 process touches the file (its modification time is the heartbeat) every HEARTBEAT_SECONDS from a background
-thread, and at every epoch end (RunDir.write_metrics). A lock not touched for LOCK_STALE_SECONDS is stale
-whatever host wrote it (an instance stopped and restarted under another hostname leaves such a lock), and so is
-one whose process no longer exists on this host; the next start takes a stale lock over, with one line naming
-the old holder.
+thread, and at every epoch end (RunDir.write_metrics). A lock written on this host is stale when its process no
+longer exists, and never while it does, however old its heartbeat (a process stopped by Ctrl-Z or a laptop's
+sleep still holds it). A lock from another host is stale when not touched for LOCK_STALE_SECONDS (an instance
+stopped and restarted under another hostname leaves such a lock). The next start takes a stale lock over, with
+one line naming the old holder; a holder whose lock was taken over meanwhile (`RunLock.check_owned`, before
+every write) stops with one line and writes nothing more.
 """
 from __future__ import annotations
 
@@ -31,6 +33,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+def process_note(pid: int) -> str:
+    """' (stopped: ...)' for a process of this host stopped by Ctrl-Z or SIGSTOP, else ''; Linux only."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError, ValueError):
+        return ""
+    if state not in ("T", "t"):
+        return ""
+    return f" (stopped: continue it with 'kill -CONT {pid}', or 'fg' in its shell, or end it with 'kill {pid}')"
 
 
 def duration(seconds: float) -> str:
@@ -73,13 +86,37 @@ class RunLock:
         return info if isinstance(info, dict) else {}
 
     def _stale(self, info: dict) -> bool:
-        if self._lock_age() > LOCK_STALE_SECONDS:
-            return True
+        """This host's lock: its process is gone (or it names this process, which does not hold it: a restarted
+        container reusing the pid). Another host's: no heartbeat for LOCK_STALE_SECONDS."""
+        if info.get("host") != socket.gethostname():
+            return self._lock_age() > LOCK_STALE_SECONDS
         try:
             pid = int(info.get("pid", -1))
         except (TypeError, ValueError):
-            pid = -1
-        return info.get("host") == socket.gethostname() and not pid_alive(pid)
+            return True
+        return pid <= 0 or not pid_alive(pid) or (pid == os.getpid() and not self._lock_held)
+
+    def owner(self) -> dict | None:
+        """The lock's content when it is not this process's (taken over, or removed: {}), else None."""
+        info = self._read()
+        if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            return None
+        return info or {}
+
+    def check_owned(self) -> None:
+        """Nothing when this process holds the lock or never took it; a one-line RunDirError when it took it and
+        the lock is now another's (taken over while this process was stopped longer than the stale limit, or
+        deleted): the caller then writes nothing."""
+        if not self._lock_held:
+            return
+        other = self.owner()
+        if other is None:
+            return
+        now = (f"now held by process {other.get('pid')} on {other.get('host')} (since {other.get('started')})"
+               if other else "now gone")
+        raise RunDirError(f"stopped without writing: the lock {self.path} of this process ({os.getpid()}) is {now}; "
+                          "it was taken over while this process did not run (stopped longer than "
+                          f"{duration(LOCK_STALE_SECONDS)}), so the other process writes {self.folder} now")
 
     def acquire(self) -> None:
         """Take run.lock (pid, host, start time) and keep its heartbeat while held. A stale lock (see
@@ -120,8 +157,10 @@ class RunLock:
         age = self._lock_age()
         if not info:
             why = "damaged"
-        elif age > LOCK_STALE_SECONDS:
+        elif info.get("host") != socket.gethostname():
             why = f"no heartbeat for {duration(age)}, more than the {duration(LOCK_STALE_SECONDS)} limit"
+        elif info.get("pid") == os.getpid():
+            why = "its pid is now this process's (a restart reused it)"
         else:
             why = "that process no longer exists"
         holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})" if info else "?"
@@ -132,7 +171,11 @@ class RunLock:
         """The one line for a live holder: who, and when its lock goes stale if it stops beating."""
         holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})"
         if info.get("host") == socket.gethostname():  # a live process here: the lock goes when it ends
-            return f"{self.folder} is in use by {holder}; wait for it to finish, or stop it"
+            try:
+                note = process_note(int(info.get("pid")))
+            except (TypeError, ValueError):
+                note = ""
+            return f"{self.folder} is in use by {holder}{note}; wait for it to finish, or stop it"
         age = self._lock_age()
         stale_at = time.strftime("%H:%M:%S", time.localtime(time.time() - age + LOCK_STALE_SECONDS))
         return (f"{self.folder} is in use by {holder}, last heartbeat {duration(age)} ago; wait for it to finish "

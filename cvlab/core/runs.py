@@ -421,18 +421,25 @@ class RunDir:
 
     # ------------------------------------------------------------ writing
 
+    # Each write first checks that a lock this RunDir took is still its own (RunLock.check_owned): a process
+    # whose lock was taken over while it was stopped stops with one line instead of writing beside the new holder.
+
     def write_config(self, cfg) -> None:
+        self._lock.check_owned()
         write_json(self.file(CONFIG), cfg.to_dict())
 
     def write_history(self, rows: list[dict]) -> None:
+        self._lock.check_owned()
         write_history(self.file(HISTORY), rows)
 
     def write_metrics(self, metrics: dict) -> None:
         """metrics.json (written at every epoch end, so the lock's heartbeat beats here too)."""
+        self._lock.check_owned()
         write_json(self.file(METRICS), metrics)
         self.heartbeat()
 
     def save_checkpoint(self, state: dict, which: str = "last") -> None:
+        self._lock.check_owned()
         save_checkpoint(self.checkpoint_path(which), state)
 
 
