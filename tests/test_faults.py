@@ -104,6 +104,38 @@ def test_damaged_checkpoint_is_one_line(trained, tmp_path, capsys, content):
     assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0]
 
 
+def flip_bytes_in_largest_member(path, count=4096):
+    """XOR `count` bytes in the middle of the largest member of a torch.save zip (a tensor's storage), as a bad
+    disk or copy would; the archive's structure stays valid. Returns the member's name."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_len + extra_len + member.file_size // 2 - count // 2
+    for i in range(start, start + count):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return member.filename
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "resume"])
+def test_damaged_bytes_inside_a_checkpoint_are_refused_naming_the_member(trained, tmp_path, capsys, command):
+    """Bytes changed inside a tensor (a bad disk or copy) no longer load as wrong weights: the zip's CRC-32
+    of each member is checked first, and every reader refuses with one line naming the member."""
+    run = copy_run(trained, tmp_path / "run")
+    member = flip_bytes_in_largest_member(run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    argv = {"evaluate": ("evaluate", run, "--device", "cpu"),
+            "export": ("export", run, "--out", tmp_path / "model.pt"),
+            "resume": ("train", "--resume", "--out", run, "--epochs", 2)}[command]
+    code, err = cli(capsys, *argv)
+    assert code == 2 and len(err) == 1, err
+    assert "last.pt is damaged: its member" in err[0] and member in err[0], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before and not (tmp_path / "model.pt").exists()
+
+
 def test_checkpoint_holds_only_tensors_and_plain_values(trained):
     state = torch.load(trained / "last.pt", weights_only=True)  # no allow-list needed
     assert state["epoch"] == 1 and isinstance(state["rng"]["numpy"][1], list)

@@ -23,6 +23,7 @@ from .errors import RunDirError, disk_error
 
 HEARTBEAT_SECONDS = 30.0
 LOCK_STALE_SECONDS = 300.0
+_HELD_HERE: set[str] = set()  # the locks this process holds (real paths), whichever RunLock took them
 
 
 def pid_alive(pid: int) -> bool:
@@ -94,7 +95,10 @@ class RunLock:
             pid = int(info.get("pid", -1))
         except (TypeError, ValueError):
             return True
-        return pid <= 0 or not pid_alive(pid) or (pid == os.getpid() and not self._lock_held)
+        return pid <= 0 or not pid_alive(pid) or (pid == os.getpid() and self._key() not in _HELD_HERE)
+
+    def _key(self) -> str:
+        return os.path.realpath(self.path)
 
     def owner(self) -> dict | None:
         """The lock's content when it is not this process's (taken over, or removed: {}), else None."""
@@ -148,6 +152,7 @@ class RunLock:
                 raise RunDirError(f"cannot write the lock {self.path} ({disk_error(exc)}); make room, "
                                   "then start again") from None
             self._lock_held = True
+            _HELD_HERE.add(self._key())
             self._heartbeat = _Heartbeat(self)
             return
         raise RunDirError(f"cannot take the lock {self.path}; another process keeps changing it")
@@ -208,6 +213,7 @@ class RunLock:
             info = self._read()
             if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
                 self.path.unlink(missing_ok=True)
+            _HELD_HERE.discard(self._key())
             self._lock_held = False
 
 

@@ -110,6 +110,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def check_member_checksums(path: Path) -> None:
+    """One-line RunDirError when a member of the zip archive `path` does not match the CRC-32 that torch.save
+    recorded for it: damaged bytes (a bad disk, copy or download) would otherwise load as wrong weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # noqa: BLE001 - an unreadable archive is a damaged file
+        raise RunDirError(f"{path} is not a readable checkpoint (truncated or corrupt: {cause(exc)})") from None
+    if bad is not None:
+        raise RunDirError(f"{path} is damaged: its member {bad} does not match the checksum torch.save recorded "
+                          "(a bad disk, copy or download); use another copy, or train again")
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """Read a checkpoint written by `save_checkpoint`, as data only.
 
@@ -122,6 +135,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle is never unpickled
         what = "empty" if path.stat().st_size == 0 else "truncated, or not written by torch.save (no zip archive)"
         raise RunDirError(f"{path} is not a readable checkpoint ({what})")
+    check_member_checksums(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch asks to file an issue
