@@ -2,6 +2,7 @@ import hashlib
 import os
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,19 +185,76 @@ def test_synthetic_refuses_to_overwrite_existing_data(cifar_folder):
         D.write_synthetic(cifar_folder)
 
 
-def test_synthetic_cache_is_per_user(tmp_path, monkeypatch):
-    """A second user on the machine gets their own cached synthetic data (root's folder is private, mode 0700)."""
-    import os
+# ---------------------------------------------------------------------------- several users on one machine
 
-    monkeypatch.setattr(D.tempfile, "tempdir", str(tmp_path))
-    uid = getattr(os, "getuid", lambda: None)()
-    if uid is None:
-        pytest.skip("no user ids on this system")
+def _shared_tmp(tmp_path, monkeypatch):
+    """A stand-in for /tmp (mode 1777) as this process's temp dir."""
+    import tempfile
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    return shared
+
+
+def test_synthetic_data_is_cached_in_this_users_cache_not_the_shared_temp_dir(tmp_path, monkeypatch):
+    shared = _shared_tmp(tmp_path, monkeypatch)
+    monkeypatch.delenv("CVLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = D.synthetic_root(200, 100, 0)
-    assert root.name == f"cvlab-synthetic-{uid}-200-100-0" and D.locate(root) is not None
+    assert root.is_relative_to(tmp_path / "cache" / "cvlab") and D.locate(root) is not None
+    assert list(shared.iterdir()) == []  # nothing in the shared place
     assert D.synthetic_root(200, 100, 0) == root  # cached
-    if uid != 0:
-        return
-    os.chown(root, 4242, 4242)  # as root: make it someone else's; it is then never read
-    other = D.synthetic_root(200, 100, 0)
-    assert other != root and other.stat().st_uid == uid and D.locate(other) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to make another user's files")
+def test_a_folder_another_user_made_in_the_shared_temp_dir_is_never_used(tmp_path, monkeypatch):
+    """No home cache (a service account): the fallback folder in the temp dir is used only when it is this
+    user's and private; one another user made first (with data of their choosing) is left alone."""
+    shared = _shared_tmp(tmp_path, monkeypatch)
+    (tmp_path / "no-home").write_text("")  # a file: no cache folder can be made under it
+    monkeypatch.delenv("CVLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-home" / "cache"))
+    planted = [shared / f"cvlab-{os.getuid()}", shared / "cvlab-synthetic-200-100-0"]  # today's name, the old one
+    for folder in planted:
+        D.write_synthetic(folder, n_train=200, n_test=100, seed=1)  # other images than seed 0's
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, 65534, 65534)
+    root = D.synthetic_root(200, 100, 0)
+    assert not any(root.is_relative_to(folder) for folder in planted), root
+    assert torch.equal(load(root).train.images, load(D.write_synthetic(tmp_path / "own", 200, 100, 0)).train.images)
+
+
+def _run_as_nobody(code: str, env: dict):
+    """Run `code` with this Python as uid/gid 65534 (reading files as root may, so that this Python and the
+    checkout under /root stay readable; writing as that user); None when that cannot be done here."""
+    import shutil
+    import subprocess
+    import sys
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
+           "--ambient-caps=+dac_read_search", sys.executable, "-c", code]
+    if subprocess.run([*cmd[:-2], "-c", "pass"], capture_output=True).returncode != 0:
+        return None
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_second_user_gets_a_synthetic_cache_of_their_own(tmp_path, monkeypatch):
+    """Two users on one machine: each has the synthetic data in a folder of their own (the second user's
+    report failed with PermissionError when the first had made the shared one)."""
+    import cvlab
+    shared = _shared_tmp(tmp_path, monkeypatch)
+    monkeypatch.delenv("CVLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "root-cache"))
+    mine = D.synthetic_root(200, 100, 0)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent", "TMPDIR": str(shared),
+           "PYTHONPATH": str(Path(cvlab.__file__).resolve().parents[1])}
+    code = ("import os; from cvlab.core.data import synthetic_root, locate; r = synthetic_root(200, 100, 0); "
+            "assert locate(r); print(r, os.stat(r).st_uid, oct(os.stat(r.parent.parent).st_mode & 0o777))")
+    done = _run_as_nobody(code, env)
+    if done is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs, uid, mode = done.stdout.split()
+    assert Path(theirs) != mine and uid == "65534" and mode == "0o700", done.stdout

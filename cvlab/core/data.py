@@ -10,7 +10,6 @@ import codecs
 import zlib
 import hashlib
 import io
-import os
 import pickle
 import shutil
 import tarfile
@@ -406,15 +405,12 @@ def write_synthetic(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
 
 
 def synthetic_root(n_train: int, n_test: int, seed: int) -> Path:
-    """A cached folder of synthetic data in the temp dir, one per user (mkdtemp makes it private to its owner, and
-    another user's could be replaced by them), written on first use."""
-    getuid = getattr(os, "getuid", None)  # None on Windows, where the temp dir is per user already
-    user = str(getuid()) if getuid else os.environ.get("USERNAME", "user")
-    root = Path(tempfile.gettempdir()) / f"cvlab-synthetic-{user}-{n_train}-{n_test}-{seed}"
-    if root.exists() and getuid and root.stat().st_uid != getuid():  # someone else's: never read it
-        root = Path(tempfile.mkdtemp(prefix="cvlab-synthetic-"))
+    """A cached folder of synthetic data in this user's cache (core.paths.user_cache_dir), written on first use."""
+    from .paths import user_cache_dir
+    root = user_cache_dir() / "synthetic" / f"{n_train}-{n_test}-{seed}"
     if locate(root) is None:
-        tmp = Path(tempfile.mkdtemp(prefix="cvlab-synthetic-"))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=root.parent))  # beside root: the rename is atomic
         write_synthetic(tmp, n_train, n_test, seed)
         try:
             tmp.replace(root)  # atomic: concurrent runs never see a half-written folder

@@ -19,6 +19,58 @@ def resolve_data_root(value: str | os.PathLike = "") -> Path:
     return DEFAULT_DATA_DIR
 
 
+def user_cache_dir() -> Path:
+    """This user's cvlab cache folder, created if needed: $CVLAB_CACHE, else $XDG_CACHE_HOME/cvlab or
+    ~/.cache/cvlab (%LOCALAPPDATA%\\cvlab on Windows). Never a fixed name in the shared temp dir, which another
+    user may have made first (unreadable to this one) or filled with files of their choosing. When no home
+    folder takes it (e.g. a service account without one): a folder of this user's own in the temp dir, used
+    only when it is this user's and private (0700), else a new private one for this process."""
+    import tempfile
+
+    for folder in _cache_candidates():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    shared = Path(tempfile.gettempdir()) / f"cvlab-{_user_id()}"
+    try:
+        shared.mkdir(mode=0o700, exist_ok=True)
+        if _private_to_me(shared):
+            return shared
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="cvlab-cache-"))
+
+
+def _cache_candidates() -> list[Path]:
+    if os.environ.get("CVLAB_CACHE"):
+        return [Path(os.environ["CVLAB_CACHE"]).expanduser()]
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return [Path(os.environ["LOCALAPPDATA"]) / "cvlab"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [Path(base).expanduser() / "cvlab"] if os.path.isabs(base) else []
+
+
+def _user_id() -> str:
+    if hasattr(os, "getuid"):
+        return str(os.getuid())
+    import getpass
+    return getpass.getuser()
+
+
+def _private_to_me(folder: Path) -> bool:
+    """A real folder (not a link), owned by this user, that no one else may enter (POSIX); True elsewhere."""
+    import stat
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if not hasattr(os, "getuid"):
+        return True
+    return info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+
+
 def check_output_file(path: str | os.PathLike, force: bool, option: str, default_suffix: str = "",
                       suffixes: tuple[str, ...] = ()) -> Path:
     """The file an output option (`option`, e.g. "--json") will write, checked before any work starts:
