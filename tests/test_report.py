@@ -678,6 +678,27 @@ def test_submission_needs_name_and_id_from_options_or_the_student_file(tmp_path)
     assert submission.resolve_student("王五", None, None, file).name == "王五"  # options override the file
 
 
+@pytest.mark.parametrize("field", ["name", "id", "class"])
+@pytest.mark.parametrize("value", ["计科\n\n<a href='javascript:alert(1)'>x</a>", "张\r三", "张\x00三", "a\tb",
+                                   "张\u202e三", "张\u2028三", "张" * 101],
+                         ids=["blank-line", "cr", "nul", "tab", "bidi-override", "line-separator", "101-chars"])
+def test_submission_fields_are_one_line_of_plain_text_of_bounded_length(tmp_path, field, value):
+    """A newline (a blank line ends the cover's HTML block, so the rest became live markup), another control
+    or format character, or more than 100 characters is refused with one line naming the field; the same
+    from the student file."""
+    options = {"name": "张三", "id": "2023012345", "class": "计科2101", field: value}
+    with pytest.raises(UsageError) as caught:
+        submission.resolve_student(options["name"], options["id"], options["class"], None)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"--student-{field} "), message
+    file = tmp_path / "student.yaml"
+    file.write_text(json.dumps(options, ensure_ascii=False), encoding="utf-8")  # JSON is YAML
+    with pytest.raises(UsageError, match=f"student.yaml {field}: "):
+        submission.resolve_student(None, None, None, file)
+    ok = submission.resolve_student(" 张三 ", "2023012345", "计科 2101 班", None)  # inner spaces are plain text
+    assert (ok.name, ok.class_name) == ("张三", "计科 2101 班")
+
+
 def test_headings_demoted_outside_code_and_found_in_page_text():
     text = "## 3. 讲义代码的问题\n```python\n# 获取测试集\n```\n### 3.1 标准化"
     assert submission.demote_headings(text) == "### 3. 讲义代码的问题\n```python\n# 获取测试集\n```\n#### 3.1 标准化"

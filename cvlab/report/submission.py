@@ -59,6 +59,23 @@ class Student:
     date: str = ""
 
 
+STUDENT_FIELD_MAX = 100  # characters of one cover field
+
+
+def check_field(value: str, where: str) -> None:
+    """A cover field is one line of plain text, at most STUDENT_FIELD_MAX characters: a newline or another
+    control or format character (a blank line would end the cover's HTML block and let the rest of the field
+    become markup) is refused with one UsageError line naming the field (`where`) and the character."""
+    import unicodedata
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            raise UsageError(f"{where} holds a control character (U+{ord(char):04X} at position {i + 1}); "
+                             "give it as one line of plain text")
+    if len(value) > STUDENT_FIELD_MAX:
+        raise UsageError(f"{where} is {len(value)} characters long, more than the {STUDENT_FIELD_MAX} a cover "
+                         "field takes; shorten it")
+
+
 def resolve_student(name: str | None, student_id: str | None, class_name: str | None,
                     path: Path | None = None) -> Student:
     """Options first, then the student file (`path`, else ./student.yaml when present); name and id required."""
@@ -77,7 +94,10 @@ def resolve_student(name: str | None, student_id: str | None, class_name: str | 
             raise UsageError(f"{file} must map name, id, class (and optionally date) to values")
     student = Student(str(name or values.get("name") or "").strip(), str(student_id or values.get("id") or "").strip(),
                       str(class_name or values.get("class") or "").strip(),
-                      str(values.get("date") or time.strftime("%Y-%m-%d")))
+                      str(values.get("date") or time.strftime("%Y-%m-%d")).strip())
+    for label, option, key in (("name", name, "name"), ("student_id", student_id, "id"),
+                               ("class_name", class_name, "class"), ("date", None, "date")):
+        check_field(getattr(student, label), f"--student-{key}" if option else f"{file} {key}:")
     if not student.name or not student.student_id:
         raise UsageError("--submission needs --student-name and --student-id "
                          f"(or a {STUDENT_FILE} with name: and id:)")
