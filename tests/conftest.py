@@ -112,3 +112,18 @@ def signal_mid_epoch(tmp_path, command, sig, at_step, rank=0, timeout=180):
             child.kill()
             child.wait()
     return child.returncode, stdout.splitlines(), [line for line in stderr.splitlines() if line.strip()]
+
+
+def cvlab_frames(stderr_lines) -> list[str]:
+    """The traceback lines of `stderr_lines` whose file is one of cvlab's own modules (the package under test),
+    whatever the path around it holds: a virtual environment or a checkout named like cvlab-venv or
+    ~/cvlab/.venv puts "cvlab" into every traceback line of torch or torchrun, too."""
+    import re
+    import cvlab
+    package = Path(cvlab.__file__).resolve().parent
+    found = []
+    for line in stderr_lines:
+        match = re.match(r'\s*File "([^"]+)", line \d+', line)
+        if match and Path(match.group(1)).resolve().is_relative_to(package):
+            found.append(line)
+    return found
