@@ -127,3 +127,51 @@ def cvlab_frames(stderr_lines) -> list[str]:
         if match and Path(match.group(1)).resolve().is_relative_to(package):
             found.append(line)
     return found
+
+
+class SmallDisk:
+    """A small tmpfs mounted at `path`; `fill(leave)` takes all but about `leave` bytes of it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def free(self) -> int:
+        stat = os.statvfs(self.path)
+        return stat.f_bavail * stat.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        with open(self.path / "filler", "ab") as f:
+            try:
+                f.write(b"\0" * max(0, self.free() - leave))
+                f.flush()
+            except OSError:
+                pass
+            while self.free() > leave:  # page rounding: top up until at most `leave` bytes are free
+                try:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+                except OSError:
+                    break
+
+    def make_room(self) -> None:
+        (self.path / "filler").unlink(missing_ok=True)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if p.name != "filler")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs under tmp_path (needs root and `mount`; skipped otherwise), unmounted afterwards."""
+    import shutil
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    path = tmp_path / "disk"
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -717,6 +717,29 @@ def test_report_options_are_checked_before_any_notebook(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "rep").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate --json", "export", "predict --grid"])
+def test_a_full_disk_under_an_output_file_is_one_line_and_leaves_nothing(trained, tmp_path, capsys, small_disk,
+                                                                          command):
+    """evaluate --json, export and predict --grid on a full disk: one line naming the file, exit 2, no file
+    (not even an empty one, which the rerun would refuse as existing) and no temp file; after making room the
+    same command works."""
+    from PIL import Image
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(image)
+    target = small_disk.path / {"evaluate --json": "eval.json", "export": "model.pt", "predict --grid": "grid.png"}[command]
+    argv = {"evaluate --json": ("evaluate", trained, "--device", "cpu", "--json", target),
+            "export": ("export", trained, "--out", target),
+            "predict --grid": ("predict", trained, image, "--device", "cpu", "--grid", target)}[command]
+    small_disk.fill(leave=0 if command == "evaluate --json" else 8192)  # a JSON of a few KB: nothing left
+    code, err = cli(capsys, *argv)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"cvlab: error: cannot write {target} (no space left on device)"), err
+    assert small_disk.names() == []
+    small_disk.make_room()
+    code, err = cli(capsys, *argv)
+    assert code == 0 and target.stat().st_size > 0, err
+
+
 def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
     import errno
 

@@ -562,6 +562,28 @@ def test_sigterm_during_a_cell_that_does_not_train_ends_the_report_at_once(tmp_p
     nbformat.read(str(out / "01_sleep.ipynb"), as_version=4)  # the partial notebook is whole
 
 
+@pytest.mark.slow
+def test_a_disk_that_fills_while_a_notebook_runs_ends_the_report_with_one_line(tmp_path, small_disk):
+    """The executed notebook is saved after every cell: on a full disk the report ends with one line naming
+    the file (exit 2, no traceback), the last whole save stays valid JSON, and no temp file is left."""
+    folder, out = tmp_path / "notebooks", small_disk.path / "reports"
+    folder.mkdir()
+    path = _notebook(folder / "01_big.ipynb", "EPOCHS = 1")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('x' * 400_000)"))  # more than the disk has left
+    nbformat.write(nb, str(path))
+    out.mkdir()
+    small_disk.fill(leave=64 * 1024)
+    done = _report(tmp_path, "--no-estimate", "--profile", "smoke", "--out", str(out))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith(f"cvlab: error: cannot write {out / '01_big.ipynb'} (no space left on device) "
+                                "while 01_big.ipynb ran; its last whole save is kept"), lines[-1]
+    kept = nbformat.read(str(out / "01_big.ipynb"), as_version=4)  # whole JSON, saved before the big cell
+    assert "x" * 1000 not in json.dumps(kept)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
 # ---------------------------------------------------------------------------- the submission document
 
 CHAPTERS = ("一、实验目的", "二、实验内容", "三、实验步骤与结果", "四、问题解答", "五、改进方法与结果", "六、结论", "附录 A")

@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 
-from ..core.errors import Diverged, Terminated, UsageError
+from ..core.errors import Diverged, Terminated, UsageError, disk_error, is_disk_error
 from ..core.signals import sigterm_as_interrupt
 from . import ablate, aftertrain, bench, doctor, report, theory, train
 from .common import Parser
@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `python -m cvlab presets | head`: the reader has gone, nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         return 0
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        if main_process:  # every write cvlab makes is atomic: the file is whole or absent
+            where = f" {exc.filename}" if exc.filename else ""
+            sys.stderr.write(f"cvlab: error: cannot write{where} ({disk_error(exc)}); nothing was half-written; "
+                             "make room or choose another place, then run the same command again\n")
+        return 2
     except RuntimeError as exc:  # under torchrun: a collective failed because another process died
         from ..core.distributed import lost_peer
         reason = lost_peer(exc)

@@ -55,6 +55,14 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}" if text else type(exc).__name__
 
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # the disk, not the input
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """An OSError that says the disk cannot take a write (full, over quota, read-only, failing)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
 def disk_error(exc: OSError) -> str:
     """A short reason for a failed write, e.g. 'No space left on device'."""
     if exc.errno == errno.ENOSPC:

@@ -236,12 +236,21 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats save_figu
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save as PNG (folders created) and close the figure, so notebooks show the saved file once."""
+    """Save as PNG (folders created) and close the figure, so notebooks show the saved file once. The file is
+    rendered in memory and written atomically: a full disk leaves no empty or partial image behind."""
+    import io
+
+    from ..core.runs import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     legible_in_print(fig)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..core.runs import atomic_write_bytes, atomic_write_text
+
 def _mathml_renderer_class():
     """nbconvert's Markdown renderer with LaTeX turned into MathML (browsers render it offline).
 
@@ -170,7 +172,7 @@ def export_html(executed: Path, html: Path, source_dir: Path, no_input: bool = F
     exporter = offline_html_exporter(no_input)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir),
                                                                       "name": executed.stem}})
-    html.write_text(body, encoding="utf-8")
+    atomic_write_text(html, body)  # a full disk leaves the earlier file or none, never half a page
     return html
 
 
@@ -224,16 +226,22 @@ def cjk_font_present() -> bool | None:
 
 def chromium_pdf(browser: str, html: Path, pdf: Path, timeout: float = 180) -> str:
     """Print `html` to `pdf` (A4 from the page's print styles) with headless `browser`; "" or what went wrong."""
+    part = pdf.resolve().with_name(f".{pdf.name}.part")  # renamed into place once whole: a full disk leaves no half PDF
     with tempfile.TemporaryDirectory(prefix="cvlab-chromium-") as profile_dir:
         cmd = [browser, *headless_browser_args(profile_dir), "--no-pdf-header-footer",
-               f"--print-to-pdf={pdf.resolve()}", html.resolve().as_uri()]
+               f"--print-to-pdf={part}", html.resolve().as_uri()]
         try:
             subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
+            part.unlink(missing_ok=True)
             return f"{browser} failed ({type(exc).__name__})"
-    if not pdf.is_file() or pdf.stat().st_size == 0:
-        return f"{browser} wrote no PDF"
-    return ""
+    try:
+        whole = part.is_file() and part.stat().st_size > 0 and b"%%EOF" in part.read_bytes()[-1024:]
+        if whole:
+            os.replace(part, pdf)
+    finally:
+        part.unlink(missing_ok=True)
+    return "" if whole else f"{browser} wrote no PDF (or an incomplete one)"
 
 
 def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) -> tuple[Path | None, str]:
@@ -257,7 +265,7 @@ def export_pdf(html: Path, pdf: Path, executed: Path, no_input: bool = False) ->
         exporter = WebPDFExporter(disable_sandbox=True, embed_images=True, exclude_input=no_input,
                                   exclude_input_prompt=no_input, exclude_output_prompt=no_input)
         data, _ = exporter.from_filename(str(executed))
-        pdf.write_bytes(data)
+        atomic_write_bytes(pdf, data)
         return pdf, "PDF via nbconvert webpdf (playwright)"
     except Exception as exc:
         return None, f"PDF not made: nbconvert webpdf failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

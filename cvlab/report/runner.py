@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..core.config import FIELDS, parse_text, parse_value
-from ..core.errors import ConfigError, Terminated, UsageError
+from ..core.errors import ConfigError, Terminated, UsageError, disk_error, is_disk_error
 from ..core.paths import REPO_ROOT
 from .publish import PRINT_FROM_BROWSER, export_html, export_pdf, pdf_route
 
@@ -301,7 +301,7 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: st
     import papermill
 
     kernels: list = []
-    with stops_reach_the_kernel(kernels) as received:
+    with stops_reach_the_kernel(kernels) as received, notebook_saved_atomically(output):
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
                                        language="python",  # also for notebooks without kernelspec metadata
@@ -317,9 +317,45 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], kernel: st
         except Exception as exc:  # papermill, nbclient and kernel errors all end the report here
             if received:
                 raise stopped(received[0], exc, notebook, output) from None
+            if is_disk_error(exc):
+                kept = "its last whole save is kept" if output.exists() else "nothing of it was written"
+                raise UsageError(f"cannot write {output} ({disk_error(exc)}) while {notebook.name} ran; {kept}; "
+                                 "make room, then run the same command again") from None
             raise NotebookFailed(short_error(exc, notebook, output)) from None
     if received:  # the notebook ended before the stop reached a cell: stop before the next one
         raise stopped(received[0], None, notebook, output)
+
+
+@contextlib.contextmanager
+def notebook_saved_atomically(output: Path) -> Iterator[None]:
+    """While papermill runs, its saves of `output` (after every cell) go to a temp file renamed into place
+    (core.runs.atomic_write_text): a full disk leaves the last whole save, never truncated JSON. papermill takes the
+    newest registered handler whose prefix the path starts with: this one is registered for `output` alone."""
+    from papermill.iorw import papermill_io
+
+    from ..core.runs import atomic_write_text
+
+    class AtomicNotebookWriter:
+        def read(self, path: str) -> str:
+            return Path(path).read_text(encoding="utf-8")
+
+        def write(self, buf: str, path: str) -> None:
+            atomic_write_text(Path(path), buf)
+
+        def listdir(self, path: str) -> list[str]:
+            return [str(p) for p in Path(path).iterdir()]
+
+        def pretty_path(self, path: str) -> str:
+            return path
+
+    entry = (str(output), AtomicNotebookWriter())
+    papermill_io.register(*entry)
+    try:
+        yield
+    finally:
+        handlers = getattr(papermill_io, "_handlers", [])
+        if entry in handlers:
+            handlers.remove(entry)
 
 
 def stopped(signum: int, exc: Exception | None, notebook: Path, output: Path) -> NotebookStopped:
@@ -462,6 +498,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     if estimate:
         print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours)
     results: list[NotebookResult] = []
+    manifest = lambda: write_manifest(out / "report.json", profile, results, no_input, folder)  # noqa: E731
     try:
         with kernel_environment(REPO_ROOT):
             for nb in notebooks:
@@ -483,8 +520,17 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                 result.status = "ok"
                 result.exports = export(executed, nb.parent, no_input, pdf, log)
                 log(f"{nb.stem}: ok in {result.seconds:.0f} s -> {', '.join(Path(p).name for p in [executed, *result.exports])}")
-    finally:
-        write_manifest(out / "report.json", profile, results, no_input, folder)
+    except BaseException:
+        try:
+            manifest()
+        except OSError:  # e.g. the disk that ended the report is still full: the first error is the one to say
+            pass
+        raise
+    try:
+        manifest()
+    except OSError as exc:
+        raise UsageError(f"cannot write {out / 'report.json'} ({disk_error(exc)}); the notebooks ran and were "
+                         "exported; make room, then run the same command again") from None
     if student is not None:
         from .submission import build_submission
 

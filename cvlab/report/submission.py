@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import UsageError
+from ..core.runs import atomic_write_text
 from . import source
 
 COURSE, PROJECT, TITLE = "计算机视觉技术基础", "实践项目一", "ResNet-18 实现图像分类"
@@ -534,7 +535,7 @@ def render_html(nb, out_html: Path, source_dir: Path, headings: list[Heading], c
             cell.source = toc_html(headings)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(source_dir), "name": SUBMISSION_NAME}})
     body = re.sub(r"<title>.*?</title>", f"<title>{COURSE} · {PROJECT} · 实验报告</title>", body, count=1, flags=re.S)
-    out_html.write_text(body, encoding="utf-8")
+    atomic_write_text(out_html, body)  # core.runs: a full disk leaves no half document
 
 
 def pdf_pages_text(pdf: Path) -> list[str] | None:
