@@ -228,6 +228,55 @@ def test_a_holder_whose_lock_was_taken_over_stops_and_writes_nothing(tmp_path):
     assert load_run(out).metrics["epochs_done"] == 1
 
 
+RACE_STARTER = """
+import sys, time, warnings
+from pathlib import Path
+import cvlab.core.lock as L
+
+real = L.RunLock._take_over
+def slow_take_over(self, *args, **kwargs):  # widen the window between finding the lock stale and taking it
+    time.sleep(0.3)
+    return real(self, *args, **kwargs)
+L.RunLock._take_over = slow_take_over
+warnings.simplefilter("ignore")
+folder, go = Path(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.002)
+lock = L.RunLock(folder / "run.lock", folder)
+try:
+    lock.acquire()
+except L.RunDirError:
+    print("refused")
+else:
+    print("held")
+    time.sleep(1.5)  # hold it while the other starters try
+    lock.release()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows: the take-over there is not atomic")
+def test_of_several_starters_that_find_one_stale_lock_exactly_one_takes_it_over(tmp_path):
+    """Four starters find a stale lock (its process gone) at the same moment: exactly one holds the folder,
+    the others are refused (with a remove-then-create take-over one could delete the lock another had just
+    made, and two held it)."""
+    import cvlab
+    folder = tmp_path / "run"
+    folder.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (folder / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
+                                                 "started": "2026-01-01T00:00:00+0000"}))
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(cvlab.__file__).resolve().parents[1])}
+    starters = [subprocess.Popen([sys.executable, "-c", RACE_STARTER, str(folder), str(go)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(1.0)  # all four are waiting for the go
+    go.touch()
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in starters)
+    assert outcomes == ["held", "refused", "refused", "refused"], outcomes
+    assert not (folder / "run.lock").exists()
+
+
 def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(trained, tmp_path, capsys):
     run = copy_run(trained, tmp_path / "run")
     lock = write_lock(run, "other-instance", 60)

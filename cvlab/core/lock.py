@@ -6,7 +6,8 @@ thread, and at every epoch end (RunDir.write_metrics). A lock written on this ho
 longer exists, and never while it does, however old its heartbeat (a process stopped by Ctrl-Z or a laptop's
 sleep still holds it). A lock from another host is stale when not touched for LOCK_STALE_SECONDS (an instance
 stopped and restarted under another hostname leaves such a lock). The next start takes a stale lock over, with
-one line naming the old holder; a holder whose lock was taken over meanwhile (`RunLock.check_owned`, before
+one line naming the old holder; where the OS has file locks (fcntl.flock) the holder also holds one on run.lock,
+so that of several starters only one can take a stale lock over (the heartbeat still serves other hosts); a holder whose lock was taken over meanwhile (`RunLock.check_owned`, before
 every write) stops with one line and writes nothing more.
 """
 from __future__ import annotations
@@ -21,6 +22,11 @@ from pathlib import Path
 
 from .errors import RunDirError, disk_error
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the exclusive create and the pid/heartbeat rules remain
+    fcntl = None
+
 HEARTBEAT_SECONDS = 30.0
 LOCK_STALE_SECONDS = 300.0
 _HELD_HERE: set[str] = set()  # the locks this process holds (real paths), whichever RunLock took them
@@ -34,6 +40,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one at `path` (not unlinked or replaced meanwhile)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def process_note(pid: int) -> str:
@@ -62,6 +77,7 @@ class RunLock:
     def __init__(self, path: Path, folder: Path):
         self.path, self.folder = Path(path), Path(folder)
         self._lock_held = False
+        self._os_lock: int | None = None  # the open run.lock this process holds an flock on
         self._heartbeat: _Heartbeat | None = None
 
     @property
@@ -125,9 +141,74 @@ class RunLock:
     def acquire(self) -> None:
         """Take run.lock (pid, host, start time) and keep its heartbeat while held. A stale lock (see
         `holder`) is taken over with a warning naming the old holder; a live holder gets a one-line
-        RunDirError naming it and saying when its lock would go stale."""
+        RunDirError naming it and saying when its lock would go stale. Where the OS offers file locks
+        (fcntl.flock: Linux, macOS) the holder also keeps one on run.lock, which makes the take-over atomic:
+        of several starters that find one stale lock, only the one holding the OS lock rewrites it."""
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if fcntl is None or not self._acquire_with_os_lock(me):
+            self._acquire_by_exclusive_create(me)
+        self._lock_held = True
+        _HELD_HERE.add(self._key())
+        self._heartbeat = _Heartbeat(self)
+
+    def _acquire_with_os_lock(self, me: dict) -> bool:
+        """Open (or create) run.lock and take an exclusive flock on it without waiting; then take the record over
+        in place, under that lock. False when this file system has no flock (the caller falls back)."""
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise RunDirError(f"cannot write in {self.folder}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live process holds it
+                os.close(fd)
+                info = self._read_settled()
+                if info is None:
+                    continue  # released meanwhile
+                raise RunDirError(self._in_use(info)) from None
+            except OSError:  # no flock on this file system (some network ones)
+                os.close(fd)
+                return False
+            try:
+                if not _is_file_at(fd, self.path):  # the holder released (unlinked) it between open and flock
+                    os.close(fd)
+                    continue
+                if os.fstat(fd).st_size > 0:  # an earlier holder's record
+                    info = self._read()
+                    if info and not self._stale(info):  # e.g. another host's, beating; or a process without flock
+                        raise RunDirError(self._in_use(info))
+                    self._take_over(info or {}, remove=False)
+                self._write_record(fd, me)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._os_lock = fd
+            return True
+        raise RunDirError(f"cannot take the lock {self.path}; another process keeps changing it")
+
+    def _write_record(self, fd: int, me: dict) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as f:
+                f.write(json.dumps(me) + "\n")
+        except OSError as exc:  # e.g. a disk already full: leave no empty lock for the next start to puzzle over
+            self.path.unlink(missing_ok=True)
+            raise RunDirError(f"cannot write the lock {self.path} ({disk_error(exc)}); make room, "
+                              "then start again") from None
+
+    def _read_settled(self) -> dict | None:
+        """The record of a lock another process holds, waiting up to a second while it is being written."""
+        for _ in range(10):
+            info = self._read()
+            if info != {}:
+                return info
+            time.sleep(0.1)
+        return {}
+
+    def _acquire_by_exclusive_create(self, me: dict) -> None:
+        """Without OS file locks: create run.lock exclusively, removing a stale one first."""
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -145,20 +226,15 @@ class RunLock:
             except OSError as exc:
                 raise RunDirError(f"cannot write in {self.folder}: {exc.strerror or exc}") from None
             try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(json.dumps(me) + "\n")
-            except OSError as exc:  # e.g. a disk already full: leave no empty lock for the next start to puzzle over
-                self.path.unlink(missing_ok=True)
-                raise RunDirError(f"cannot write the lock {self.path} ({disk_error(exc)}); make room, "
-                                  "then start again") from None
-            self._lock_held = True
-            _HELD_HERE.add(self._key())
-            self._heartbeat = _Heartbeat(self)
+                self._write_record(fd, me)
+            finally:
+                os.close(fd)
             return
         raise RunDirError(f"cannot take the lock {self.path}; another process keeps changing it")
 
-    def _take_over(self, info: dict) -> None:
-        """Remove a stale lock, with one line naming its holder and why it counts as gone."""
+    def _take_over(self, info: dict, remove: bool = True) -> None:
+        """One line naming a stale lock's holder and why it counts as gone; the lock is removed (`remove`), or
+        rewritten in place by the caller, which holds the OS lock on it."""
         age = self._lock_age()
         if not info:
             why = "damaged"
@@ -169,8 +245,9 @@ class RunLock:
         else:
             why = "that process no longer exists"
         holder = f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')})" if info else "?"
-        warnings.warn(f"taking over the stale lock {self.path} of {holder}: {why}", stacklevel=5)
-        self.path.unlink(missing_ok=True)
+        warnings.warn(f"taking over the stale lock {self.path} of {holder}: {why}", stacklevel=6)
+        if remove:
+            self.path.unlink(missing_ok=True)
 
     def _in_use(self, info: dict) -> str:
         """The one line for a live holder: who, and when its lock goes stale if it stops beating."""
@@ -212,9 +289,12 @@ class RunLock:
         if self._lock_held:
             info = self._read()
             if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                self.path.unlink(missing_ok=True)
+                self.path.unlink(missing_ok=True)  # before the OS lock goes: a starter waiting on it sees a new file
             _HELD_HERE.discard(self._key())
             self._lock_held = False
+        if self._os_lock is not None:
+            os.close(self._os_lock)
+            self._os_lock = None
 
 
 class _Heartbeat:
