@@ -203,3 +203,22 @@ def test_output_into_a_closed_pipe_is_not_a_traceback():
     done = subprocess.run(f"{shlex.quote(sys.executable)} -m cvlab presets | head -1", shell=True, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("handout") and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--cell-timeout", "1e300"], "argument --cell-timeout: expected a number more than 0 and at most 2592000"),
+    (["--cell-timeout", "nan"], "argument --cell-timeout: expected a number more than 0"),
+    (["--price-per-hour", "nan"], "argument --price-per-hour: expected a number at least 0"),
+    (["--price-per-hour", "inf"], "argument --price-per-hour: expected a number at least 0"),
+    (["--price-per-hour", "-3"], "argument --price-per-hour: expected a number at least 0"),
+    (["--auto-stop-hours", "-1"], "argument --auto-stop-hours: expected a number at least 0"),
+    (["--auto-stop-hours", "inf"], "argument --auto-stop-hours: expected a number at least 0"),
+])
+def test_report_numbers_are_finite_and_bounded_when_parsed(capsys, tmp_path, args, fragment):
+    """A cell timeout beyond Jupyter's timers (it failed with OverflowError once the kernel had started), a nan,
+    inf or negative price or auto-stop time: one line, exit 2, before anything starts."""
+    code, out, err = run_main(capsys, "report", "--out", str(tmp_path / "out"), *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], err
+    assert not (tmp_path / "out").exists()
+    assert parse("report", "--price-per-hour", "0", "--auto-stop-hours", "0", "--cell-timeout", "600").cell_timeout == 600

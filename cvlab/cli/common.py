@@ -115,6 +115,23 @@ def path_text(text: str) -> str:
     return text
 
 
+def float_in(low: float, high: float, low_allowed: bool = False):
+    """An argparse type for a finite number above `low` (or equal, with `low_allowed`) and at most `high`:
+    nan, inf and negatives are refused at parse time, before anything starts."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above = value >= low if low_allowed else value > low
+        if not (above and value <= high):  # also false for nan
+            shown = lambda x: f"{x:.0f}" if float(x).is_integer() else f"{x:g}"  # noqa: E731
+            bound = f"{'at least' if low_allowed else 'more than'} {shown(low)}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound} and at most {shown(high)}, got {text}")
+        return value
+    return convert
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -8,7 +8,9 @@ from ..report import runner
 from ..core.errors import UsageError
 from ..report.runner import NotebookFailed, NotebookStopped, available_profiles, run_report
 from ..report.submission import STUDENT_FILE, resolve_student
-from .common import path_text, positive_float
+from .common import float_in, path_text
+
+CELL_TIMEOUT_MAX = 30 * 24 * 3600.0  # seconds; Jupyter's timers overflow long before float's own limit
 
 
 def cmd_report(args) -> int:
@@ -49,13 +51,14 @@ def register(sub) -> None:
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="HTML only, no PDF attempt")
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="start at once, without printing the planned training and its time estimate")
-    p.add_argument("--price-per-hour", type=float, metavar="PRICE",
+    p.add_argument("--price-per-hour", type=float_in(0, 1e6, low_allowed=True), metavar="PRICE",
                    help="hourly price of this machine (e.g. the ModelArts flavour's): the plan adds the estimated cost")
-    p.add_argument("--auto-stop-hours", type=float, default=1.0, metavar="HOURS",
+    p.add_argument("--auto-stop-hours", type=float_in(0, 24 * 365, low_allowed=True), default=1.0, metavar="HOURS",
                    help="warn when the estimate is longer than this: a ModelArts notebook instance's auto-stop time, "
                         "set when it is created (default 1; 0 = no warning)")
     p.add_argument("--kernel", metavar="NAME", help="Jupyter kernel (default: one running this Python, registered if needed)")
-    p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (default: none)")
+    p.add_argument("--cell-timeout", type=float_in(0, CELL_TIMEOUT_MAX), metavar="SECONDS",
+                   help=f"fail a cell that runs longer (at most {CELL_TIMEOUT_MAX:g} s, 30 days; default: none)")
     g = p.add_argument_group("submission", "one A4 document to hand in: cover, contents, the handout's chapters "
                              "and a source-code appendix -> reports/<profile>/submission.pdf and .html")
     g.add_argument("--submission", action="store_true", help="also write submission.pdf / submission.html")
