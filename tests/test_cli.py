@@ -222,3 +222,16 @@ def test_report_numbers_are_finite_and_bounded_when_parsed(capsys, tmp_path, arg
     assert code == 2 and len(lines) == 1 and fragment in lines[0], err
     assert not (tmp_path / "out").exists()
     assert parse("report", "--price-per-hour", "0", "--auto-stop-hours", "0", "--cell-timeout", "600").cell_timeout == 600
+
+
+def test_an_output_option_naming_a_folder_is_refused_before_a_suffix_is_added(tmp_path):
+    """`predict --grid FOLDER` wrote FOLDER.png beside the folder."""
+    from cvlab.core.errors import UsageError
+    from cvlab.core.paths import check_output_file
+
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    with pytest.raises(UsageError, match=f"--grid {folder} is a folder; give a file name inside it"):
+        check_output_file(folder, False, "--grid", ".png", (".png",))
+    assert check_output_file(tmp_path / "grid", False, "--grid", ".png", (".png",)) == tmp_path / "grid.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]

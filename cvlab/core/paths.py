@@ -84,6 +84,8 @@ def check_output_file(path: str | os.PathLike, force: bool, option: str, default
     if not str(path).strip():
         raise UsageError(f"{option} needs a file name, got ''")
     path = Path(path).expanduser()
+    if path.is_dir():  # before a suffix is added: `--grid FOLDER` would otherwise write FOLDER.png beside it
+        raise UsageError(f"{option} {path} is a folder; give a file name inside it")
     if default_suffix and not path.suffix:
         path = path.with_name(path.name + default_suffix)
     if suffixes and path.suffix.lower() not in suffixes:
