@@ -789,6 +789,26 @@ def test_a_full_disk_under_an_output_file_is_one_line_and_leaves_nothing(trained
     assert code == 0 and target.stat().st_size > 0, err
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_checkpoint_whose_weights_hold_strings_is_one_line_for_every_reader(trained, tmp_path, capsys, command):
+    """Plain values where tensors belong (the names and shapes right): evaluate, predict and export say so in one
+    line, as resume does, instead of a traceback from inside load_state_dict."""
+    from PIL import Image
+    run = copy_run(trained, tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.dim() == 0)  # a 0-d tensor: its "shape" matches a str's
+    state["model"][name] = "not a tensor"
+    if state.get("ema"):
+        state["ema"]["module"][name] = "not a tensor"
+    torch.save(state, run / "last.pt")
+    Image.new("RGB", (40, 30)).save(tmp_path / "cat.png")
+    argv = {"evaluate": ("evaluate", run, "--device", "cpu"),
+            "predict": ("predict", run, tmp_path / "cat.png", "--device", "cpu"),
+            "export": ("export", run, "--out", tmp_path / "model.pt")}[command]
+    one_line(*cli(capsys, *argv), f"value(s) that are not tensors, e.g. {name} is a str")
+    assert not (tmp_path / "model.pt").exists()
+
+
 def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
     import errno
 

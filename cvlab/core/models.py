@@ -158,6 +158,10 @@ def state_dict_mismatch(model: nn.Module, state: dict) -> str | None:
     if not isinstance(state, dict):
         return f"the weights are a {type(state).__name__}, not a dict of tensors"
     own = model.state_dict()
+    not_tensors = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    if not_tensors:  # e.g. a string where a (0-d) tensor belongs: load_state_dict would raise deep inside torch
+        k = not_tensors[0]
+        return f"{len(not_tensors)} value(s) that are not tensors, e.g. {k} is a {type(state[k]).__name__}"
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
