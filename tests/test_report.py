@@ -941,3 +941,23 @@ def test_a_presets_listing_is_its_derive_call_even_when_a_dict_keyed_by_its_name
     monkeypatch.setattr(source, "read_source", lambda path, where: text)
     assert source.preset_listing("+x", None).text.startswith('_derive("+x"')
     assert '"the base"' in source.preset_listing("base", None).text  # a preset without _derive: its entry
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "Terminated"])
+def test_a_second_stop_leaves_report_json_saying_interrupted(tmp_path, monkeypatch, stop):
+    """A second Ctrl-C (or SIGTERM) while the first is handled stops the report at once: report.json says
+    "interrupted" for that notebook, not "not run"."""
+    from cvlab.core.errors import Terminated
+    stop = Terminated if stop == "Terminated" else stop
+    folder, out = tmp_path / "notebooks", tmp_path / "out"
+    folder.mkdir()
+    _notebook(folder / "01_a.ipynb", "EPOCHS = 1")
+
+    def second_stop(*args, **kwargs):
+        raise stop()
+    monkeypatch.setattr(runner, "execute", second_stop)
+    monkeypatch.setattr(runner, "ensure_kernel", lambda log: "python3")
+    with pytest.raises(stop):
+        runner.run_report("smoke", notebooks_dir=folder, out=out, pdf=False, estimate=False, log=lambda t: None)
+    entry = json.loads((out / "report.json").read_text(encoding="utf-8"))["notebooks"][0]
+    assert entry["status"] == "interrupted" and "stopped by a second" in entry["error"], entry

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 from ..core.config import FIELDS, parse_text, parse_value
 from ..core.errors import ConfigError, Terminated, UsageError, disk_error, is_disk_error
 from ..core.paths import REPO_ROOT
+from ..core.signals import stop_reason
 from .publish import PRINT_FROM_BROWSER, export_html, export_pdf, pdf_route
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -514,6 +515,10 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                     raise
                 except NotebookStopped as exc:
                     result.status, result.error = "interrupted", str(exc)
+                    raise
+                except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM: the report stops at once
+                    result.status = "interrupted"
+                    result.error = f"{nb.name} stopped by a second {stop_reason(exc)}; partial notebook kept at {executed}"
                     raise
                 finally:
                     result.seconds = round(time.perf_counter() - start, 1)
