@@ -809,6 +809,24 @@ def test_a_checkpoint_whose_weights_hold_strings_is_one_line_for_every_reader(tr
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_a_test_loss_that_is_not_finite_is_said_in_the_final_line(tmp_path, monkeypatch):
+    """Training losses finite, the test loss NaN (e.g. weights that overflow only on test images): the run ends
+    "complete", and its last line says which epochs' figures mean nothing."""
+    real = engine.evaluate
+    calls = []
+
+    def nan_on_test(step, loader, *args, **kwargs):
+        figures = real(step, loader, *args, **kwargs)
+        calls.append(1)
+        return {**figures, "loss": float("nan")} if len(calls) == 2 else figures
+    monkeypatch.setattr(engine, "evaluate", nan_on_test)
+    lines = []
+    fit(tiny_config(epochs=2), tmp_path / "run", log=lines.append)
+    assert load_run(tmp_path / "run").metrics["status"] == "complete"
+    assert lines[-1].startswith("warning: the test or validation loss was not finite in 1 epoch(s) (2) although "
+                                "the training losses were"), lines[-1]
+
+
 def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
     import errno
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -385,7 +386,24 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
                 log(format_row(row))
                 if on_epoch_end is not None:
                     on_epoch_end(row)
+            if main:
+                note = nonfinite_evaluation(record.history)
+                if note:
+                    log(f"warning: {note}")
     return run.path
+
+
+def nonfinite_evaluation(history: list[dict]) -> str | None:
+    """One line when an epoch's test (or validation) loss was NaN or infinite although training went on (the
+    training losses were finite): a run that ends "complete" with figures that mean nothing; else None."""
+    bad = [r["epoch"] for r in history
+           if any(isinstance(r.get(k), float) and not math.isfinite(r[k]) for k in ("test_loss", "val_loss"))]
+    if not bad:
+        return None
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    return (f"the test or validation loss was not finite in {len(bad)} epoch(s) ({shown}) although the training losses were: "
+            "the weights give NaN or infinite outputs on the test images, so those epochs' figures mean nothing "
+            "(metrics.json holds null for them); lower the learning rate, or check the data")
 
 
 def banner(t: Trainer, path: Path) -> str:
