@@ -258,3 +258,27 @@ def test_a_second_user_gets_a_synthetic_cache_of_their_own(tmp_path, monkeypatch
     assert done.returncode == 0, done.stderr[-2000:]
     theirs, uid, mode = done.stdout.split()
     assert Path(theirs) != mine and uid == "65534" and mode == "0o700", done.stdout
+
+
+def test_an_archive_member_larger_than_any_cifar_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A gzip bomb (a few KB that expand to gigabytes) took 1.58 GB of memory: each member's declared size is
+    checked against the most a CIFAR-100 file holds before a byte of it is read."""
+    import io
+    import tarfile
+    import tracemalloc
+    monkeypatch.setattr(D, "MEMBER_LIMITS", {"meta": 1 << 16, "train": 1 << 20, "test": 1 << 20}, raising=False)
+    archive = tmp_path / D.ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, size in (("meta", 100), ("test", 1000), ("train", 8 << 20)):  # train: 8 MiB of zeros
+            info = tarfile.TarInfo(f"{D.FOLDER}/{name}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    assert archive.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"cifar-100-python/train holds 8,388,608 bytes, more than the 1,048,576"):
+            load(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # the 8 MiB member was never read into memory

@@ -35,6 +35,9 @@ OFFICIAL_MD5 = {
     "meta": "7973b15100ade9c7d40fb424638fde48",
 }
 SPLIT_SIZES = {"train": 50000, "test": 10000}
+# The most bytes a data file may hold, checked before it is read: the official files are 1.5 KB (meta), 155 MB
+# (train) and 31 MB (test); a crafted archive's member (e.g. a gzip bomb) is refused instead of filling memory.
+MEMBER_LIMITS = {"meta": 1 << 16, **{s: int(n * 3072 * 1.1) + (1 << 20) for s, n in SPLIT_SIZES.items()}}
 NUM_FINE, NUM_COARSE = 100, 20
 
 # Per-channel statistics of the CIFAR-100 training set (R, G, B), as published.
@@ -203,6 +206,8 @@ def locate(root: str | Path) -> tuple[str, Path] | None:
 
 def _read_members(kind: str, path: Path, names: tuple[str, ...] = ("meta", "train", "test")) -> dict[str, bytes]:
     if kind == "folder":
+        for n in names:
+            _check_member_size(path / n, n, (path / n).stat().st_size if (path / n).is_file() else 0)
         return {n: (path / n).read_bytes() for n in names}
     out: dict[str, bytes] = {}
     try:
@@ -210,6 +215,7 @@ def _read_members(kind: str, path: Path, names: tuple[str, ...] = ("meta", "trai
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in names and member.name.startswith(FOLDER + "/"):
+                    _check_member_size(path, member.name, member.size)
                     out[base] = tar.extractfile(member).read()
             while tar.fileobj.read(1 << 20):  # to the end of the gzip stream, where its CRC is checked:
                 pass                          # tarfile stops early, so a flipped byte would go unnoticed
@@ -219,6 +225,14 @@ def _read_members(kind: str, path: Path, names: tuple[str, ...] = ("meta", "trai
     if missing:
         raise DataError(f"{path}: archive lacks {', '.join(FOLDER + '/' + m for m in missing)}")
     return out
+
+
+def _check_member_size(where: Path, name: str, size: int) -> None:
+    """One-line DataError when data file `name` declares more bytes than any CIFAR-100 file holds."""
+    limit = MEMBER_LIMITS.get(name.rsplit("/", 1)[-1])
+    if limit is not None and size > limit:
+        raise DataError(f"{where}: {name} holds {size:,} bytes, more than the {limit:,} a CIFAR-100 file can; "
+                        "this is not the CIFAR-100 data set (delete it and download again)")
 
 
 def md5_of(data: bytes) -> str:
