@@ -827,6 +827,17 @@ def test_a_test_loss_that_is_not_finite_is_said_in_the_final_line(tmp_path, monk
                                 "the training losses were"), lines[-1]
 
 
+def test_the_resume_hint_is_shell_quoted(tmp_path):
+    """A run directory with a space or `$(...)` in its path: the line printed on Ctrl-C pastes into a shell as is."""
+    import shlex
+    out = tmp_path / "my runs $(touch pwned)"
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(epochs=2), out, log=lines.append, on_epoch_end=StopAfter(1))
+    hint = lines[-1].split("continue with: ", 1)[1]
+    assert shlex.split(hint) == ["python", "-m", "cvlab", "train", "--resume", "--out", str(out)], hint
+
+
 def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):
     import errno
 

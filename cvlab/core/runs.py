@@ -19,6 +19,7 @@ import platform
 import random
 import re
 import secrets
+import shlex
 import time
 import warnings
 import zipfile
@@ -683,7 +684,7 @@ class Recording:
         self.best_val = -math.inf
         self.status = "running"
         self.started = False          # set by `start`: only then does the exit write a status
-        self.hint = f"python -m cvlab train --resume --out {run.path}"
+        self.hint = f"python -m cvlab train --resume --out {shlex.quote(str(run.path))}"  # pasteable as is
 
     def __enter__(self) -> "Recording":
         self.run.open(self.resume)
