@@ -297,6 +297,20 @@ def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(tra
     assert RunDir(run).status() == "interrupted"
 
 
+def test_a_heartbeat_from_the_future_does_not_block_for_as_long_as_the_clocks_disagree(trained, tmp_path, capsys):
+    """Another host's lock touched "tomorrow" (its clock a day ahead): stale, taken over with one line saying
+    so (it read "last heartbeat -86391 s ago" and blocked for a day)."""
+    run = copy_run(trained, tmp_path / "run")
+    write_lock(run, "fast-clock-host", -86400)
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    assert code == 0 and len(err) == 1, err
+    assert "its heartbeat is 24 h 0 min in the future (that host's clock is ahead by more than the 5 min limit)" \
+        in err[0], err
+    write_lock(run, "fast-clock-host", -60)  # within the limit: still a live holder, said without a minus sign
+    code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
+    assert code == 2 and "last heartbeat 60 s in the future by this host's clock" in err[0], err
+
+
 def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
     import cvlab.core.lock as lock_module
     monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 0.05)

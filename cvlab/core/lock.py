@@ -106,7 +106,9 @@ class RunLock:
         """This host's lock: its process is gone (or it names this process, which does not hold it: a restarted
         container reusing the pid). Another host's: no heartbeat for LOCK_STALE_SECONDS."""
         if info.get("host") != socket.gethostname():
-            return self._lock_age() > LOCK_STALE_SECONDS
+            # a heartbeat further in the future than the limit: that host's clock is off by more than the rule
+            # allows, and waiting for it to age would block for as long as the clocks disagree
+            return abs(self._lock_age()) > LOCK_STALE_SECONDS
         try:
             pid = int(info.get("pid", -1))
         except (TypeError, ValueError):
@@ -238,6 +240,9 @@ class RunLock:
         age = self._lock_age()
         if not info:
             why = "damaged"
+        elif info.get("host") != socket.gethostname() and age < 0:
+            why = (f"its heartbeat is {duration(-age)} in the future (that host's clock is ahead by more than the "
+                   f"{duration(LOCK_STALE_SECONDS)} limit)")
         elif info.get("host") != socket.gethostname():
             why = f"no heartbeat for {duration(age)}, more than the {duration(LOCK_STALE_SECONDS)} limit"
         elif info.get("pid") == os.getpid():
@@ -260,7 +265,8 @@ class RunLock:
             return f"{self.folder} is in use by {holder}{note}; wait for it to finish, or stop it"
         age = self._lock_age()
         stale_at = time.strftime("%H:%M:%S", time.localtime(time.time() - age + LOCK_STALE_SECONDS))
-        return (f"{self.folder} is in use by {holder}, last heartbeat {duration(age)} ago; wait for it to finish "
+        beat = f"{duration(age)} ago" if age >= 0 else f"{duration(-age)} in the future by this host's clock"
+        return (f"{self.folder} is in use by {holder}, last heartbeat {beat}; wait for it to finish "
                 f"(if that process is gone, its lock counts as stale at {stale_at}, {duration(LOCK_STALE_SECONDS)} "
                 "after its last heartbeat, and the next start after that takes it over)")
 
