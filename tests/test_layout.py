@@ -153,3 +153,20 @@ def test_the_python_39_check_accepts_postponed_annotations(tmp_path):
     (tmp_path / "ok.py").write_text("from __future__ import annotations\n\ndef f(x: int | None) -> list[str] | None:"
                                     "\n    y: dict[str, int] | None = None\n    return [str(x)] if y is None else None\n")
     assert newer_than_python39([tmp_path / "ok.py"]) == []
+
+
+def test_what_a_notebook_writes_under_a_relative_path_is_git_ignored():
+    """A notebook run by hand works in notebooks/: RUN_DIR = "runs/x" makes notebooks/runs/x, whose files
+    (and a lock or temp file anywhere) must not end up in a commit."""
+    import shutil
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a checkout")
+    paths = ["notebooks/runs/x/metrics.json", "notebooks/runs/x/history.csv", "notebooks/reports/smoke/01.html",
+             "notebooks/data/cifar-100-python/meta", "docs/results/x/run.lock", "runs/x/.metrics.json.1a2b.tmp"]
+    done = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(paths), done.stdout
+    kept = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "docs/results/x/metrics.json"],
+                          capture_output=True, text=True)
+    assert kept.returncode == 1  # result files the project commits stay visible
