@@ -6,6 +6,7 @@ run); nothing the user had is lost; a checkpoint is read as data and never runs 
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -850,6 +851,41 @@ def test_the_resume_hint_is_shell_quoted(tmp_path):
         fit(tiny_config(epochs=2), out, log=lines.append, on_epoch_end=StopAfter(1))
     hint = lines[-1].split("continue with: ", 1)[1]
     assert shlex.split(hint) == ["python", "-m", "cvlab", "train", "--resume", "--out", str(out)], hint
+
+
+@pytest.mark.parametrize("damage", ["metrics.json folder", "config.json fifo", "history.csv text",
+                                    "history.csv epochs", "history.csv columns"])
+def test_damaged_run_files_are_one_line_and_never_hang(trained, tmp_path, capsys, damage):
+    """metrics.json as a folder, config.json as a FIFO (reading it waited forever), a history.csv that is not
+    one cvlab wrote: evaluate and load_run say so in one line."""
+    run = copy_run(trained, tmp_path / "run")
+    name, kind = damage.split()
+    target = run / name
+    target.unlink()
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        rows = (trained / "history.csv").read_text().splitlines()
+        if kind == "text":
+            rows[1] = ",".join(["1", "lots"] + rows[1].split(",")[2:])
+        elif kind == "epochs":
+            rows[1] = ",".join(["7"] + rows[1].split(",")[1:])
+        else:
+            rows = [",".join(r.split(",")[1:]) for r in rows]  # the epoch column gone
+        target.write_text("\n".join(rows) + "\n")
+    fragment = {"folder": "metrics.json is a folder", "fifo": "config.json is not a regular file",
+                "text": "column train_loss holds something other than numbers",
+                "epochs": "its epochs are not 1, 2, 3, ... in order", "columns": "no column epoch"}[kind]
+    if name == "history.csv":
+        with pytest.raises(RunDirError, match=re.escape(fragment)):
+            load_run(run)
+    else:
+        done = subprocess.run([sys.executable, "-m", "cvlab", "evaluate", str(run), "--device", "cpu"],
+                              capture_output=True, text=True, timeout=60)  # a FIFO hung it forever
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and fragment in lines[0], done.stderr
 
 
 def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch):

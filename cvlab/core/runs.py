@@ -278,6 +278,7 @@ class RunDir:
     def read_config(self) -> dict:
         """config.json as a dict; one line when it is missing or not a JSON object."""
         path = self.file(CONFIG)
+        _refuse_non_file(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -303,6 +304,7 @@ class RunDir:
         path = self.file(METRICS)
         if not path.exists():
             return {}
+        _refuse_non_file(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -461,6 +463,14 @@ class RunDir:
         save_checkpoint(self.checkpoint_path(which), state)
 
 
+def _refuse_non_file(path: Path) -> None:
+    """One line when a run file exists but is not a regular file: reading a FIFO would wait forever, a folder
+    fails deep inside."""
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise RunDirError(f"{path} is {what}; a run directory holds it as a file: restore it or start a new run")
+
+
 # ---------------------------------------------------------------------------- reading runs back
 
 @dataclass
@@ -493,11 +503,32 @@ def load_run(path: str | Path) -> Run:
     if not run.file(HISTORY).exists() or not run.file(CONFIG).exists():
         raise RunDirError(f"{run.path} is not a run directory (needs {CONFIG} and {HISTORY}); "
                           "train one with 'python -m cvlab train'")
+    _refuse_non_file(run.file(HISTORY))
     try:
         history = pd.read_csv(run.file(HISTORY))
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{run.file(HISTORY)} is unreadable ({first_line(exc)})") from None
+    problem = history_problem(history)
+    if problem:
+        raise RunDirError(f"{run.file(HISTORY)} is not a history cvlab wrote ({problem}); restore it, or train "
+                          "the run again")
     return Run(run.path, run.read_config(), history, run.read_metrics())
+
+
+def history_problem(history: "Any") -> str | None:
+    """What keeps a history.csv DataFrame from being a run's per-epoch record (the HISTORY_COLUMNS, numbers
+    only, epochs 1, 2, ... in order), in a few words; None when it is one."""
+    import pandas as pd
+
+    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        return f"no column {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+    text = [c for c in history.columns if not pd.api.types.is_numeric_dtype(history[c])]
+    if text:
+        return f"column {text[0]} holds something other than numbers"
+    if list(history["epoch"]) != list(range(1, len(history) + 1)):
+        return "its epochs are not 1, 2, 3, ... in order"
+    return None
 
 
 def load_runs(paths: Iterable[str | Path]) -> "Any":
