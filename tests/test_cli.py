@@ -235,3 +235,50 @@ def test_an_output_option_naming_a_folder_is_refused_before_a_suffix_is_added(tm
         check_output_file(folder, False, "--grid", ".png", (".png",))
     assert check_output_file(tmp_path / "grid", False, "--grid", ".png", (".png",)) == tmp_path / "grid.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]
+
+
+SLOW_TORCH_IMPORT = """
+import importlib.abc, os, sys, time
+from pathlib import Path
+
+class SlowTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            Path(os.environ["CVLAB_TEST_READY"]).touch()
+            time.sleep(30)
+        return None
+
+sys.meta_path.insert(0, SlowTorch())
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    """Ctrl-C during the seconds `python -m cvlab` spends importing torch: exit 130 and the usual one line, no
+    traceback."""
+    import os
+    import signal
+    import time
+    import cvlab
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_TORCH_IMPORT)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "CVLAB_TEST_READY": str(ready),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(Path(cvlab.__file__).resolve().parents[1])])}
+    child = subprocess.Popen([sys.executable, "-m", "cvlab", "presets"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.02)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 130 and stderr.strip().splitlines() == ["cvlab: interrupted"], stderr
