@@ -85,9 +85,9 @@ class RunLock:
         return self._lock_held
 
     def holder(self) -> dict | None:
-        """The lock's content {pid, host, started} when a live holder has it, else None. A holder is gone when
-        its heartbeat (the lock's modification time) is older than LOCK_STALE_SECONDS, whatever host wrote it,
-        or when it is a process of this host that no longer exists."""
+        """The lock's content {pid, host, started} when a live holder has it, else None. A holder of this host is
+        gone when its process no longer exists (however old its heartbeat); one of another host when its
+        heartbeat (the lock's modification time) is more than LOCK_STALE_SECONDS old (or ahead)."""
         info = self._read()
         if info is None or self._stale(info):
             return None
