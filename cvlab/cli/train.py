@@ -81,11 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _step_estimate(cfg):
     """The one-line time estimate `train` prints after its first steps (shared with `report`'s plan)."""
-    from ..report.plan import StepEstimate, split_sizes
-
-    if cfg is None:  # resumed with the run's own config: sizes unknown here, no estimate
-        return None
     from tqdm.auto import tqdm
+
+    from ..report.plan import StepEstimate, split_sizes
 
     return StepEstimate(cfg.epochs, cfg.batch_size, split_sizes(cfg)[1], log=tqdm.write)  # not through the bar
 

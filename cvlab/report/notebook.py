@@ -171,7 +171,7 @@ def live_training(cfg, confirm: bool = False, long_run_seconds: float = LONG_RUN
     train_images, eval_images = plan.split_sizes(cfg)
     if device.type == "cpu":
         rates = plan.measure_rates({cfg.model}, device, batches={(cfg.model, cfg.batch_size)})
-        seconds = plan.estimate_seconds(plan._planned("notebook", [cfg])[0], rates) or 0.0
+        seconds = plan.estimate_seconds(plan.planned_trainings("notebook", [cfg])[0], rates) or 0.0
         what = (f"{cfg.epochs} 个 epoch × {train_images:,} 张训练图像（batch {cfg.batch_size}），"
                 f"{device_name(device)}")
         if seconds > long_run_seconds and not confirm:

@@ -100,7 +100,9 @@ def split_sizes(cfg: Config) -> tuple[int, int]:
     return train, cfg.val_size + test
 
 
-def _planned(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedTraining]:
+def planned_trainings(notebook: str, cfgs: list[Config], note: str = "") -> list[PlannedTraining]:
+    """The training `cfgs` plan for `notebook`, runs of the same size counted together (report's plan and a
+    notebook's own estimate when run by hand)."""
     groups: dict[tuple, PlannedTraining] = {}
     for cfg in cfgs:
         train, evaluated = split_sizes(cfg)
@@ -125,7 +127,7 @@ def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
     from . import parameters
 
     if stem.startswith("01"):
-        return _planned(stem, [_call(parameters.baseline_config, params)])
+        return planned_trainings(stem, [_call(parameters.baseline_config, params)])
     if stem.startswith("02"):
         quick = _call(parameters.theory_quick, params)
         setting = "QUICK" if quick else "the report's setting"
@@ -136,7 +138,7 @@ def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
 
         imp = _call(parameters.improvements, params)
         runs, _ = ablate.plan(imp.budget.presets, imp.seeds, "runs", imp.budget, imp.overrides)
-        return _planned(stem, [r.config for r in runs], f"budget {imp.budget.name}")
+        return planned_trainings(stem, [r.config for r in runs], f"budget {imp.budget.name}")
     return []
 
 
