@@ -79,11 +79,17 @@ else
         || fail "pip could not install cvlab without changing the pinned packages above (see pip's message)"
 fi
 
-# 4. the image's torch is untouched
+# 4. the image's torch is untouched: same versions, and imported from the image, not from a copy in VENV
 AFTER="$(versions "$PY")"
 for pinned in $BEFORE; do
     grep -qxF "$pinned" <<<"$AFTER" || fail "the install changed $pinned (now: $(tr '\n' ' ' <<<"$AFTER")); report this"
 done
+if grep -q '^torch==' <<<"$BEFORE"; then
+    TORCH_AT="$("$PY" -c 'import os, torch; print(os.path.realpath(torch.__file__))')"
+    case "$TORCH_AT" in
+        "$(cd "$VENV" && pwd -P)"/*) fail "pip put a second torch into $VENV ($TORCH_AT): the venv does not see the image's torch (is $PYTHON the image's own interpreter, not another venv?)" ;;
+    esac
+fi
 
 # 5. the kernel for JupyterLab and `cvlab report`
 "$PY" -m ipykernel install --user --name cvlab --display-name "Python (cvlab)" >/dev/null \
