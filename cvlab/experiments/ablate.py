@@ -165,7 +165,7 @@ def run_ablation(presets: Iterable[str] | None = None, seeds: Iterable[int] = (0
     from .parallel import Job, device_slots, run_jobs
 
     budget = get_budget(budget)
-    extra = dict(overrides) if isinstance(overrides, dict) else parse_pairs(overrides)
+    extra = _overrides(overrides)
     presets = list(presets) if presets is not None else list(budget.presets)
     runs, skipped = plan(presets, seeds, out, budget, extra)
     for name, why in skipped.items():
@@ -200,7 +200,7 @@ def run_evidence(budget: str | Budget, out: str | Path, overrides: Iterable[str]
     seeds = (0, *budget.extra_seeds)
     run_ablation(list(budget.seeded), seeds, out, budget, overrides, log, **placement)
     if budget.seed_effects and budget.extra_seeds:
-        table = _table_of(out, budget, overrides, presets, seeds)
+        table = ladder_table(_finished_dirs(out, budget, overrides, presets, seeds), presets)[0]
         wanted = set()
         for r in table.to_dict("records"):
             if r["verdict"] == "needs seeds":
@@ -209,17 +209,16 @@ def run_evidence(budget: str | Budget, out: str | Path, overrides: Iterable[str]
             log(f"rungs with a gain past {EFFECT_SIGMAS:g} sigma at one seed, trained at seeds "
                 f"{', '.join(map(str, budget.extra_seeds))} too: {', '.join(p for p in presets if p in wanted)}")
             run_ablation([p for p in presets if p in wanted], seeds, out, budget, overrides, log, **placement)
-    dirs = [r.run_dir for r in plan(presets, seeds, out, budget, _overrides(overrides))[0] if RunDir(r.run_dir).has_run()]
-    return write_tables(out, dirs, order=presets, budget=budget)
+    return write_tables(out, _finished_dirs(out, budget, overrides, presets, seeds), order=presets, budget=budget)
 
 
 def _overrides(overrides: Iterable[str] | dict[str, Any]) -> dict[str, Any]:
     return dict(overrides) if isinstance(overrides, dict) else parse_pairs(overrides)
 
 
-def _table_of(out: str | Path, budget: Budget, overrides, presets: list[str], seeds: tuple[int, ...]):
-    dirs = [r.run_dir for r in plan(presets, seeds, out, budget, _overrides(overrides))[0] if RunDir(r.run_dir).has_run()]
-    return ladder_table(dirs, presets)[0]
+def _finished_dirs(out: str | Path, budget: Budget, overrides, presets: list[str], seeds: tuple[int, ...]) -> list[Path]:
+    """The planned run directories that hold at least one finished epoch."""
+    return [r.run_dir for r in plan(presets, seeds, out, budget, _overrides(overrides))[0] if RunDir(r.run_dir).has_run()]
 
 
 def get_budget(budget: str | Budget) -> Budget:
