@@ -3,9 +3,9 @@ profile end to end (every notebooks/0*.ipynb present, synthetic data, CPU) throu
 from __future__ import annotations
 
 import base64
-import os
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,6 +397,21 @@ def test_smoke_report_runs_every_notebook_without_errors(smoke):
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
         assert (out / path.name).with_suffix(".html").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_report_tables_have_chinese_headers(smoke):
+    """Every table a submitted cell shows goes through tables.zh: no English column name of cvlab's is left."""
+    from cvlab.report import tables
+
+    english = {k for k, v in tables.COLUMNS_ZH.items() if k != v}
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(smoke / "reports" / "smoke" / path.name), as_version=4)
+        shown = [c for c in nb.cells if c.cell_type == "code" and "notebook-only" not in c.metadata.get("tags", [])]
+        headers = {h for c in shown for o in c.outputs if "text/html" in o.get("data", {})
+                   for h in re.findall(r"<th[^>]*>([^<]*)</th>", o["data"]["text/html"])}
+        assert headers, f"{path.name}: no table shown"
+        assert not headers & english, f"{path.name}: English table headers {sorted(headers & english)}"
 
 
 @pytest.mark.slow
@@ -909,12 +924,17 @@ def test_code_listings_wrap_under_their_own_indentation():
 def test_report_tables_have_chinese_headers_and_readable_numbers():
     from cvlab.report import tables
 
-    assert [tables.number_zh(v) for v in (1e-15, float("inf"), float("nan"), 0.0296, 11223140, True)] == \
-        ["0", "∞", "—", "0.0296", "11,223,140", "是"]
-    frame = pd.DataFrame([{"epoch": 1, "train_loss": 4.72261, "test_acc": 0.02, "epoch_seconds": 1e-16}])
+    assert [tables.number_zh(v) for v in (3.4126e-15, -2.5e-4, 0.0, float("inf"), float("nan"), 0.0296, 11223140,
+                                          True, "plain")] == \
+        ["3.4×10⁻¹⁵", "-2.5×10⁻⁴", "0", "∞", "—", "0.0296", "11,223,140", "是", "普通网络"]
+    frame = pd.DataFrame([{"epoch": 1, "train_loss": 4.72261, "test_acc": 0.02, "epoch_seconds": 0.0}])
     shown = tables.zh(frame)
     assert list(shown.columns) == ["epoch", "训练损失", "测试准确率", "用时 (s)"]
     assert shown.iloc[0].tolist() == ["1", "4.7226", "0.02", "0"]
+    pivot = pd.DataFrame({"optimizer": ["Adam"], "surface": ["quadratic, kappa=100"], "best_lr": [0.1]}).pivot(
+        index="optimizer", columns="surface", values="best_lr")
+    shown = tables.zh(pivot)  # notebook 02's pivots: index, column and axis names all Chinese
+    assert list(shown.columns) == ["二次函数，κ=100"] and shown.columns.name == "曲面" and shown.index.name == "优化器"
 
 
 def test_the_ladder_says_when_its_gains_are_within_the_noise(tmp_path):

@@ -33,26 +33,53 @@ COLUMNS_ZH = {
     "preset": "预设", "parent": "上一级", "changes": "相对上一级改动的配置项",
     "true": "真实类别", "predicted": "预测类别", "count": "张数", "share_of_true": "占该真实类别的比例",
     "same_superclass": "同一超类",
+    # notebook 02 (coursework.theory)
+    "batch_size": "batch 大小", "measured_sq_error": "实测平方误差", "theory_sq_error": "理论平方误差",
+    "mean_cosine_to_full": "与全量梯度的平均余弦", "measured_over_theory": "实测/理论",
+    "steps_per_epoch": "每个 epoch 的步数", "steps_in_100_epochs": "100 个 epoch 的步数", "steps": "步数",
+    "images_seen": "见过的图像数", "train_loss_last_quarter": "最后四分之一步的训练损失",
+    "final_test_loss": "最终测试损失", "final_test_acc": "最终测试准确率", "final_train_loss": "最终训练损失",
+    "final_train_acc": "最终训练准确率", "last_batch": "最后一批的图像数", "images_per_epoch": "每个 epoch 的图像数",
+    "batchmates_kept": "同批图像保留比例", "no_shuffle": "不打乱", "setting": "设置", "loss_gap": "损失差距",
+    "min_test_loss_epoch": "测试损失最低的 epoch", "network": "网络", "batchnorm": "BN", "init": "初始化",
+    "first_layer": "第一层", "middle_layer": "中间层", "last_conv_layer": "最后一个卷积层", "model": "模型",
+    "mean_loss_last_24_steps": "最后 24 步的平均损失", "initial_loss": "初始损失", "first_loss": "初始损失",
+    "activation": "激活函数", "formula": "公式", "min_f": "f 的最小值", "max_f": "f 的最大值",
+    "max f'": "f' 的最大值", "q_last": "最后一层的 q", "chi_last": "最后一层的 χ",
+    "predicted_ratio": "预测的比值", "measured_ratio": "实测的比值", "surface": "曲面", "optimizer": "优化器",
+    "best_lr": "最佳学习率", "interior": "在网格内部", "rates_tried": "试过的学习率个数",
+}
+# Words inside cvlab's table cells (settings, network kinds, surfaces), as the report shows them.
+TERMS_ZH = {
+    "none": "无", "plain": "普通网络", "residual": "残差网络", "default": "默认", "he": "He 初始化",
+    "quadratic, kappa=100": "二次函数，κ=100", "same, rotated 30 deg": "同上，旋转 30°",
+    "augment (crop 4 + flip)": "数据增强（裁剪 4 + 翻转）", "weight decay 0.5": "权重衰减 0.5",
+    "plain, 8 layers": "普通网络，8 层", "plain, 32 layers": "普通网络，32 层", "residual, 32 layers": "残差网络，32 层",
+    "SGD+momentum": "SGD+动量（momentum）", "Momentum": "动量（Momentum）",
 }
 VALUES_ZH = {True: "是", False: "否"}
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def number_zh(value) -> str:
     """A number as a report prints it: thousands separated, at most 4 decimals, never '1e-15' or 'inf'
-    (a magnitude below 0.00005 prints as 0, an infinity as ∞)."""
+    (a magnitude below 0.001 prints as 1.0×10⁻¹⁵, an infinity as ∞, a word of TERMS_ZH in Chinese)."""
     if type(value).__name__ in ("bool", "bool_"):  # numpy's bool is no Python bool
         return VALUES_ZH[bool(value)]
     if isinstance(value, numbers.Integral):
         return f"{int(value):,}"
     if not isinstance(value, numbers.Real):
-        return str(value)
+        return TERMS_ZH.get(value, value) if isinstance(value, str) else str(value)
     value = float(value)
     if math.isnan(value):
         return "—"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
-    if abs(value) < 5e-5:
+    if value == 0:
         return "0"
+    if abs(value) < 1e-3:  # a vanishing gradient of 3e-15 is the point of its table: not "0", not "3e-15"
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa}×10{str(int(exponent)).translate(SUPERSCRIPTS)}"
     decimals = 0 if abs(value) >= 1000 else 2 if abs(value) >= 10 else 4
     return f"{value:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{value:,.0f}"
 
@@ -61,9 +88,10 @@ def zh(frame):
     """`frame` (a pandas DataFrame of cvlab's) with Chinese column, index and value names and report-style numbers."""
     import pandas as pd
 
-    out = frame.rename(columns=lambda c: COLUMNS_ZH.get(c, c), index=lambda i: COLUMNS_ZH.get(i, i)
-                       if isinstance(i, str) else i)
+    names = {**TERMS_ZH, **COLUMNS_ZH}
+    out = frame.rename(columns=lambda c: names.get(c, c), index=lambda i: names.get(i, i) if isinstance(i, str) else i)
     out.index.names = [COLUMNS_ZH.get(n, n) for n in out.index.names]
+    out.columns.names = [COLUMNS_ZH.get(n, n) for n in out.columns.names]
     if isinstance(out.index, pd.RangeIndex):
         out = out.reset_index(drop=True)
     return out.apply(lambda column: column.map(number_zh)).astype(str)
