@@ -925,8 +925,8 @@ def test_report_tables_have_chinese_headers_and_readable_numbers():
     from cvlab.report import tables
 
     assert [tables.number_zh(v) for v in (3.4126e-15, -2.5e-4, 0.0, float("inf"), float("nan"), 0.0296, 11223140,
-                                          True, "plain")] == \
-        ["3.4×10⁻¹⁵", "-2.5×10⁻⁴", "0", "∞", "—", "0.0296", "11,223,140", "是", "普通网络"]
+                                          True)] == \
+        ["3.4×10⁻¹⁵", "-2.5×10⁻⁴", "0", "∞", "—", "0.0296", "11,223,140", "是"]
     frame = pd.DataFrame([{"epoch": 1, "train_loss": 4.72261, "test_acc": 0.02, "epoch_seconds": 0.0}])
     shown = tables.zh(frame)
     assert list(shown.columns) == ["epoch", "训练损失", "测试准确率", "用时 (s)"]
@@ -935,6 +935,9 @@ def test_report_tables_have_chinese_headers_and_readable_numbers():
         index="optimizer", columns="surface", values="best_lr")
     shown = tables.zh(pivot)  # notebook 02's pivots: index, column and axis names all Chinese
     assert list(shown.columns) == ["二次函数，κ=100"] and shown.columns.name == "曲面" and shown.index.name == "优化器"
+    words = pd.DataFrame({"network": ["plain"], "true": ["plain"], "predicted": ["residual"]})
+    shown = tables.zh(words)  # a word is translated in its own column only: "plain" is also a CIFAR-100 class
+    assert shown.iloc[0].tolist() == ["普通网络", "plain", "residual"]
 
 
 def test_the_ladder_says_when_its_gains_are_within_the_noise(tmp_path):

@@ -49,13 +49,16 @@ COLUMNS_ZH = {
     "predicted_ratio": "预测的比值", "measured_ratio": "实测的比值", "surface": "曲面", "optimizer": "优化器",
     "best_lr": "最佳学习率", "interior": "在网格内部", "rates_tried": "试过的学习率个数",
 }
-# Words inside cvlab's table cells (settings, network kinds, surfaces), as the report shows them.
+# Words inside cvlab's table cells, by the column (or axis) that holds them: a word is translated only there, since
+# the same word elsewhere means something else ("plain" is also a CIFAR-100 class in notebook 03's confusion table).
 TERMS_ZH = {
-    "none": "无", "plain": "普通网络", "residual": "残差网络", "default": "默认", "he": "He 初始化",
-    "quadratic, kappa=100": "二次函数，κ=100", "same, rotated 30 deg": "同上，旋转 30°",
-    "augment (crop 4 + flip)": "数据增强（裁剪 4 + 翻转）", "weight decay 0.5": "权重衰减 0.5",
-    "plain, 8 layers": "普通网络，8 层", "plain, 32 layers": "普通网络，32 层", "residual, 32 layers": "残差网络，32 层",
-    "SGD+momentum": "SGD+动量（momentum）", "Momentum": "动量（Momentum）",
+    "network": {"plain": "普通网络", "residual": "残差网络"},
+    "init": {"default": "默认", "he": "He 初始化"},
+    "setting": {"none": "无", "augment (crop 4 + flip)": "数据增强（裁剪 4 + 翻转）", "weight decay 0.5": "权重衰减 0.5"},
+    "model": {"plain, 8 layers": "普通网络，8 层", "plain, 32 layers": "普通网络，32 层",
+              "residual, 32 layers": "残差网络，32 层"},
+    "surface": {"quadratic, kappa=100": "二次函数，κ=100", "same, rotated 30 deg": "同上，旋转 30°"},
+    "optimizer": {"SGD+momentum": "SGD+动量（momentum）", "Momentum": "动量（Momentum）"},
 }
 VALUES_ZH = {True: "是", False: "否"}
 SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -63,13 +66,13 @@ SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 def number_zh(value) -> str:
     """A number as a report prints it: thousands separated, at most 4 decimals, never '1e-15' or 'inf'
-    (a magnitude below 0.001 prints as 1.0×10⁻¹⁵, an infinity as ∞, a word of TERMS_ZH in Chinese)."""
+    (a magnitude below 0.001 prints as 1.0×10⁻¹⁵, an infinity as ∞)."""
     if type(value).__name__ in ("bool", "bool_"):  # numpy's bool is no Python bool
         return VALUES_ZH[bool(value)]
     if isinstance(value, numbers.Integral):
         return f"{int(value):,}"
     if not isinstance(value, numbers.Real):
-        return TERMS_ZH.get(value, value) if isinstance(value, str) else str(value)
+        return str(value)
     value = float(value)
     if math.isnan(value):
         return "—"
@@ -88,13 +91,19 @@ def zh(frame):
     """`frame` (a pandas DataFrame of cvlab's) with Chinese column, index and value names and report-style numbers."""
     import pandas as pd
 
-    names = {**TERMS_ZH, **COLUMNS_ZH}
-    out = frame.rename(columns=lambda c: names.get(c, c), index=lambda i: names.get(i, i) if isinstance(i, str) else i)
+    out = frame.apply(lambda column: column.map(_terms(column.name)))
+    out = out.rename(columns=_terms(frame.columns.name, COLUMNS_ZH), index=_terms(frame.index.name, COLUMNS_ZH))
     out.index.names = [COLUMNS_ZH.get(n, n) for n in out.index.names]
     out.columns.names = [COLUMNS_ZH.get(n, n) for n in out.columns.names]
     if isinstance(out.index, pd.RangeIndex):
         out = out.reset_index(drop=True)
     return out.apply(lambda column: column.map(number_zh)).astype(str)
+
+
+def _terms(column, names: dict | None = None):
+    """label -> the Chinese word TERMS_ZH gives it in `column`, else its name in `names`, else itself."""
+    words = {**(names or {}), **TERMS_ZH.get(column, {})}
+    return lambda label: words.get(label, label) if isinstance(label, str) else label
 
 
 def budget_description_zh(budget: "ablate.Budget") -> str:
