@@ -293,3 +293,19 @@ def test_the_report_claims_an_effect_only_where_the_numbers_show_one():
     assert "测不出效果" in found[1] and "提高" not in found[1]
     assert "降低了 4.00 个百分点" in found[2]
     assert "暂不作结论" in found[3] and "效果" not in found[3].replace("暂不作结论", "")
+
+
+def test_an_effect_says_whether_it_moved_the_fit_or_the_gap():
+    """An effect's sentence reads the two rows' training accuracies: same direction as the test accuracy is the
+    fit of the training set, the opposite direction the train-test gap; the target's shortfall names the harms."""
+    import pandas as pd
+    from cvlab.report.tables import _target_zh, ladder_findings_zh
+    table = pd.DataFrame([
+        dict(preset="handout", compared_to="", gain=math.nan, seeds=3, verdict="", noise=0.01, train_acc=0.10, test_acc=0.05),
+        dict(preset="+a", compared_to="handout", gain=0.05, seeds=3, verdict="effect", noise=0.01, train_acc=0.20, test_acc=0.10),
+        dict(preset="+b", compared_to="+a", gain=-0.04, seeds=3, verdict="effect", noise=0.01, train_acc=0.50, test_acc=0.06)])
+    up, down = ladder_findings_zh(table)
+    assert "10.00% → 20.00%" in up and "同向" in up and "拟合" in up
+    assert "20.00% → 50.00%" in down and "反向" in down and "差距" in down
+    short = _target_zh(table, "+b")
+    assert "没有达到" in short and "`+b` -4.00" in short and "`+a`（10.00%" in short

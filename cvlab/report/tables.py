@@ -151,15 +151,18 @@ def ladder_findings_zh(table) -> list[str]:
     when its verdict is "effect" (|gain| >= 2 sigma of the seed noise, both rows at 3 or more seeds)."""
     sigma = float(table["noise"].iloc[0]) if len(table) else math.nan
     noise = f"{100 * sigma:.2f}" if not math.isnan(sigma) else "未知"
+    records = table.to_dict("records")
+    by_name = {r["preset"]: r for r in records}
     lines = []
-    for r in table.to_dict("records"):
+    for r in records:
         if not r.get("compared_to"):
             continue
         gain, what = 100 * r["gain"], f"`{r['preset']}` 相对 `{r['compared_to']}`"
         if r["verdict"] == "effect":
             direction = "提高" if gain > 0 else "降低"
             lines.append(f"{what}：测试 top-1 {direction}了 {abs(gain):.2f} 个百分点，超过种子噪声 σ = {noise} "
-                         f"个百分点的 2 倍（两行都有 {min(r['seeds'], 3)} 个以上的种子），在本预算下是可测量的效果。")
+                         f"个百分点的 2 倍（两行都有 {min(r['seeds'], 3)} 个以上的种子），在本预算下是可测量的效果。"
+                         + _fit_or_gap_zh(r, by_name.get(r["compared_to"])))
         elif r["verdict"] == "needs seeds":
             lines.append(f"{what}：单个种子上相差 {gain:+.2f} 个百分点，超过 2σ，但还没有 3 个种子，暂不作结论。")
         elif r["verdict"] == "no measurable effect":
@@ -168,6 +171,19 @@ def ladder_findings_zh(table) -> list[str]:
         else:
             lines.append(f"{what}：相差 {gain:+.2f} 个百分点；没有多个种子，无法估计噪声，不作结论。")
     return lines
+
+
+def _fit_or_gap_zh(row: dict, before: dict | None) -> str:
+    """Whether a measured effect moved the fit of the training set or the train-test gap, read from the two rows'
+    final training accuracies (on augmented batches, during the epoch); empty when the table has none."""
+    if before is None or any(math.isnan(float(x.get("train_acc", math.nan))) for x in (row, before)):
+        return ""
+    train_change, test_change = row["train_acc"] - before["train_acc"], row["gain"]
+    change = f"训练准确率 {100 * before['train_acc']:.2f}% → {100 * row['train_acc']:.2f}%"
+    if train_change * test_change > 0:
+        return (f"{change}，与测试准确率同向变化：这一级在本预算下改变的是拟合训练集的快慢（两者都还很低时即欠拟合的程度），"
+                "而不是训练与测试之间的差距。")
+    return f"{change}，与测试准确率反向变化：这一级改变的是训练与测试之间的差距（泛化）。"
 
 
 assert len(LADDER_HEADER_ZH) == len(ablate.TABLE_HEADER), "one Chinese name per column of ablate.TABLE_HEADER"
@@ -284,7 +300,23 @@ def _target_zh(table, final: str) -> str:
     if seeds < 3 or math.isnan(sigma):
         return text + "），种子还不够，目标尚未检验。"
     met = gain >= 10 and gain >= 5 * sigma
-    return text + f"，σ = {sigma:.2f}）：目标{'达到' if met else '没有达到'}。"
+    text += f"，σ = {sigma:.2f}）：目标{'达到' if met else '没有达到'}。"
+    return text if met else text + _shortfall_zh(table)
+
+
+def _shortfall_zh(table) -> str:
+    """What the budget can and cannot show when the final rung misses the target, from the table's numbers: the
+    rungs with a measured harm (which the cumulative ladder carries to the end) and the highest row."""
+    hurt = [r for r in table.to_dict("records") if r["verdict"] == "effect" and r["gain"] < 0]
+    top = table.loc[table["test_acc"].idxmax()]
+    text = ""
+    if hurt:
+        text += ("阶梯是累加的，本预算下有可测量害处的级（" + "、".join(f"`{r['preset']}` {100 * r['gain']:+.2f}" for r in hurt)
+                 + " 个百分点）也留在了最后一级里。")
+    text += (f"本预算下测试 top-1 最高的一行是 `{top['preset']}`（{100 * top['test_acc']:.2f}%；这是在测试集上看的，只用来说明预算，"
+             "不用来挑选配方）。这个预算（几个 epoch、每类几十张图）分辨得出的是让网络更快拟合训练集的改动；"
+             "为长训练设计的正则化与平均（增强、标签平滑、EMA、TTA）在这里测不出作用，需要用 `full` 预算在 GPU 上检验。")
+    return text
 
 
 def committed_evidence_zh(root: Path = EVIDENCE_ROOT) -> str:
