@@ -117,6 +117,53 @@ def test_a_crafted_checkpoint_never_runs_code(runs, tmp_path, capsys):
     assert not marker.exists()
 
 
+def _logits_as_before(trained, split, device, tta_flip):
+    """run_logits as it was before it called engine.evaluate (its own copy of the accumulator): the reference."""
+    import torch.nn.functional as F
+
+    from cvlab.core import device as devices
+    from cvlab.core.engine import EvalStep
+    from cvlab.core.loader import TensorLoader
+
+    cfg = trained.config
+    loader = TensorLoader(split, cfg.eval_batch_size, device, cfg.normalization, channels_last=cfg.channels_last)
+    step = EvalStep(trained.model, device, devices.resolve_precision(cfg.precision, device), tta_flip)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    chunks = []
+    with torch.inference_mode():
+        for x, y in loader:
+            logits = step.logits(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+            correct5 += (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(dim=1).sum()
+            chunks.append(logits.cpu())
+    seen = len(split)
+    return torch.cat(chunks), {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
+                               "top5": correct5.item() / seen}
+
+
+@pytest.mark.parametrize("name,tta_flip", [("ema", False), ("plain", True)])
+def test_run_logits_through_engine_evaluate_gives_the_same_bits_as_its_own_accumulator(runs, name, tta_flip):
+    """run_logits is engine.evaluate(keep_logits=True): figures and logits bit-identical to the copy it replaced."""
+    from cvlab.core.data import load_for_config
+    from cvlab.experiments.analysis import run_logits
+
+    cpu = torch.device("cpu")
+    trained = load_trained_model(runs[name], cpu)
+    test = load_for_config(trained.config).test
+    logits, figures = run_logits(trained, test, cpu, tta_flip)
+    ref_logits, ref_figures = _logits_as_before(trained, test, cpu, tta_flip)
+    assert figures == ref_figures  # exact floats, not approximately
+    assert logits.dtype == torch.float32 and logits.device == cpu and torch.equal(logits, ref_logits)
+    from cvlab.core.engine import EvalStep, evaluate
+    from cvlab.core.loader import TensorLoader
+    kept = evaluate(EvalStep(trained.model, cpu), TensorLoader(test, 64, cpu, trained.config.normalization),
+                    keep_logits=True)
+    assert torch.equal(kept["targets"], test.fine) and kept["logits"].shape == (len(test), 100)
+
+
 # ---------------------------------------------------------------------------- predict
 
 def _write_images(folder):

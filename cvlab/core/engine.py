@@ -148,21 +148,31 @@ def train_one_epoch(step: TrainStep, loader: TensorLoader, progress: bool = Fals
 
 
 @torch.inference_mode()
-def evaluate(step: EvalStep, loader: TensorLoader, progress: bool = False, desc: str = "test") -> dict:
-    """Mean loss (no label smoothing), top-1 and top-5 accuracy of `step`'s logits over `loader`."""
+def evaluate(step: EvalStep, loader: TensorLoader, progress: bool = False, desc: str = "test",
+             keep_logits: bool = False) -> dict:
+    """Mean loss (no label smoothing), top-1 and top-5 accuracy of `step`'s logits over `loader`.
+    With `keep_logits`, also "logits" (float32, N x classes) and "targets" (N labels) of this process's images,
+    in the loader's order, on the CPU (read once at the end)."""
     step.model.eval()
     loss_sum = torch.zeros((), device=step.device)
     correct = torch.zeros((), device=step.device, dtype=torch.long)
     correct5 = torch.zeros((), device=step.device, dtype=torch.long)
     seen = 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in _progress(loader, desc, progress):
         logits = step.logits(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         correct5 += _top_k_correct(logits, y, 5)
         seen += y.shape[0]
+        if keep_logits:
+            kept.append((logits, y))
     loss_total, correct_total, correct5_total, seen = distributed.sum_counts(loss_sum, correct, correct5, seen)
-    return {"loss": loss_total / seen, "acc": correct_total / seen, "top5": correct5_total / seen}
+    result = {"loss": loss_total / seen, "acc": correct_total / seen, "top5": correct5_total / seen}
+    if keep_logits:
+        result["logits"] = torch.cat([logits for logits, _ in kept]).cpu()
+        result["targets"] = torch.cat([y for _, y in kept]).cpu()
+    return result
 
 
 # ---------------------------------------------------------------------------- fit

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import device as devices
 from ..core.config import Config, from_dict
 from ..core.data import Split, load_for_config
 from ..core.loader import TensorLoader
-from ..core.engine import EvalStep
+from ..core.engine import EvalStep, evaluate
 from ..core.errors import RunDirError, UsageError
 from ..core.models import build_model, state_dict_mismatch
 from ..core.runs import BEST as BEST_CHECKPOINT, CHECKPOINT, CONFIG, RunDir, load_checkpoint  # noqa: F401
@@ -149,28 +148,15 @@ def with_data_root(cfg: Config, data_root: str | None) -> Config:
 
 
 def run_logits(trained: TrainedModel, split: Split, device: torch.device, tta_flip: bool) -> tuple[torch.Tensor, dict]:
-    """CPU float32 logits of `split` and the (loss, top-1, top-5) over it.
-
-    Batches, normalization, precision and accumulation are those of `engine.evaluate`, so the same weights on
-    the same device give the figures the run logged, to the last bit.
+    """CPU float32 logits of `split` and the (loss, top-1, top-5) over it, by `engine.evaluate` with the run's
+    batches, normalization and precision: the same weights on the same device give the figures the run logged,
+    to the last bit.
     """
     cfg = trained.config
     loader = TensorLoader(split, cfg.eval_batch_size, device, cfg.normalization, channels_last=cfg.channels_last)
     step = EvalStep(trained.model, device, devices.resolve_precision(cfg.precision, device), tta_flip)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    correct5 = torch.zeros((), device=device, dtype=torch.long)
-    chunks = []
-    with torch.inference_mode():
-        for x, y in loader:
-            logits = step.logits(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(dim=1) == y).sum()
-            correct5 += (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(dim=1).sum()
-            chunks.append(logits.cpu())
-    seen = len(split)
-    figures = {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "top5": correct5.item() / seen}
-    return torch.cat(chunks), figures
+    result = evaluate(step, loader, keep_logits=True)
+    return result["logits"], {k: result[k] for k in ("loss", "acc", "top5")}
 
 
 @dataclass
