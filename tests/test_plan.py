@@ -127,6 +127,17 @@ def test_a_plan_that_cannot_be_made_is_one_line(capsys):
     assert len(out) == 1 and out[0].startswith("plan: not available")
 
 
+def test_one_duration_format_for_the_lock_and_the_plan():
+    """core.units.duration: seconds under 2 min, minutes under 2 h, then hours and minutes; the lock's messages and
+    the plan's estimates both write it (the plan once said '3.4 h' where the lock said '3 h 24 min')."""
+    from cvlab.core import lock, units
+
+    assert lock.duration is units.duration and plan.duration is units.duration
+    cases = {45: "45 s", 119.4: "119 s", 119.6: "2 min", 360.2: "6 min", 749: "12 min", 7170: "2 h 0 min",
+             3.4 * 3600: "3 h 24 min", 86400: "24 h 0 min"}
+    assert {s: units.duration(s) for s in cases} == cases
+
+
 def test_cost_and_auto_stop_warning():
     from cvlab.report.plan import cost_lines
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from .errors import RunDirError, disk_error
+from .units import duration
 
 try:
     import fcntl
@@ -60,15 +61,6 @@ def process_note(pid: int) -> str:
     if state not in ("T", "t"):
         return ""
     return f" (stopped: continue it with 'kill -CONT {pid}', or 'fg' in its shell, or end it with 'kill {pid}')"
-
-
-def duration(seconds: float) -> str:
-    """'45 s', '5 min', '2 h 3 min'."""
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 class RunLock:

@@ -20,6 +20,7 @@ import torch
 
 from ..core.config import Config
 from ..core.data import SPLIT_SIZES
+from ..core.units import duration
 
 # What the plan cannot count in training images (notebook 02's demos: the handout's ResNet-18 in Q1 and Q6 on a
 # subset, small CNNs and 2-D surfaces elsewhere; each notebook's data loading, figures, re-evaluation and export)
@@ -208,15 +209,6 @@ def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]
     return train / train_rate + evaluated / eval_rate
 
 
-def duration(seconds: float) -> str:
-    """'45 s', '12 min' or '3.4 h'."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
-        else f"{seconds / 3600:.1f} h"
-
-
-_duration = duration
-
-
 def cost_lines(total_seconds: float, price_per_hour: float | None, auto_stop_hours: float | None) -> list[str]:
     """The estimated cost at `price_per_hour`, and a warning when the run outlasts an instance's auto-stop time."""
     lines = []
@@ -288,17 +280,17 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
         synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
         seconds = NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic))
         if seconds is not None:
-            lines.append(f"  {notebook}: data, figures, evaluation and export ~{_duration(seconds * factor)}")
+            lines.append(f"  {notebook}: data, figures, evaluation and export ~{duration(seconds * factor)}")
             total += seconds * factor
     for p in plans:
         seconds = estimate_seconds(p, rates)
         total += seconds or 0.0
         if not p.model:
-            lines.append(f"  {p.notebook}: {p.note}: ~{_duration(seconds)} ({p.fixed_seconds:.0f} s at "
+            lines.append(f"  {p.notebook}: {p.note}: ~{duration(seconds)} ({p.fixed_seconds:.0f} s at "
                          f"{CALIBRATION_RATE:.0f} img/s x{factor:.1f})")
             continue
         lines.append(f"  {p.notebook}: {p.runs} run(s) x {p.epochs} epoch(s) x {p.train_images:,} train images "
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
-                     f"{', ' + p.note if p.note else ''}: ~{_duration(seconds) if seconds is not None else '?'}")
-    lines.append(f"  total: ~{_duration(total)}")
+                     f"{', ' + p.note if p.note else ''}: ~{duration(seconds) if seconds is not None else '?'}")
+    lines.append(f"  total: ~{duration(total)}")
     return lines + cost_lines(total, price_per_hour, auto_stop_hours)
