@@ -229,6 +229,35 @@ def test_discussion_and_figures_are_labelled_synthetic(tmp_path):
     assert not any("SYNTHETIC" in t.get_text() for t in plots.accuracy_curves(real).texts)
 
 
+@pytest.mark.parametrize("drawn", [False, True])
+def test_a_wide_figure_prints_its_tick_labels_and_legends_legibly(drawn):
+    """legible_in_print sizes every text of a figure twice the page's width for print: tick labels (whose text is
+    empty until the figure is drawn), a figure-level legend below the panels and a legend inside a panel; a
+    figure already drawn (shown in a notebook) gets the same sizes, not twice the enlargement."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    fig = Figure(figsize=(2 * plots.PRINT_WIDTH_IN, 3), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.plot([1, 2, 3], [3, 1, 2], label="inside")
+    inside = left.legend()
+    right.semilogx([1, 10, 100], [1, 2, 3], label="below")
+    below = fig.legend(loc="outside lower center")
+    right.set_title("title")
+    FigureCanvasAgg(fig)
+    if drawn:
+        fig.draw_without_rendering()
+    plots.legible_in_print(fig)
+    fig.draw_without_rendering()
+    printed = lambda texts: {round(t.get_fontsize() / 2, 6) for t in texts if t.get_text()}  # noqa: E731
+    ticks = [t for a in fig.axes for axis in (a.xaxis, a.yaxis) for t in axis.get_ticklabels(which="both")]
+    assert printed(ticks) == {plots.MIN_PRINTED_PT}
+    assert printed(below.get_texts()) == {plots.MIN_PRINTED_PT} and printed(inside.get_texts()) == {plots.MIN_LEGEND_PT}
+    assert inside.get_frame().get_alpha() == 0.9
+    assert min(printed(fig.findobj(Text))) >= plots.MIN_LEGEND_PT
+
+
 @pytest.fixture
 def fonts(monkeypatch, tmp_path):
     """matplotlib's font list as a copy the test may change (restored after), no CJK font found yet, no user

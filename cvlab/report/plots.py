@@ -256,22 +256,44 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 def legible_in_print(fig: Figure) -> None:
     """Enlarge the text of a figure wider than an A4 page (it is shrunk to the page width when printed) so
-    that no label prints smaller than MIN_PRINTED_PT (at most 2.2x its size); legends get an opaque frame."""
+    that no text prints smaller than MIN_PRINTED_PT (at most 2.2x its size): titles, labels, notes, tick labels
+    and figure-level legends; a legend inside a panel may print at MIN_LEGEND_PT and gets an opaque frame."""
     from matplotlib.text import Text
 
     scale = fig.get_figwidth() / PRINT_WIDTH_IN
     if scale <= 1.05:
         return
-    legend_texts = {id(t) for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
-    for text in fig.findobj(Text):
+    ticks = _size_tick_labels(fig, scale)
+    panel_legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    legend_texts = {id(t) for legend in panel_legends for t in legend.get_texts()}
+    for text in fig.findobj(Text):  # figure-level legends are found here too: below the panels, sized as text
         size = text.get_fontsize()
         smallest = MIN_LEGEND_PT if id(text) in legend_texts else MIN_PRINTED_PT  # legends sit on the curves
-        if text.get_text() and size / scale < smallest:
-            text.set_fontsize(min(smallest * scale, 2.2 * size))
-    for ax in fig.axes:  # a legend drawn over curves: an opaque box keeps both readable
-        legend = ax.get_legend()
-        if legend is not None:
-            legend.get_frame().set_alpha(0.9)
+        if text.get_text() and id(text) not in ticks and size / scale < smallest:
+            text.set_fontsize(_legible_size(size, smallest, scale))
+    for legend in panel_legends:  # a legend drawn over curves: an opaque box keeps both readable
+        legend.get_frame().set_alpha(0.9)
+
+
+def _legible_size(size: float, smallest: float, scale: float) -> float:
+    """The size that prints at `smallest` once shrunk by `scale`, at most 2.2x `size`."""
+    return min(smallest * scale, 2.2 * size)
+
+
+def _size_tick_labels(fig: Figure, scale: float) -> set[int]:
+    """Enlarge every axis's tick labels (major and minor) as legible_in_print enlarges text; the ids of the tick
+    label Texts. Set on the axis, not on each label: a label has no text before the figure is drawn, and the
+    ticks drawn later take the axis's size."""
+    ticks = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for which in ("major", "minor"):
+                labels = axis.get_ticklabels(minor=which == "minor")
+                ticks.update(id(t) for t in labels)
+                size = labels[0].get_fontsize() if labels else None
+                if size is not None and size / scale < MIN_PRINTED_PT:
+                    axis.set_tick_params(which=which, labelsize=_legible_size(size, MIN_PRINTED_PT, scale))
+    return ticks
 
 
 # ---------------------------------------------------------------------------- predictions

@@ -13,14 +13,12 @@ import torch
 from ...core.data import SPLIT_SIZES, Split, load_for_config, locate
 from ...core.loader import TensorLoader
 from ...core.paths import resolve_data_root
-from ...report.plots import PRINT_WIDTH_IN, save_figure, stamp_synthetic, zh
+from ...report.plots import save_figure, stamp_synthetic, zh
 
 CIFAR_TRAIN_IMAGES = SPLIT_SIZES["train"]  # images in the CIFAR-100 training set
 HANDOUT_BATCH_SIZE = 1024       # the handout's batch_size
 HANDOUT_EPOCHS = 100            # the handout's iteration_num (it counts epochs)
 CPU = torch.device("cpu")
-TICK_PT = 7.5     # tick labels of the demo figures, points on the printed A4 page
-LEGEND_PT = 7.0   # legend entries, points on the printed page
 
 
 @contextlib.contextmanager
@@ -41,19 +39,12 @@ def steps_per_epoch(n_images: int, batch_size: int, drop_last: bool = False) -> 
 
 
 def new_figure(ncols: int, nrows: int = 1, panel: tuple[float, float] = (4.6, 3.6)):
-    """A matplotlib Figure without pyplot (no global state, works under any backend), its tick labels
-    sized to print at TICK_PT when the figure is shrunk to the width of an A4 page."""
-    from matplotlib import rcParams
+    """A matplotlib Figure without pyplot (no global state, works under any backend); its text, tick labels and
+    legends are sized for the A4 page when it is saved (report.plots.save_figure)."""
     from matplotlib.figure import Figure
-    from matplotlib.font_manager import FontProperties
 
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    size = printed(fig, TICK_PT)
-    if size > FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points():  # only ever enlarged
-        for a in axes.flat:
-            a.tick_params(which="both", labelsize=size)
-    return fig, axes
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def moving_average(values, window: int):
@@ -66,15 +57,9 @@ def moving_average(values, window: int):
     return np.convolve(v, np.ones(window) / window, mode="valid")
 
 
-def printed(fig, points: float) -> float:
-    """The font size that prints at `points` once `fig` is shrunk to the report's page width."""
-    return points * max(1.0, fig.get_figwidth() / PRINT_WIDTH_IN)
-
-
 def legend_below(fig, handles, labels, ncol: int, title: str | None = None):
     """One legend for the whole figure, below its panels, where it covers no curve."""
-    return fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=printed(fig, LEGEND_PT),
-                      title=title, title_fontsize=printed(fig, LEGEND_PT))
+    return fig.legend(handles, labels, loc="outside lower center", ncol=ncol, title=title)
 
 
 def plain_log_ticks(fig) -> None:

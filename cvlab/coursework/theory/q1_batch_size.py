@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, LEGEND_PT, DemoData, legend_below,
-                     moving_average, new_figure, normalized, printed, save_demo_figure, single_thread, steps_per_epoch, zh)
+from .common import (CIFAR_TRAIN_IMAGES, HANDOUT_BATCH_SIZE, HANDOUT_EPOCHS, DemoData, legend_below,
+                     moving_average, new_figure, normalized, save_demo_figure, single_thread, steps_per_epoch, zh)
 
 
 class NoiseNet(nn.Module):
@@ -102,7 +102,7 @@ def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Pa
                  ylabel="cos(g_B, g)", ylim=(0, 1.02))
     bars = ax[0, 2].bar([str(b) for b in epoch.batch_size], epoch.steps_per_epoch,
                         color=["C1" if b == HANDOUT_BATCH_SIZE else "C0" for b in epoch.batch_size])
-    ax[0, 2].bar_label(bars, fontsize=printed(fig, 7))
+    ax[0, 2].bar_label(bars)
     ax[0, 2].set(title=zh(f"每个 epoch 的步数，{CIFAR_TRAIN_IMAGES:,} 张图（橙色：讲义）",
                           f"steps per epoch, {CIFAR_TRAIN_IMAGES:,} images (orange: handout)"),
                  xlabel=zh("批量大小 (batch size)", "batch size"),
@@ -113,7 +113,7 @@ def _plot_batch(fig_dir, noise, epoch, n: int, draws: int, data: DemoData) -> Pa
     for a in ax[0]:
         a.grid(alpha=0.3)
     # below the first panel, whose points fill its diagonal (inside, the legend covered some of them)
-    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower left", ncol=2, fontsize=printed(fig, LEGEND_PT))
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower left", ncol=2)
     return save_demo_figure(fig, fig_dir, "batch_size.png", synthetic=data.synthetic,
                             which=zh("（前两幅图）", " in the first two panels"))
 

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import (CPU, evaluate_on, handout_net, legend_below, new_figure, printed, save_demo_figure, single_thread,
+from .common import (CPU, evaluate_on, handout_net, legend_below, new_figure, save_demo_figure, single_thread,
                      step_losses, zh)
 
 
@@ -159,7 +159,7 @@ def _plot_optimizers(fig_dir, runs: dict) -> Path:
     legend_below(fig, handles, labels, ncol=len(labels))
     fig.suptitle(zh("torch.optim 在三个二维曲面上：步数相同，每个优化器取同一学习率网格中最好的学习率（见表 best_lr）",
                     "torch.optim on 2-D surfaces: the same steps, each optimizer at its best lr from the same grid "
-                    "(the table's best_lr)"), fontsize=printed(fig, 8))
+                    "(the table's best_lr)"))
     return save_demo_figure(fig, fig_dir, "optimizers.png")
 
 
@@ -294,7 +294,7 @@ def _plot_network(fig_dir, curves: dict, sweep, table, data, n: int, epochs: int
     for a in ax[0]:
         a.grid(alpha=0.3)
     # one legend below both panels: inside either it would cover curves or points
-    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=len(curves), fontsize=8)
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=len(curves))
     fig.suptitle(zh(f"讲义的 ResNet-18，同一初始权重和数据顺序（seed {seed}），CPU",
                     f"the handout's ResNet-18, same initial weights and data order (seed {seed}), CPU"), fontsize=11)
     return save_demo_figure(fig, fig_dir, "optimizers_network.png", synthetic=data.synthetic)
