@@ -232,7 +232,7 @@ def test_build_trainer_follows_the_plan(monkeypatch):
     with pytest.warns(UserWarning) as caught:
         t = build_trainer(tiny_config(compile=True, optimizer_impl="fused", epochs=1))
     assert [str(w.message).split(":")[0] for w in caught] == ["optimizer_impl fused", "compile off"]
-    assert t.train_model is t.model and not t.plan.compile
+    assert t.train_step.model is t.model and not t.plan.compile
     assert t.plan.optimizer_kernels == "default" and not t.optimizer.defaults.get("fused")
 
 

@@ -250,7 +250,7 @@ def test_no_graph_is_compiled_after_the_warm_up(monkeypatch):
         cfg = tiny_config(epochs=2, batch_size=64, eval_batch_size=64, val_size=200, synthetic_train=300,
                           synthetic_test=100, tta_flip=True, ema_decay=0.9, crop_padding=4, hflip=True)
         t = engine.build_trainer(cfg)
-        assert t.warmup_seconds > 0 and t.eval_model is not t.ema.module  # the EMA evaluates compiled
+        assert t.warmup_seconds > 0 and t.eval_step.model is not t.ema.module  # the EMA evaluates compiled
         warmed = counter.compiled
         counter.used.clear()
         for epoch in (1, 2):

@@ -126,7 +126,7 @@ def test_compile_warm_up_leaves_the_run_unchanged(deterministic):
     eager_losses = train_losses(eager, 2)
     compiled = build_trainer(tiny_config(device="cuda", epochs=2, optimizer_impl="forloop", channels_last=True,
                                          compile=True))
-    assert compiled.warmup_seconds > 0 and compiled.train_model is not compiled.model
+    assert compiled.warmup_seconds > 0 and compiled.train_step.model is not compiled.model
     restored = weights(compiled.model)
     assert all(torch.equal(start[k], restored[k]) for k in start)
     assert not compiled.optimizer.state

@@ -221,14 +221,7 @@ class Trainer:
     plan: devices.Plan | None = None        # what the device gave the config (precision, kernels, compile)
     group: distributed.Group = field(default_factory=distributed.Group)  # data-parallel processes (torchrun)
 
-    @property
-    def train_model(self) -> nn.Module:
-        return self.train_step.model
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.eval_step.model
-
+    # The training step's state, which every checkpoint saves and a resume restores.
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         return self.train_step.optimizer
