@@ -9,6 +9,7 @@ import torch
 
 from cvlab.experiments import bench
 from cvlab.cli import main
+from cvlab.core.data import in_memory_data
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 
@@ -91,6 +92,7 @@ def test_flops_match_a_count_by_hand():
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "0"], "expected an integer in [1, 50000], got 0"),
     (["--steps", "x"], "expected an integer in [1, 10000], got 'x'"),
+    (["--steps", "100000000000"], "--steps: expected an integer in [1, 10000], got 100000000000"),
     (["--seed", "99999999999999999999"], "expected an integer in [0, 4294967295]"),
     (["--models", "resnet50"], "--models"),
     (["--paths", "handout,fast"], "--paths"),
@@ -111,6 +113,14 @@ def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert err.count("\n") == 1 and message in err
 
 
+def test_bench_flags_take_the_config_bool_words():
+    from cvlab.cli.bench import _flags
+    from cvlab.core.errors import UsageError
+    assert _flags("Yes,off,true,0", "--compile") == [True, False]
+    with pytest.raises(UsageError, match="--compile must be a comma-separated list of 1/true/yes/on or 0/false/no/off"):
+        _flags("maybe", "--compile")
+
+
 def test_each_path_is_timed_with_its_own_cudnn_setting_and_rows_are_written_as_measured(monkeypatch):
     """torch.backends.cudnn.benchmark is process-wide: the handout loop runs without autotuning (as its code
     does) even after a cvlab trainer switched it on; the report is published after every round of windows."""
@@ -118,7 +128,7 @@ def test_each_path_is_timed_with_its_own_cudnn_setting_and_rows_are_written_as_m
     s = bench.Settings(device=torch.device("cpu"), models=["handout_resnet18"], paths=["handout", "cvlab"],
                        batch_size=2, eval_batch_size=2, steps=1, windows=2, warmup=0, precisions=["fp32"],
                        channels_last=[False], compile=[False], optimizer_impl=["default"], augment=False, seed=0)
-    data = bench.in_memory_data(s.n_train, s.n_test, s.seed)
+    data = in_memory_data(s.n_train, s.n_test, s.seed)
     handout = bench.handout_contender(s, "handout_resnet18", data)
     cvlab = bench.cvlab_contender(s, "handout_resnet18", data, "fp32", False, False, "default")
     cvlab.row["cudnn_benchmark"] = True  # what the plan gives on CUDA (False on the CPU)

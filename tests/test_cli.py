@@ -167,14 +167,6 @@ def test_ablate_options_and_set_use_the_config_rules(capsys, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_bench_flags_take_the_config_bool_words():
-    from cvlab.cli.bench import _flags
-    from cvlab.core.errors import UsageError
-    assert _flags("Yes,off,true,0", "--compile") == [True, False]
-    with pytest.raises(UsageError, match="--compile must be a comma-separated list of 1/true/yes/on or 0/false/no/off"):
-        _flags("maybe", "--compile")
-
-
 def test_fast_preset_runs_one_epoch(tmp_path, capsys):
     """`--preset fast --epochs 1` (warmup 15% of the steps, EMA, flip TTA) trains: tiny model, synthetic data."""
     code, out, err = run_main(capsys, "train", "--preset", "fast", "--epochs", "1", "--synthetic", "--model",

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvlab.experiments.bench import in_memory_data
 from cvlab.experiments.handout import handout_loader, handout_test, handout_train
 from cvlab.core.config import make_config
+from cvlab.core.data import in_memory_data
 from cvlab.core.engine import build_trainer, evaluate, seed_everything, train_one_epoch, warm_up
 from cvlab.core.models import build_model
 from cvlab.core.optim import build_optimizer, optimizer_impl_kwargs

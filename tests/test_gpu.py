@@ -138,7 +138,7 @@ def test_compile_warm_up_leaves_the_run_unchanged(deterministic):
 def test_device_resident_loader_and_batched_augmentation():
     from cvlab.core.augment import build_augment, build_mix
     from cvlab.core.loader import TensorLoader
-    from cvlab.experiments.bench import in_memory_data
+    from cvlab.core.data import in_memory_data
     data = in_memory_data(256, 64, seed=0)
     cfg = gpu_config(crop_padding=4, hflip=True, cutout=8, policy="trivialaugment", mix="cutmix", mix_prob=1.0)
     plain_gpu = TensorLoader(data.train, 64, CUDA, "cifar100", channels_last=True)
@@ -188,7 +188,7 @@ def test_exact_resume_on_the_device(tmp_path, deterministic):
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
 def test_evaluation_is_deterministic_and_matches_the_cpu(precision, deterministic):
     from cvlab.core.engine import EvalStep, build_trainer, evaluate
-    from cvlab.experiments.doctor import EVAL_TOLERANCE
+    from cvlab.core.device import EVAL_TOLERANCE
     t = build_trainer(gpu_config(precision=precision, channels_last=True, tta_flip=True, epochs=2))
     train_losses(t, 2)
     first, second = evaluate(t.eval_step, t.test_loader), evaluate(t.eval_step, t.test_loader)

@@ -433,6 +433,21 @@ def synthetic_root(n_train: int, n_test: int, seed: int) -> Path:
     return root
 
 
+def random_split(n: int, seed: int) -> Split:
+    """`n` random uint8 images with random labels, in memory (for timings, which do not depend on content)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    fine = torch.randint(0, NUM_FINE, (n,), generator=g)
+    return Split(images, fine, fine // 5)
+
+
+def in_memory_data(n_train: int, n_test: int, seed: int) -> Cifar100:
+    """Random images in memory, nothing on disk: `build_trainer(cfg, data)` for benchmarks and tests."""
+    names = [f"class_{i:02d}" for i in range(NUM_FINE)]
+    return Cifar100(random_split(n_train, seed), random_split(n_test, seed + 1), names,
+                    [f"super_{i:02d}" for i in range(20)], "in-memory random uint8", {}, synthetic=True)
+
+
 # ---------------------------------------------------------------------------- subsets
 
 def balanced_indices(labels: torch.Tensor, n: int, num_classes: int = NUM_FINE) -> torch.Tensor:

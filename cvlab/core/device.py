@@ -369,6 +369,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# How far a device's evaluation may differ from the same weights in fp32 on the CPU, by precision: the largest
+# |logit difference| / largest |CPU logit| (and the mean loss, relatively). fp32 leaves room for TF32 convolutions
+# (PyTorch's default on sm >= 8.0), bf16 keeps ~3 significant digits. `cvlab doctor` and the GPU tests check it.
+EVAL_TOLERANCE = {"fp32": 1e-2, "fp16": 2e-2, "bf16": 6e-2}
+
 
 def autocast(device: torch.device, precision: str):
     """An autocast context for bf16/fp16, a no-op for fp32."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..core import device as devices
 from ..core.config import make_config
-from ..core.data import NUM_FINE, SPLIT_SIZES, Cifar100, Split
+from ..core.data import SPLIT_SIZES, Cifar100, Split, in_memory_data
 from ..core.loader import TensorLoader
 from ..core.models import build_model, count_parameters
 from .handout import handout_loader, handout_test, handout_train
@@ -76,20 +76,6 @@ FLOPS_FIELDS = ("parameters", "forward_flops_per_image", "train_flops_per_image"
 
 
 # ---------------------------------------------------------------------------- data, timing, FLOPs
-
-def synthetic_split(n: int, seed: int) -> Split:
-    """`n` random uint8 images with random labels, in memory (throughput does not depend on content)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    fine = torch.randint(0, NUM_FINE, (n,), generator=g)
-    return Split(images, fine, fine // 5)
-
-
-def in_memory_data(n_train: int, n_test: int, seed: int) -> Cifar100:
-    names = [f"class_{i:02d}" for i in range(NUM_FINE)]
-    return Cifar100(synthetic_split(n_train, seed), synthetic_split(n_test, seed + 1), names,
-                    [f"super_{i:02d}" for i in range(20)], "in-memory random uint8 (bench)", {}, synthetic=True)
-
 
 class Window:
     """Seconds of device work inside a `with` block: CUDA events on GPUs, else perf_counter + synchronize;

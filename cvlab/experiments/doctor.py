@@ -13,7 +13,7 @@ the device, under a minute:
   where cuDNN may pick other kernels in a new process state).
 - eval vs CPU: the trained cifar_resnet18 evaluated on the device (its precision, channels_last, the
   device-side loader) against the same weights in fp32 on the CPU: the largest logit difference,
-  relative to the largest CPU logit, within EVAL_TOLERANCE[precision], and so the mean loss.
+  relative to the largest CPU logit, within core.device.EVAL_TOLERANCE[precision], and so the mean loss.
 
 No check downloads anything or needs the real data set. The data check reads the files' MD5 sums
 (a few seconds), not the 60,000 images.
@@ -36,9 +36,6 @@ from .. import __version__
 from ..core import device as devices
 from ..core.config import PRESETS, make_config
 
-# Largest |logit difference| / largest |CPU logit| allowed for the device's evaluation, by precision:
-# fp32 leaves room for TF32 convolutions (PyTorch's default on sm >= 8.0), bf16 keeps ~3 significant digits.
-EVAL_TOLERANCE = {"fp32": 1e-2, "fp16": 2e-2, "bf16": 6e-2}
 RESUME_TOLERANCE = 1e-4  # accelerators: largest weight difference relative to the largest weight
 
 
@@ -297,7 +294,7 @@ def check_eval_vs_cpu(t) -> Check:
     rel = ((dev - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
     loss_dev = torch.nn.functional.cross_entropy(dev, labels).item()
     loss_ref = torch.nn.functional.cross_entropy(ref, labels).item()
-    limit = EVAL_TOLERANCE[t.precision]
+    limit = devices.EVAL_TOLERANCE[t.precision]
     ok = math.isfinite(rel) and rel <= limit and abs(loss_dev - loss_ref) <= limit * max(1.0, abs(loss_ref))
     detail = (f"{t.precision}{', NHWC' if cfg.channels_last else ''} vs CPU fp32: largest logit difference "
               f"{rel:.1e} of the largest logit (allowed {limit:.0e}); loss {loss_dev:.4f} vs {loss_ref:.4f}")
