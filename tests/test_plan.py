@@ -158,3 +158,37 @@ def test_step_estimate_from_the_first_timed_steps(monkeypatch):
         estimate(1, step, 10)  # step 1 untimed; steps 2-4: 3 steps in 6 s
     # 26 training steps left at 2 s, plus 3 epochs x 300 eval images at a third of 2 s per 100 images (6 s)
     assert estimate.seconds == 26 * 2 + 6 and len(said) == 1
+
+
+def test_per_notebook_estimates_add_up_to_the_total():
+    plans = [PlannedTraining("01_baseline", "handout_resnet18", 1, 2, 1000, 500, 100),
+             PlannedTraining("02_theory", "", 0, 0, 0, 0, 0, "demos", fixed_seconds=40.0)]
+    rates = {"handout_resnet18": (plan.CALIBRATION_RATE, 500.0)}
+    seconds = plan.notebook_seconds(plans, rates)
+    overhead = plan.NOTEBOOK_OVERHEAD_SECONDS[("01", False)]
+    assert seconds == pytest.approx({"01_baseline": 2000 / plan.CALIBRATION_RATE + 1000 / 500 + overhead,
+                                     "02_theory": 40.0})
+    lines = plan.describe(plans, rates, "cpu")
+    assert lines[-2].startswith("  per notebook: 01_baseline ~") and "02_theory ~40 s" in lines[-2]
+    assert lines[-1] == f"  total: ~{plan.duration(sum(seconds.values()))}"
+
+
+def test_estimates_are_revised_by_how_long_the_finished_notebooks_took():
+    planned = {"01_baseline": 100.0, "02_theory": 200.0, "03_improvements": 300.0}
+    assert plan.revision_factor(planned, {}) == 1.0
+    assert plan.revision_factor(planned, {"01_baseline": 50.0}) == pytest.approx(0.5)
+    assert plan.revision_factor(planned, {"01_baseline": 50.0, "02_theory": 250.0}) == pytest.approx(1.0)
+    assert plan.revision_factor(planned, {"elsewhere": 10.0}) == 1.0   # a notebook the plan did not estimate
+    said = []
+    first = runner.NotebookResult("01_baseline.ipynb", "x", {})
+    runner.revise_estimate(first, "01_baseline", planned, [], said.append)
+    assert first.estimate_seconds == 100.0 and first.revised_seconds is None and not said
+    first.status, first.seconds = "ok", 300.0                      # three times as long as planned
+    second = runner.NotebookResult("02_theory.ipynb", "x", {})
+    runner.revise_estimate(second, "02_theory", planned, [first], said.append)
+    assert (second.estimate_seconds, second.revised_seconds) == (200.0, 600.0)
+    assert said == ["02_theory: estimate revised to ~10 min (the plan's ~3 min x3.00: the notebooks so far took "
+                    "x3.00 their estimates); ~25 min left"]
+    unplanned = runner.NotebookResult("04_extra.ipynb", "x", {})
+    runner.revise_estimate(unplanned, "04_extra", planned, [first], said.append)
+    assert unplanned.estimate_seconds is None and len(said) == 1

@@ -209,6 +209,27 @@ def estimate_seconds(plan: PlannedTraining, rates: dict[str, tuple[float, float]
     return train / train_rate + evaluated / eval_rate
 
 
+def notebook_seconds(plans: list[PlannedTraining], rates: dict) -> dict[str, float]:
+    """Each notebook's estimated seconds: its planned training at the warm-up's rates plus, where measured, what is
+    not training (data, figures, evaluation, export) scaled to this machine's speed; the totals `describe` prints."""
+    factor = speed_factor(rates)
+    seconds: dict[str, float] = {}
+    for p in plans:
+        seconds[p.notebook] = seconds.get(p.notebook, 0.0) + (estimate_seconds(p, rates) or 0.0)
+    for notebook in {p.notebook for p in plans if p.model}:
+        synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
+        seconds[notebook] += NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic), 0.0) * factor
+    return seconds
+
+
+def revision_factor(planned: dict[str, float], measured: dict[str, float]) -> float:
+    """How much longer than planned the finished notebooks took (measured / planned, summed over those with an
+    estimate; 1 before any): the warm-up saw the machine for seconds, a notebook for minutes, so the estimates of
+    the notebooks still to run are revised by it, as `train` revises its own after the first steps."""
+    done = [name for name, seconds in measured.items() if planned.get(name)]
+    return sum(measured[n] for n in done) / sum(planned[n] for n in done) if done else 1.0
+
+
 def cost_lines(total_seconds: float, price_per_hour: float | None, auto_stop_hours: float | None) -> list[str]:
     """The estimated cost at `price_per_hour`, and a warning when the run outlasts an instance's auto-stop time."""
     lines = []
@@ -275,16 +296,13 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
             continue
         label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
         lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
-    total = 0.0
     for notebook in sorted({p.notebook for p in plans if p.model}):
         synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
         seconds = NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic))
         if seconds is not None:
             lines.append(f"  {notebook}: data, figures, evaluation and export ~{duration(seconds * factor)}")
-            total += seconds * factor
     for p in plans:
         seconds = estimate_seconds(p, rates)
-        total += seconds or 0.0
         if not p.model:
             lines.append(f"  {p.notebook}: {p.note}: ~{duration(seconds)} ({p.fixed_seconds:.0f} s at "
                          f"{CALIBRATION_RATE:.0f} img/s x{factor:.1f})")
@@ -292,5 +310,8 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
         lines.append(f"  {p.notebook}: {p.runs} run(s) x {p.epochs} epoch(s) x {p.train_images:,} train images "
                      f"(+ {p.eval_images:,} evaluated per epoch), {p.model}, batch {p.batch_size}"
                      f"{', ' + p.note if p.note else ''}: ~{duration(seconds) if seconds is not None else '?'}")
+    per_notebook = notebook_seconds(plans, rates)
+    lines.append("  per notebook: " + ", ".join(f"{name} ~{duration(s)}" for name, s in sorted(per_notebook.items())))
+    total = sum(per_notebook.values())
     lines.append(f"  total: ~{duration(total)}")
     return lines + cost_lines(total, price_per_hour, auto_stop_hours)

@@ -452,6 +452,8 @@ class NotebookResult:
     parameters: dict[str, Any]
     status: str = "not run"
     seconds: float = 0.0
+    estimate_seconds: float | None = None    # the plan's estimate, printed before the first notebook
+    revised_seconds: float | None = None     # that estimate revised by the notebooks before this one
     exports: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -496,8 +498,8 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     pdf = say_missing_tools(pdf, log)
-    if estimate:
-        print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours)
+    planned = print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours) \
+        if estimate else {}
     results: list[NotebookResult] = []
     manifest = lambda: write_manifest(out / "report.json", profile, results, no_input, folder)  # noqa: E731
     try:
@@ -506,6 +508,7 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
                 executed = out / nb.name
                 result = NotebookResult(nb.name, str(executed), params[nb])
                 results.append(result)
+                revise_estimate(result, nb.stem, planned, results[:-1], log)
                 log(f"{nb.stem}: running with {json.dumps(params[nb], ensure_ascii=False)}")
                 start = time.perf_counter()
                 try:
@@ -591,10 +594,31 @@ def say_missing_tools(pdf: bool, log: Callable[[str], None]) -> bool:
     return pdf
 
 
+def revise_estimate(result: NotebookResult, stem: str, planned: dict[str, float], finished: list[NotebookResult],
+                    log: Callable[[str], None]) -> None:
+    """Record the plan's estimate for the notebook about to run and, after the first notebook, log it revised by
+    how long the finished ones took against their estimates (plan.revision_factor), with the time left."""
+    from ..core.units import duration
+    from . import plan
+
+    if not planned.get(stem):
+        return
+    result.estimate_seconds = round(planned[stem], 1)
+    measured = {Path(r.notebook).stem: r.seconds for r in finished if r.status == "ok"}
+    if not measured:
+        return
+    factor = plan.revision_factor(planned, measured)
+    result.revised_seconds = round(planned[stem] * factor, 1)
+    left = sum(s for name, s in planned.items() if name not in measured) * factor
+    log(f"{stem}: estimate revised to ~{duration(result.revised_seconds)} (the plan's ~{duration(planned[stem])} "
+        f"x{factor:.2f}: the notebooks so far took x{factor:.2f} their estimates); ~{duration(left)} left")
+
+
 def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,
-               auto_stop_hours: float | None = None) -> None:
+               auto_stop_hours: float | None = None) -> dict[str, float]:
     """Log each notebook's planned training (runs x epochs x images) and a time estimate measured by a
-    short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error."""
+    short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error. Returns
+    each notebook's estimated seconds ({} without a plan)."""
     from ..core.device import device_name, resolve_device
     from . import plan
 
@@ -607,8 +631,10 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], pr
         rates[plan.CALIBRATION] = (plan.calibration_rate(), 0.0)  # the speed the measured times scale with
         for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
+        return plan.notebook_seconds(plans, rates)
     except Exception as exc:  # the notebooks report real errors themselves
         log(f"plan: not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return {}
 
 
 def export(executed: Path, source_dir: Path, no_input: bool, pdf: bool, log: Callable[[str], None]) -> list[str]:
