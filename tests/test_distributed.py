@@ -225,7 +225,7 @@ def test_epoch_totals_are_reduced_without_float64(monkeypatch):
 
 def test_the_npu_generators_are_saved_and_restored(monkeypatch):
     """Dropout on an NPU draws from torch_npu's generators: a checkpoint keeps them, as it keeps CUDA's."""
-    from cvlab.core import runs
+    from cvlab.core import record
 
     class FakeNPU:
         states = [torch.arange(4, dtype=torch.uint8)]
@@ -241,7 +241,7 @@ def test_the_npu_generators_are_saved_and_restored(monkeypatch):
             FakeNPU.restored = states
 
     monkeypatch.setattr(torch, "npu", FakeNPU(), raising=False)
-    state = runs.rng_state()
+    state = record.rng_state()
     assert torch.equal(state["npu"][0], FakeNPU.states[0])
-    runs.set_rng_state(state)
+    record.set_rng_state(state)
     assert torch.equal(FakeNPU.restored[0], FakeNPU.states[0])

@@ -230,31 +230,6 @@ def share(obj=None):
     return box[0]
 
 
-class Follower:
-    """What a data-parallel process other than rank 0 does where rank 0 records its run (runs.Recording, in
-    engine.fit): start as rank 0 does (its checkpoint, when it resumes) and write nothing, so that every
-    collective of the epochs runs in step with rank 0."""
-
-    def __init__(self, run, t, resume: bool) -> None:
-        self.run, self.t, self.resume = run, t, resume
-
-    def __enter__(self) -> "Follower":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def start(self) -> int:
-        """The last finished epoch: rank 0's last.pt restored into this process's trainer, as Recording.start does."""
-        if not (self.resume and self.run.has_checkpoint("last")):
-            return 0
-        from .runs import restore
-        return restore(self.t, self.run.load_checkpoint("last", map_location="cpu"))[0]
-
-    def save_epoch(self, row: dict) -> None:
-        """Nothing: rank 0 writes the run directory."""
-
-
 # How a collective fails on the surviving processes when another process of the run died or hung.
 PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|timed out|timeout", re.I)
 BACKEND_NAMES = ("gloo", "nccl", "hccl")

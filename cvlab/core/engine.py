@@ -33,7 +33,8 @@ from .errors import NonFiniteLoss, RunDirError
 from .models import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
 from .paths import git_commit
-from .runs import Recording, RunDir, WallClock, rng_state, set_rng_state
+from .record import Follower, Recording, WallClock, rng_state, set_rng_state
+from .runs import RunDir
 from .tblog import with_tensorboard
 
 
@@ -377,7 +378,7 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
         main = distributed.is_main_process()  # under torchrun, rank 0 writes; the others train in step, silent
         run, cfg, resume = _prepare(RunDir(out), cfg, resume)  # every check and the resume merge, once
         t = build_trainer(cfg)                             # loads the data: a start that fails here leaves nothing
-        record = Recording(run, t, resume, log, clock) if main else distributed.Follower(run, t, resume)
+        record = Recording(run, t, resume, log, clock) if main else Follower(run, t, resume)
         log, on_step = (log, on_step) if main else (_quiet, None)
         with record:                                       # lock; on exit, the status and the lock released
             start_epoch = record.start()                   # last.pt into the trainer (resume), then config.json

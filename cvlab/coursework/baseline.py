@@ -198,9 +198,9 @@ TURN_UP_TOLERANCE = 0.01  # a rise of the test loss under 1% of its minimum coun
 
 
 def curve_summary(history) -> dict:
-    """Facts about a run's curves (from runs.summarize_history): where the test loss is lowest, whether it
+    """Facts about a run's curves (from summary.summarize_history): where the test loss is lowest, whether it
     turned up, the train/test gap."""
-    from ..core.runs import summarize_history
+    from ..core.summary import summarize_history
 
     s = summarize_history(history.to_dict("records"))
     first, last = s["first"], s["final"]
