@@ -145,6 +145,21 @@ def restore(t: Trainer, state: dict) -> tuple[int, list[dict]]:
     return int(state["epoch"]), list(state["history"])
 
 
+def resumed_start(run: RunDir, t: Trainer, resume: bool) -> tuple[int, list[dict]]:
+    """(epochs done, their history rows) of the run `t` starts: a resumed run's last.pt restored into `t`; (0, [])
+    for a new run, or a resumed one stopped before its first epoch ended. Every process of a run starts here
+    (Recording on rank 0, Follower on the others)."""
+    if not (resume and run.has_checkpoint("last")):
+        return 0, []
+    # Read to the CPU whatever the device: each load_state_dict places its tensors, and generator states
+    # must stay CPU byte tensors (Generator.set_state refuses CUDA/NPU tensors).
+    start_epoch, history = restore(t, run.load_checkpoint("last", map_location="cpu"))
+    if t.cfg.epochs < start_epoch:
+        raise RunDirError(f"cannot resume {run.path} with epochs {t.cfg.epochs}: it has already trained "
+                          f"{start_epoch} epochs")
+    return start_epoch, history
+
+
 @dataclass
 class WallClock:
     """The end-to-end wall time of a training call (`fit`): start-up (from the call to the first epoch: data,
@@ -236,14 +251,9 @@ class Recording:
 
     def start(self) -> int:
         """Restore last.pt (a resumed run) and write config.json; the number of epochs already done."""
-        run, t, cfg, start_epoch = self.run, self.t, self.t.cfg, 0
-        if self.resume and run.has_checkpoint("last"):
-            # Read to the CPU whatever the device: each load_state_dict places its tensors, and generator states
-            # must stay CPU byte tensors (Generator.set_state refuses CUDA/NPU tensors).
-            start_epoch, self.history = restore(t, run.load_checkpoint("last", map_location="cpu"))
-            if cfg.epochs < start_epoch:
-                raise RunDirError(f"cannot resume {run.path} with epochs {cfg.epochs}: it has already trained "
-                                  f"{start_epoch} epochs")
+        run, t, cfg = self.run, self.t, self.t.cfg
+        start_epoch, self.history = resumed_start(run, t, self.resume)
+        if start_epoch:
             self.log(f"resuming {run.path} after epoch {start_epoch}")
             earlier = self._earlier_metrics()
             try:
@@ -336,9 +346,7 @@ class Follower:
 
     def start(self) -> int:
         """The last finished epoch: rank 0's last.pt restored into this process's trainer, as Recording.start does."""
-        if not (self.resume and self.run.has_checkpoint("last")):
-            return 0
-        return restore(self.t, self.run.load_checkpoint("last", map_location="cpu"))[0]
+        return resumed_start(self.run, self.t, self.resume)[0]
 
     def save_epoch(self, row: dict) -> None:
         """Nothing: rank 0 writes the run directory."""
