@@ -8,7 +8,6 @@ Metrics are accumulated on the device and read once per epoch (plus one read eve
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import random
@@ -33,7 +32,7 @@ from .errors import NonFiniteLoss, RunDirError
 from .models import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
 from .paths import git_commit
-from .record import Follower, Recording, WallClock, rng_state, set_rng_state
+from .record import Follower, Recording, WallClock, restore, snapshot
 from .runs import RunDir
 from .tblog import with_tensorboard
 
@@ -304,34 +303,21 @@ def _shape_probe(loader: TensorLoader) -> Split:
 def warm_up(t: Trainer) -> float:
     """Run the training step and the evaluation step (the very modules the epochs use: the EMA's when there is
     one) once for every batch shape the loaders produce (training, validation and test, full and last batch),
-    then restore the model, optimizer, grad scaler and global RNG: compilation and autotuning happen here,
-    outside the timed epochs, and the run computes what it would have computed without the warm-up.
-    Returns its seconds."""
-    model_state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
-    optimizer_state = copy.deepcopy(t.optimizer.state_dict())
-    scaler_state = copy.deepcopy(t.scaler.state_dict()) if t.scaler is not None else None
-    rng = rng_state()  # dropout or random augmentations would otherwise draw from it
+    then restore the trainer's state (record.snapshot: model, optimizer, grad scaler, global RNG, ...):
+    compilation and autotuning happen here, outside the timed epochs, and the run computes what it would have
+    computed without the warm-up. Returns its seconds."""
+    state = snapshot(t)  # the global RNG too: dropout or random augmentations would draw from it
     # The schedule must not advance and the EMA must not average warm-up steps (its weights are only evaluated).
     train_step = dataclasses.replace(t.train_step, scheduler=None, ema=None)
     devices.synchronize(t.device)
     start = time.perf_counter()
-    train = TensorLoader(_shape_probe(t.train_loader), t.train_loader.batch_size, t.device, t.cfg.normalization,
-                         augment=t.train_loader.augment, channels_last=t.cfg.channels_last,
-                         drop_last=t.train_loader.drop_last, mix=t.train_loader.mix, shard=t.train_loader.shard,
-                         equal_shards=t.train_loader.equal_shards)
-    train_one_epoch(train_step, train, desc="warm-up")
+    train_one_epoch(train_step, t.train_loader.like(_shape_probe(t.train_loader)), desc="warm-up")
     for loader in (t.val_loader, t.test_loader):
         if loader is not None:
-            probe = TensorLoader(_shape_probe(loader), loader.batch_size, t.device, t.cfg.normalization,
-                                 channels_last=t.cfg.channels_last, shard=loader.shard)
-            evaluate(t.eval_step, probe, desc="warm-up")
+            evaluate(t.eval_step, loader.like(_shape_probe(loader)), desc="warm-up")
     devices.synchronize(t.device)
     seconds = time.perf_counter() - start
-    t.model.load_state_dict(model_state)
-    t.optimizer.load_state_dict(optimizer_state)
-    if scaler_state is not None:
-        t.scaler.load_state_dict(scaler_state)
-    set_rng_state(rng)
+    restore(t, state)
     return seconds
 
 

@@ -53,7 +53,7 @@ class TensorLoader:
         `mix(x, y, cpu_generator, device_generator)` (see augment.build_mix) run per batch on the device."""
         self.images = split.images.to(device)
         self.labels = split.fine.to(device)
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.normalization = batch_size, device, normalization
         self.shuffle, self.augment, self.mix, self.drop_last = shuffle, augment, mix, drop_last
         self.channels_last = channels_last
         self.mean, self.std = normalize_constants(normalization, device)
@@ -66,6 +66,12 @@ class TensorLoader:
         # Host-side draws of the augmentation (policy seeds): on the CPU the augment generator itself.
         self.host_generator = (self.augment_generator if torch.device(device).type == "cpu"
                                else torch.Generator().manual_seed(seed + 3))
+
+    def like(self, split: Split) -> "TensorLoader":
+        """A loader of `split` with this loader's settings (batch size, device, normalization, shuffling,
+        augmentation, seed, memory format, last batch, mixing, shard), and fresh generators."""
+        return TensorLoader(split, self.batch_size, self.device, self.normalization, self.shuffle, self.augment,
+                            self.seed, self.channels_last, self.drop_last, self.mix, self.shard, self.equal_shards)
 
     def __len__(self) -> int:
         n = self.labels.shape[0]

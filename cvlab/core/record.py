@@ -7,6 +7,7 @@ directory itself (files, lock, resume rules, loading) is core/runs.py's.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import platform
@@ -158,6 +159,12 @@ def resumed_start(run: RunDir, t: Trainer, resume: bool) -> tuple[int, list[dict
         raise RunDirError(f"cannot resume {run.path} with epochs {t.cfg.epochs}: it has already trained "
                           f"{start_epoch} epochs")
     return start_epoch, history
+
+
+def snapshot(t: Trainer) -> dict:
+    """A copy of the trainer's state, as `restore` takes it back: `checkpoint_state`, detached from the live
+    tensors (e.g. for steps whose effect must not last: engine.warm_up)."""
+    return copy.deepcopy(checkpoint_state(t, 0, []))
 
 
 @dataclass
