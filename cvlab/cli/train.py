@@ -47,17 +47,6 @@ def config_from_args(args: argparse.Namespace):
     return with_overrides(cfg, explicit_overrides(args))
 
 
-def resume_config_from_args(args: argparse.Namespace):
-    """The run's own config.json with the options given explicitly; fit checks which of them a
-    resumption may change (where it runs; the epochs of a constant-schedule run)."""
-    from ..core.config import with_overrides
-    from ..core.runs import RunDir
-
-    if args.config or args.preset:
-        raise UsageError("--resume continues the run with its own config.json; drop --preset/--config")
-    return with_overrides(RunDir(args.out).config(), explicit_overrides(args))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core import distributed
     from ..core.engine import fit
@@ -65,10 +54,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out DIR, the run directory to continue")
+        if args.config or args.preset:
+            raise UsageError("--resume continues the run with its own config.json; drop --preset/--config")
         from ..core.runs import RunDir
-        RunDir(args.out).check_start(resume=True)
-        cfg = resume_config_from_args(args)
+        # The run's config.json with the options given that a resumption may change (RunDir.prepare, which fit
+        # repeats): fit joins torchrun's group on its device, the time estimate takes its epochs and sizes.
         out = args.out
+        cfg = RunDir(out).prepare(explicit_overrides(args), resume=True)
     else:
         cfg = config_from_args(args)
         out = args.out or str(Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import RunDirError, cause, first_line
+from .config import Config, check_value, from_dict, with_overrides
+from .errors import ConfigError, RunDirError, cause, first_line
 from .lock import RunLock
 from .summary import summarize_history
 
@@ -236,12 +237,10 @@ class RunDir:
             raise RunDirError(f"{path} must hold a JSON object of config keys")
         return values
 
-    def config(self):
-        """config.json as a validated Config (one line when it is not one)."""
-        from .config import from_dict
-        from .errors import ConfigError
+    def config(self, values: dict | None = None) -> Config:
+        """config.json (or `values` read from it) as a validated Config; one line when it is not one."""
         try:
-            return from_dict(self.read_config())
+            return from_dict(self.read_config() if values is None else values)
         except ConfigError as exc:
             raise RunDirError(f"{self.file(CONFIG)} does not hold a valid config: {exc}") from None
 
@@ -367,23 +366,25 @@ class RunDir:
 
     # ------------------------------------------------------------ resuming
 
-    def prepare(self, requested, resume: bool):
-        """Every check before a run starts, and the config it runs with, once; nothing is created. A new run:
+    def prepare(self, requested: Config | dict | None, resume: bool) -> Config:
+        """Every check before a run starts, and the config it runs with; nothing is created. A new run:
         `requested` (a Config). A resumed one: config.json with the fields of `requested` (a Config, or a dict
-        of fields; None = none) that a resumption may change (see `resume_changes`)."""
-        from .config import from_dict
+        of fields such as the command line's options; None = none) that a resumption may change (see
+        `resume_changes`): the one resume merge."""
         self.check_start(resume)
         if not resume:
             if requested is None:
                 raise RunDirError("fit needs a config unless it resumes a run")
             return requested
-        if requested is None:
-            return self.config()
-        values = requested if isinstance(requested, dict) else requested.to_dict()
         saved = self.read_config()
+        base = self.config(saved)
+        if requested is None:
+            return base
+        values = ({k: check_value(k, v) for k, v in requested.items()} if isinstance(requested, dict)
+                  else requested.to_dict())
         changes = resume_changes(saved, values, self.path)
         resumable = {k: values[k] for k in RESUMABLE_FIELDS if k in values}
-        return from_dict({**saved, **resumable, **changes})
+        return with_overrides(base, {**resumable, **changes})
 
     # ------------------------------------------------------------ writing
 
