@@ -107,6 +107,16 @@ def join(device: torch.device, batch_size: int | None) -> tuple[Group, torch.dev
     return current(), device
 
 
+def placement(device: torch.device) -> tuple[Group, torch.device]:
+    """The group this process has joined (`join`, which engine.fit calls) and the device it trains on there:
+    cuda:LOCAL_RANK or npu:LOCAL_RANK in a data-parallel run. Joins nothing: a process outside a group gets
+    Group() and `device` unchanged."""
+    group = current()
+    if group.parallel and device.type in ("cuda", "npu"):
+        device = torch.device(device.type, group.local_rank)
+    return group, device
+
+
 def leave() -> None:
     """Leave the process group, if this process joined one: all processes together (a barrier first), so that
     none tears its connections down while another still uses them (a follower that left early was seen to

@@ -245,7 +245,8 @@ def build_trainer(cfg: Config, data: Cifar100 | None = None) -> Trainer:
     `data` replaces `load_for_config(cfg)` (used as given, no subsets), e.g. in-memory data for benchmarks.
     """
     device = devices.resolve_device(cfg.device)
-    group, device = distributed.join(device, cfg.batch_size)  # one process without torchrun
+    group, device = distributed.placement(device)  # the group fit joined (torchrun); one process without it
+    distributed.check_batch(cfg.batch_size, group.world_size)
     plan = devices.make_plan(cfg, devices.probe(device))  # precision, kernels, compile: decided by capability
     devices.apply_plan(plan, device)
     precision = plan.precision
@@ -343,13 +344,14 @@ def run_epoch(t: Trainer, epoch: int, on_step: Callable[[int, int, int], None] |
     return row
 
 
-def fit(cfg: Config | None, out: str | Path, resume: bool = False,
+def fit(cfg: Config | dict | None, out: str | Path, resume: bool = False,
         on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print,
         on_step: Callable[[int, int, int], None] | None = None) -> Path:
     """Train `cfg` for its epochs, writing the run directory `out` after every epoch.
 
-    With `resume`, continue from `out/last.pt` (its config.json wins; `cfg` may be None, and may only
-    change what runs.resume_changes allows: where it runs, and the epochs of a constant-schedule run).
+    With `resume`, continue from `out/last.pt` (its config.json wins; `cfg`, a Config or a dict of fields such
+    as the command line's options, or None, may only change what runs.resume_changes allows: where it runs,
+    and the epochs of a constant-schedule run).
     A run stopped before its first epoch ended starts again from its config.json.
     Nothing is created before the start is known to be valid (settings, data); one process at a time
     writes the directory (run.lock). Ctrl-C or SIGTERM (errors.Terminated) leaves it valid up to the last
@@ -359,8 +361,10 @@ def fit(cfg: Config | None, out: str | Path, resume: bool = False,
     """
     clock = WallClock()  # end-to-end wall time, start-up included
     with signals.sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does (errors.Terminated)
-        distributed.join(devices.resolve_device(cfg.device if cfg is not None else "auto"),
-                         cfg.batch_size if cfg is not None else None)
+        # torchrun's group (no-op without), with a given Config's device and batch: the CLI always gives one (on
+        # --resume, the one RunDir.prepare merged); a resume given no Config joins on the default device.
+        given = cfg if isinstance(cfg, Config) else None
+        distributed.join(devices.resolve_device(given.device if given else "auto"), given.batch_size if given else None)
         main = distributed.is_main_process()  # under torchrun, rank 0 writes; the others train in step, silent
         run, cfg, resume = _prepare(RunDir(out), cfg, resume)  # every check and the resume merge, once
         t = build_trainer(cfg)                             # loads the data: a start that fails here leaves nothing
@@ -410,7 +414,7 @@ def banner(t: Trainer, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _prepare(run: RunDir, cfg: Config | None, resume: bool) -> tuple[RunDir, Config, bool]:
+def _prepare(run: RunDir, cfg: Config | dict | None, resume: bool) -> tuple[RunDir, Config, bool]:
     """RunDir.prepare on rank 0, whose start (run directory, config, resume) or one-line error reaches the other
     processes of a data-parallel run, which would otherwise wait for rank 0 forever."""
     if not distributed.is_main_process():
