@@ -20,6 +20,7 @@ import os
 import sys
 import warnings
 
+from ..core.distributed import is_main_process, lost_peer
 from ..core.errors import Diverged, Terminated, UsageError, disk_error, is_disk_error
 from ..core.signals import sigterm_as_interrupt
 from . import ablate, aftertrain, bench, doctor, report, theory, train
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.showwarning = _one_line_warning
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 speaks
+    main_process = is_main_process()  # torchrun: only rank 0 speaks
     if not main_process:
         warnings.simplefilter("ignore")
     try:
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                              "make room or choose another place, then run the same command again\n")
         return 2
     except RuntimeError as exc:  # under torchrun: a collective failed because another process died
-        from ..core.distributed import lost_peer
         reason = lost_peer(exc)
         if reason is None:
             raise
