@@ -178,7 +178,7 @@ def test_a_lock_without_heartbeat_is_taken_over_naming_its_holder(trained, tmp_p
     run = copy_run(trained, tmp_path / "run")
     host, pid = ("stopped-instance-7f3a", 4242) if holder == "another host" else (socket.gethostname(), os.getpid())
     write_lock(run, host, LOCK_STALE_SECONDS + 60, pid)
-    assert RunDir(run).lock_holder() is None
+    assert RunDir(run).lock.holder() is None
     code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
     assert code == 0, err
     why = ("no heartbeat for 6 min, more than the 5 min limit" if holder == "another host"
@@ -198,7 +198,7 @@ def test_a_stopped_process_on_this_host_keeps_its_lock_however_old_its_heartbeat
         os.kill(holder.pid, signal.SIGSTOP)
         write_lock(run, socket.gethostname(), LOCK_STALE_SECONDS + 3600, holder.pid)
         before = {p.name: p.read_bytes() for p in run.iterdir()}
-        assert RunDir(run).lock_holder()["pid"] == holder.pid
+        assert RunDir(run).lock.holder()["pid"] == holder.pid
         code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
         assert code == 2 and len(err) == 1 and f"in use by process {holder.pid}" in err[0], err
         if sys.platform.startswith("linux"):
@@ -284,7 +284,7 @@ def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(tra
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
-    assert RunDir(run).status() == "running" and RunDir(run).lock_holder()["host"] == "other-instance"
+    assert RunDir(run).status() == "running" and RunDir(run).lock.holder()["host"] == "other-instance"
     (run / "metrics.json").write_bytes(before["metrics.json"])
     code, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", 2)
     stale_at = time.strftime("%H:%M:%S", time.localtime(lock.stat().st_mtime + 300))
@@ -293,7 +293,7 @@ def test_a_fresh_lock_from_another_host_is_refused_saying_when_it_goes_stale(tra
         in err[0] and f"counts as stale at {stale_at}, 5 min after its last heartbeat" in err[0]
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, the lock kept
     os.utime(lock, (time.time() - 301, time.time() - 301))  # five minutes on, with no heartbeat
-    assert RunDir(run).lock_holder() is None
+    assert RunDir(run).lock.holder() is None
     (run / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
     assert RunDir(run).status() == "interrupted"
 
@@ -323,14 +323,14 @@ def test_the_holder_keeps_the_heartbeat_while_it_trains(tmp_path, monkeypatch):
         while lock.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert lock.stat().st_mtime > time.time() - 60  # the background thread touched it
-    assert not lock.exists() and run._lock._heartbeat is None
+    assert not lock.exists() and run.lock._heartbeat is None
     monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 3600.0)
     with run.open(resume=False):
         os.utime(lock, (1e9, 1e9))
         run.write_metrics({"status": "running"})  # every epoch end beats too
         assert lock.stat().st_mtime > time.time() - 60
     seen = []  # every epoch of a run beats
-    monkeypatch.setattr(RunDir, "heartbeat", lambda self: seen.append(self._lock.held))
+    monkeypatch.setattr(lock_module.RunLock, "beat", lambda self: seen.append(self.held))
     fit(tiny_config(epochs=2), tmp_path / "two", **QUIET)
     assert seen.count(True) >= 2
 
@@ -906,7 +906,7 @@ def test_disk_full_at_the_lock_leaves_no_lock_and_says_why(tmp_path, monkeypatch
     with monkeypatch.context() as patch:
         patch.setattr(os, "fdopen", full)
         with pytest.raises(RunDirError, match="no space left"):
-            RunDir(out).acquire_lock()
+            RunDir(out).lock.acquire()
     assert list(out.iterdir()) == []
 
 

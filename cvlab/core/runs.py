@@ -194,7 +194,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock = RunLock(self.file(LOCK), self.path)
+        self.lock = RunLock(self.file(LOCK), self.path)  # one writer at a time (core/lock.py)
         self._created = False
 
     def __repr__(self) -> str:
@@ -269,7 +269,7 @@ class RunDir:
         if not self.has_run():  # no finished epoch: stopped early, or diverged in the first one
             return "diverged" if self.read_metrics().get("status") == "diverged" else "started"
         status = self.read_metrics().get("status") or "interrupted"
-        if status == "running" and self.lock_holder() is None:
+        if status == "running" and self.lock.holder() is None:
             return "interrupted"
         return status
 
@@ -316,7 +316,7 @@ class RunDir:
         self.check_start(resume)
         self.create()
         try:
-            self.acquire_lock()
+            self.lock.acquire()
             self.check_start(resume)  # again, now that no one else writes here
             self.remove_temp_files()
         except BaseException:
@@ -332,7 +332,7 @@ class RunDir:
 
     def close(self) -> None:
         """Release the lock; remove the folder when this RunDir created it and it stayed empty."""
-        self.release_lock()
+        self.lock.release()
         if self._created:
             try:
                 self.path.rmdir()  # only succeeds when empty
@@ -348,21 +348,6 @@ class RunDir:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
         return removed
-
-    # ------------------------------------------------------------ one writer (core/lock.py)
-
-    def lock_holder(self) -> dict | None:
-        """{pid, host, started} of a live holder of run.lock, else None (see RunLock.holder)."""
-        return self._lock.holder()
-
-    def acquire_lock(self) -> None:
-        self._lock.acquire()
-
-    def heartbeat(self) -> None:
-        self._lock.beat()
-
-    def release_lock(self) -> None:
-        self._lock.release()
 
     # ------------------------------------------------------------ resuming
 
@@ -392,21 +377,21 @@ class RunDir:
     # whose lock was taken over while it was stopped stops with one line instead of writing beside the new holder.
 
     def write_config(self, cfg) -> None:
-        self._lock.check_owned()
+        self.lock.check_owned()
         write_json(self.file(CONFIG), cfg.to_dict())
 
     def write_history(self, rows: list[dict]) -> None:
-        self._lock.check_owned()
+        self.lock.check_owned()
         write_history(self.file(HISTORY), rows)
 
     def write_metrics(self, metrics: dict) -> None:
         """metrics.json (written at every epoch end, so the lock's heartbeat beats here too)."""
-        self._lock.check_owned()
+        self.lock.check_owned()
         write_json(self.file(METRICS), metrics)
-        self.heartbeat()
+        self.lock.beat()
 
     def save_checkpoint(self, state: dict, which: str = "last") -> None:
-        self._lock.check_owned()
+        self.lock.check_owned()
         save_checkpoint(self.checkpoint_path(which), state)
 
 
