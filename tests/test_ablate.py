@@ -309,3 +309,22 @@ def test_an_effect_says_whether_it_moved_the_fit_or_the_gap():
     assert "20.00% → 50.00%" in down and "反向" in down and "差距" in down
     short = _target_zh(table, "+b")
     assert "没有达到" in short and "`+b` -4.00" in short and "`+a`（10.00%" in short
+
+
+def test_the_conclusion_names_only_the_rungs_the_committed_evidence_shows_an_effect_for():
+    """notebook 03's conclusion (tables.evidence_summary_zh) lists exactly the committed rungs whose verdict is
+    "effect", each with its gain, and says whether the target was met."""
+    import re
+    from cvlab.core.config import LADDER
+    from cvlab.report import tables
+    dirs = tables.evidence_runs()
+    if not dirs:
+        pytest.skip("no committed evidence runs")
+    table, _ = ladder_table(dirs, LADDER)
+    summary = tables.evidence_summary_zh()
+    effect_part = summary.split("有可测量效果的级为")[1].split("；")[0] if "有可测量效果的级为" in summary else ""
+    named = re.findall(r"`([^`]+)` ([+-]\d+\.\d+)", effect_part)
+    effects = table[table["verdict"] == "effect"]
+    assert [n for n, _ in named] == list(effects["preset"])
+    assert [g for _, g in named] == [f"{100 * g:+.2f}" for g in effects["gain"]]
+    assert "目标没有达到" in summary or "目标达到" in summary

@@ -275,6 +275,27 @@ def committed_evidence(root: Path = EVIDENCE_ROOT):
     return "\n".join(lines), evidence_figure(table, runs, histories, title="")
 
 
+def evidence_summary_zh(root: Path = EVIDENCE_ROOT) -> str:
+    """The committed evidence in two sentences for a conclusion, from its table alone: the rungs with a measured
+    effect and their gains, and the final rung against the handout's settings; empty without committed runs."""
+    from ..core.config import LADDER
+
+    dirs = evidence_runs(root)
+    if not dirs:
+        return ""
+    table, _ = ablate.ladder_table(dirs, LADDER)
+    effects = [r for r in table.to_dict("records") if r["verdict"] == "effect"]
+    quiet = sum(r["verdict"] == "no measurable effect" for r in table.to_dict("records"))
+    text = "**已提交的 CPU 证据**（预算 `evidence`，真实 CIFAR-100 子集，见上文“已提交的 CPU 证据”一节）："
+    if effects:
+        text += ("有可测量效果的级为 " + "、".join(f"`{r['preset']}` {100 * r['gain']:+.2f}" for r in effects)
+                 + " 个百分点（相对各自的上一级）")
+    else:
+        text += "还没有哪一级有可测量的效果"
+    text += f"；其余 {quiet} 级在该预算下测不出效果。" + _target_zh(table, ablate.BUDGETS["evidence"].presets[-1])
+    return text
+
+
 def noise_rule_zh(table) -> str:
     """The verdict rule with this table's seed noise, in Chinese."""
     sigma = float(table["noise"].iloc[0]) if len(table) else math.nan
