@@ -192,3 +192,29 @@ def test_estimates_are_revised_by_how_long_the_finished_notebooks_took():
     unplanned = runner.NotebookResult("04_extra.ipynb", "x", {})
     runner.revise_estimate(unplanned, "04_extra", planned, [first], said.append)
     assert unplanned.estimate_seconds is None and len(said) == 1
+
+
+def test_the_warm_up_runs_in_its_own_session_like_a_kernel(monkeypatch):
+    """measure_like_a_kernel runs the warm-up in a child process started in a new session (papermill's kernels
+    are), returns the same keys as measuring in this process, and falls back to this process when the child
+    cannot run."""
+    import subprocess
+    started = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        started.append(kwargs.get("start_new_session"))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    rates = plan.measure_like_a_kernel({"tiny_resnet18"}, "cpu", {("tiny_resnet18", 4)})
+    assert started == [True]
+    assert set(rates) == {"tiny_resnet18", ("tiny_resnet18", 4), plan.CALIBRATION}
+    assert all(train > 0 for train, _ in rates.values())
+
+    def broken(*args, **kwargs):
+        raise subprocess.CalledProcessError(1, args[0])
+
+    monkeypatch.setattr(subprocess, "run", broken)
+    here = plan.measure_like_a_kernel({"tiny_resnet18"}, "cpu")
+    assert set(here) == {"tiny_resnet18", plan.CALIBRATION} and here["tiny_resnet18"][0] > 0

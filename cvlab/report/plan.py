@@ -187,6 +187,40 @@ def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, s
     return rates
 
 
+def measure_here(models: set[str], device: torch.device, batches: set[tuple[str, int]] = frozenset()) -> dict:
+    """The warm-up (measure_rates) and the one-thread calibration, in this process."""
+    rates = measure_rates(models, device, batches=batches)
+    rates[CALIBRATION] = (calibration_rate(), 0.0)  # the speed the measured times scale with
+    return rates
+
+
+def measure_like_a_kernel(models: set[str], device: str, batches: set[tuple[str, int]] = frozenset(),
+                          timeout: float = 900.0) -> dict:
+    """measure_here run in a new process in its own session, as papermill starts each notebook's kernel. Where the
+    scheduler shares the CPU between sessions first (Linux's autogroup, on by default on desktop and many server
+    kernels), a warm-up in the report's own process competes with everything its terminal runs, while a kernel
+    competes as one more session: measured here on a 2-core machine with two busy loops in the terminal's session,
+    the in-process warm-up saw 37-43 img/s where notebooks 01 and 03 then trained at 87-131. Falls back to this
+    process where the child cannot run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = json.dumps({"models": sorted(models), "device": device, "batches": sorted(batches)})
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    try:
+        done = subprocess.run([sys.executable, "-m", "cvlab.report.plan", spec], capture_output=True, text=True,
+                              start_new_session=True, timeout=timeout, env=env, check=True)
+        return {tuple(k) if isinstance(k, list) else k: (train, evaluated)
+                for k, train, evaluated in json.loads(done.stdout.strip().splitlines()[-1])}
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        from ..core.device import resolve_device
+        return measure_here(models, resolve_device(device), batches)
+
+
 def _rate(step: Callable[[], None], mode: Callable, batch: int, steps: int, device, synchronize) -> float:
     mode()
     step()  # untimed: allocations, kernel selection
@@ -315,3 +349,14 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
     total = sum(per_notebook.values())
     lines.append(f"  total: ~{duration(total)}")
     return lines + cost_lines(total, price_per_hour, auto_stop_hours)
+
+
+if __name__ == "__main__":  # measure_like_a_kernel's child: one JSON line of [key, train rate, eval rate]
+    import json
+    import sys
+
+    from ..core.device import resolve_device
+
+    _spec = json.loads(sys.argv[1])
+    _rates = measure_here(set(_spec["models"]), resolve_device(_spec["device"]), {tuple(b) for b in _spec["batches"]})
+    print(json.dumps([[list(k) if isinstance(k, tuple) else k, *v] for k, v in _rates.items()]))

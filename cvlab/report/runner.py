@@ -627,8 +627,7 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], pr
         requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
         device = resolve_device(requested)
         batches = {(p.model, p.batch_size) for p in plans if p.model} if device.type == "cpu" else set()
-        rates = plan.measure_rates({p.model for p in plans if p.model}, device, batches=batches)
-        rates[plan.CALIBRATION] = (plan.calibration_rate(), 0.0)  # the speed the measured times scale with
+        rates = plan.measure_like_a_kernel({p.model for p in plans if p.model}, requested, batches)
         for line in plan.describe(plans, rates, device_name(device), price_per_hour, auto_stop_hours):
             log(line)
         return plan.notebook_seconds(plans, rates)
