@@ -967,6 +967,11 @@ def test_report_tables_have_chinese_headers_and_readable_numbers():
     words = pd.DataFrame({"network": ["plain"], "true": ["plain"], "predicted": ["residual"]})
     shown = tables.zh(words)  # a word is translated in its own column only: "plain" is also a CIFAR-100 class
     assert shown.iloc[0].tolist() == ["普通网络", "plain", "residual"]
+    # a plain row-number index stays out of the HTML a report prints; a named index (the pivot's) stays in
+    html = tables.zh(pd.DataFrame({"optimizer": ["SGD", "Adam"], "final_loss": [0.5, 0.25]}))._repr_html_()
+    assert "<th>0</th>" not in html and "<th>1</th>" not in html and "SGD" in html and "优化器" in html
+    assert "<th>Adam</th>" in tables.zh(pivot)._repr_html_()
+    assert tables.zh(words).style.hide(axis="index") is not None   # still a DataFrame for the callers that style it
 
 
 def test_the_ladder_says_when_its_gains_are_within_the_noise(tmp_path):

@@ -87,8 +87,27 @@ def number_zh(value) -> str:
     return f"{value:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{value:,.0f}"
 
 
+def _shown_without_row_numbers(frame):
+    """`frame` as a DataFrame whose notebook HTML leaves out a plain row-number index (0, 1, 2, ...): in a printed
+    report those numbers are the program's, not the table's. A named or meaningful index is kept."""
+    import pandas as pd
+
+    class ReportFrame(pd.DataFrame):
+        @property
+        def _constructor(self):
+            return ReportFrame
+
+        def _repr_html_(self):
+            if self.index.name is None and self.index.equals(pd.RangeIndex(len(self))):
+                return self.to_html(index=False, notebook=True)
+            return super()._repr_html_()
+
+    return ReportFrame(frame)
+
+
 def zh(frame):
-    """`frame` (a pandas DataFrame of cvlab's) with Chinese column, index and value names and report-style numbers."""
+    """`frame` (a pandas DataFrame of cvlab's) with Chinese column, index and value names and report-style numbers;
+    its notebook HTML leaves out a plain row-number index."""
     import pandas as pd
 
     out = frame.apply(lambda column: column.map(_terms(column.name)))
@@ -97,7 +116,7 @@ def zh(frame):
     out.columns.names = [COLUMNS_ZH.get(n, n) for n in out.columns.names]
     if isinstance(out.index, pd.RangeIndex):
         out = out.reset_index(drop=True)
-    return out.apply(lambda column: column.map(number_zh)).astype(str)
+    return _shown_without_row_numbers(out.apply(lambda column: column.map(number_zh)).astype(str))
 
 
 def _terms(column, names: dict | None = None):
