@@ -1018,3 +1018,18 @@ def test_a_second_stop_leaves_report_json_saying_interrupted(tmp_path, monkeypat
         runner.run_report("smoke", notebooks_dir=folder, out=out, pdf=False, estimate=False, log=lambda t: None)
     entry = json.loads((out / "report.json").read_text(encoding="utf-8"))["notebooks"][0]
     assert entry["status"] == "interrupted" and "stopped by a second" in entry["error"], entry
+
+
+def test_no_section_heading_of_the_appendix_stands_alone_in_its_cell():
+    """Chromium keeps a heading with its next sibling only: an appendix entry's heading shares its cell with the
+    entry's text and code (a heading alone in its cell ended page 52 of a quick submission)."""
+    import re
+
+    from cvlab.report import submission
+    doc = submission.Document()
+    submission.appendix(doc, None, "测试", {"handout", "+shuffle"})
+    sections = [c.source for c in doc.cells if 'class="section"' in c.source]
+    assert len(sections) >= 10
+    for text in sections:
+        after = re.split(r"</h2>", text, maxsplit=1)[1]
+        assert after.strip(), text[:80]

@@ -321,10 +321,13 @@ class Document:
     headings: list[Heading] = field(default_factory=list)
     check: str = ""   # pipeline_check's words: on the cover and in every page's running header
 
-    def heading(self, anchor: str, text: str, level: int = 1, css: str = "chapter") -> None:
+    def heading(self, anchor: str, text: str, level: int = 1, css: str = "chapter", body: str = "") -> None:
+        """A heading in the contents; `body`, Markdown, follows it in the same cell: Chromium keeps a heading with
+        its next sibling only, so a heading alone in its cell could end a page (seen with the appendix entries)."""
         self.headings.append(Heading(anchor, text, level))
         tag = f"h{level}"
-        self.cells.append(_md(f'<{tag} id="{anchor}" class="{css}">{html.escape(text)}</{tag}>'))
+        self.cells.append(_md(f'<{tag} id="{anchor}" class="{css}">{html.escape(text)}</{tag}>'
+                              + (f"\n\n{body}" if body else "")))
 
 
 def pipeline_check(budget: str) -> str:
@@ -396,11 +399,10 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
     doc.cells.append(_md(
         f"讲义要求\"提供你的思路和源代码\"。本附录从 `cvlab` 包中逐级摘出每一级改进的预设定义（preset）和它打开的函数，"
         f"每段代码标出文件与行号。{note}。思路与实验结果见第五章。"))
-    doc.heading("appendix-network", "A.1　讲义的网络与 cvlab 的复现", level=2, css="section")
     handout = (Path(__file__).resolve().parent / "handout_network.py.txt").read_text(encoding="utf-8")
     ours = [source.object_listing(obj, commit) for obj in (models.HandoutBasicBlock, models.handout_resnet18)]
     right = "\n\n".join(f"# {l.header}\n{l.text}" for l in ours)
-    doc.cells.append(_md(
+    doc.heading("appendix-network", "A.1　讲义的网络与 cvlab 的复现", level=2, css="section", body=(
         "左：讲义第三部分 (2) 中印出的网络（原样，包括缺少的右括号）；右：`cvlab.core.models` 中的复现"
         "（`lambda` 捷径换成可序列化的 `nn.Identity`，其余层与参数相同，11,223,140 个参数）。\n\n"
         f'<table class="side-by-side"><tr><th>讲义</th><th>cvlab</th></tr><tr>'
@@ -410,7 +412,6 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
     for i, name in enumerate(rungs, start=2):
         anchor = f"appendix-{i}"
         changes = config.changes_text(config.preset_changes(name))
-        doc.heading(anchor, f"A.{i}　{name}", level=2, css="section")
         parts = [f"相对 `{config.PARENT[name]}` 改动的配置项：`{html.escape(changes)}`"
                  f"（{'本报告训练了这一级' if name in trained else '本报告的预算没有单独训练这一级'}；思路见第五章）",
                  "预设定义：", _code_block(source.preset_listing(name, commit))]
@@ -421,15 +422,15 @@ def appendix(doc: Document, commit: str | None, note: str, trained: set[str]) ->
                 continue
             shown[listing.title] = f"A.{i}"
             parts.append(_code_block(listing))
-        doc.cells.append(_md("\n\n".join(parts)))
+        doc.heading(anchor, f"A.{i}　{name}", level=2, css="section", body="\n\n".join(parts))
     ends = [n for n in ("fast", "best") if n in config.PRESETS]
     if ends:
         i = len(rungs) + 2
-        doc.heading(f"appendix-{i}", f"A.{i}　阶梯的两个终点：{' 与 '.join(ends)}", level=2, css="section")
-        doc.cells.append(_md("\n\n".join(
+        doc.heading(f"appendix-{i}", f"A.{i}　阶梯的两个终点：{' 与 '.join(ends)}", level=2, css="section",
+                    body="\n\n".join(
             f"**{n}**：相对 `{config.PARENT.get(n, 'handout')}` 改动的配置项：`{html.escape(config.changes_text(config.preset_changes(n)))}`"
             "\n\n" + _code_block(source.preset_listing(n, commit))
-            for n in ends)))
+            for n in ends))
 
 
 # ---------------------------------------------------------------------------- the document
