@@ -218,3 +218,36 @@ def test_the_warm_up_runs_in_its_own_session_like_a_kernel(monkeypatch):
     monkeypatch.setattr(subprocess, "run", broken)
     here = plan.measure_like_a_kernel({"tiny_resnet18"}, "cpu")
     assert set(here) == {"tiny_resnet18", plan.CALIBRATION} and here["tiny_resnet18"][0] > 0
+
+
+def test_runs_already_complete_are_reused_not_planned(tmp_path):
+    """A report run again reuses the notebooks' finished runs: the plan leaves them out (a rebuilt quick report's
+    first notebook took 17 s against a planned 107 s, and the revised estimates that followed were 6x too short)."""
+    import json
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    params = {"EPOCHS": 2, "SUBSET": 100, "TEST_SUBSET": 100, "RUN_DIR": "../runs/01"}
+
+    def finish(run_dir, epochs):
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text("{}")
+        (run_dir / "history.csv").write_text("epoch\n1\n")
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "epochs_done": epochs}))
+
+    (fresh,) = plan.plan_notebook("01_baseline", params, notebooks)
+    assert fresh.runs == 1 and "reused" not in fresh.note
+    finish(tmp_path / "runs" / "01", epochs=1)   # fewer epochs than asked: the notebook trains on
+    assert plan.plan_notebook("01_baseline", params, notebooks)[0].runs == 1
+    (tmp_path / "runs" / "01" / "metrics.json").write_text(json.dumps({"status": "complete", "epochs_done": 2}))
+    (reused,) = plan.plan_notebook("01_baseline", params, notebooks)
+    assert reused.runs == 0 and reused.images == (0, 0) and "already trained: reused" in reused.note
+    seconds = plan.notebook_seconds([reused], {"handout_resnet18": (plan.CALIBRATION_RATE, 500.0)})
+    assert seconds["01_baseline"] == pytest.approx(plan.NOTEBOOK_OVERHEAD_SECONDS[("01", False)])  # still exported
+
+    ladder = {"SYNTHETIC": True, "BUDGET": "smoke", "RUNS_DIR": "../runs/03"}
+    planned = plan.plan_notebook("03_improvements", ladder, notebooks)
+    total = sum(p.runs for p in planned)
+    finish(tmp_path / "runs" / "03" / "smoke" / "handout-s0", epochs=100)
+    assert sum(p.runs for p in plan.plan_notebook("03_improvements", ladder, notebooks)) == total - 1
+    assert sum(p.runs for p in plan.plan_notebook("03_improvements", ladder)) == total   # no folder: all counted

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -125,13 +126,38 @@ def _call(fn: Callable, params: dict[str, Any]) -> Any:
     return fn(**{k.lower(): v for k, v in params.items() if k.lower() in taken})
 
 
-def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
+def finished(run_dir: Path, cfg: Config) -> bool:
+    """Whether `run_dir` holds a complete run of `cfg`'s epochs: a notebook run again reuses it and trains nothing."""
+    from ..core.runs import RunDir
+
+    run = RunDir(run_dir)
+    return run.status() == "complete" and int(run.read_metrics().get("epochs_done") or 0) >= cfg.epochs
+
+
+def left_to_train(stem: str, runs: list[tuple[Config, Path | None]], note: str = "") -> list[PlannedTraining]:
+    """planned_trainings of the runs not finished yet; when every run is finished, one group of 0 runs that says
+    so (the notebook still loads data, draws and exports)."""
+    left = [cfg for cfg, run_dir in runs if run_dir is None or not finished(run_dir, cfg)]
+    if left or not runs:
+        return planned_trainings(stem, left, note)
+    cfg = runs[0][0]
+    train, evaluated = split_sizes(cfg)
+    return [PlannedTraining(stem, cfg.model, 0, cfg.epochs, train, evaluated, cfg.batch_size,
+                            f"{note + ', ' if note else ''}all {len(runs)} run(s) already trained: reused",
+                            synthetic=bool(cfg.synthetic))]
+
+
+def plan_notebook(stem: str, params: dict[str, Any], notebooks_dir: Path | None = None) -> list[PlannedTraining]:
     """The training one notebook will do with `params` (its resolved papermill parameters), built by the
-    function the notebook itself calls (report.parameters, which the notebooks reach through report.notebook)."""
+    function the notebook itself calls (report.parameters, which the notebooks reach through report.notebook).
+    With `notebooks_dir` (where the kernels run: RUN_DIR and RUNS_DIR are relative to it), runs already complete
+    are left out: a report run again reuses them."""
     from . import parameters
 
+    where = (lambda rel: notebooks_dir / rel) if notebooks_dir is not None else (lambda rel: None)  # noqa: E731
     if stem.startswith("01"):
-        return planned_trainings(stem, [_call(parameters.baseline_config, params)])
+        cfg = _call(parameters.baseline_config, params)
+        return left_to_train(stem, [(cfg, where(params["RUN_DIR"]) if params.get("RUN_DIR") else None)])
     if stem.startswith("02"):
         quick = _call(parameters.theory_quick, params)
         setting = "QUICK" if quick else "the report's setting"
@@ -141,14 +167,16 @@ def plan_notebook(stem: str, params: dict[str, Any]) -> list[PlannedTraining]:
         from ..experiments import ablate
 
         imp = _call(parameters.improvements, params)
-        runs, _ = ablate.plan(imp.budget.presets, imp.seeds, "runs", imp.budget, imp.overrides)
-        return planned_trainings(stem, [r.config for r in runs], f"budget {imp.budget.name}")
+        out = where(Path(params["RUNS_DIR"]) / imp.budget.name) if params.get("RUNS_DIR") else None
+        runs, _ = ablate.plan(imp.budget.presets, imp.seeds, out or "runs", imp.budget, imp.overrides)
+        return left_to_train(stem, [(r.config, r.run_dir if out is not None else None) for r in runs],
+                             f"budget {imp.budget.name}")
     return []
 
 
-def plan_report(params: dict[str, dict[str, Any]]) -> list[PlannedTraining]:
-    """Every notebook's planned training, in notebook order (stem -> its parameters)."""
-    return [p for stem, values in params.items() for p in plan_notebook(stem, values)]
+def plan_report(params: dict[str, dict[str, Any]], notebooks_dir: Path | None = None) -> list[PlannedTraining]:
+    """Every notebook's planned training, in notebook order (stem -> its parameters); see plan_notebook."""
+    return [p for stem, values in params.items() for p in plan_notebook(stem, values, notebooks_dir)]
 
 
 def measure_rates(models: set[str], device: torch.device, batch_size: int = 0, steps: int = 0,
@@ -209,7 +237,6 @@ def measure_like_a_kernel(models: set[str], device: str, batches: set[tuple[str,
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     spec = json.dumps({"models": sorted(models), "device": device, "batches": sorted(batches)})
     root = str(Path(__file__).resolve().parents[2])

@@ -498,8 +498,8 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     pdf = say_missing_tools(pdf, log)
-    planned = print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours) \
-        if estimate else {}
+    planned = print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours,
+                         folder) if estimate else {}
     results: list[NotebookResult] = []
     manifest = lambda: write_manifest(out / "report.json", profile, results, no_input, folder)  # noqa: E731
     try:
@@ -615,7 +615,7 @@ def revise_estimate(result: NotebookResult, stem: str, planned: dict[str, float]
 
 
 def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], price_per_hour: float | None = None,
-               auto_stop_hours: float | None = None) -> dict[str, float]:
+               auto_stop_hours: float | None = None, notebooks_dir: Path | None = None) -> dict[str, float]:
     """Log each notebook's planned training (runs x epochs x images) and a time estimate measured by a
     short warm-up on the notebooks' device; a plan that cannot be made is one line, never an error. Returns
     each notebook's estimated seconds ({} without a plan)."""
@@ -623,7 +623,7 @@ def print_plan(params: dict[str, dict[str, Any]], log: Callable[[str], None], pr
     from . import plan
 
     try:
-        plans = plan.plan_report(params)
+        plans = plan.plan_report(params, notebooks_dir)  # runs already complete are reused, not planned
         requested = next((p["DEVICE"] for p in params.values() if "DEVICE" in p), "cpu")
         device = resolve_device(requested)
         batches = {(p.model, p.batch_size) for p in plans if p.model} if device.type == "cpu" else set()
