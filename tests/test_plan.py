@@ -225,21 +225,28 @@ def test_runs_already_complete_are_reused_not_planned(tmp_path):
     first notebook took 17 s against a planned 107 s, and the revised estimates that followed were 6x too short)."""
     import json
 
+    from cvlab.core.config import with_overrides
+    from cvlab.experiments import ablate
+    from cvlab.report import parameters
+
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     params = {"EPOCHS": 2, "SUBSET": 100, "TEST_SUBSET": 100, "RUN_DIR": "../runs/01"}
+    baseline = plan._call(parameters.baseline_config, params)
 
-    def finish(run_dir, epochs):
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text("{}")
+    def finish(run_dir, cfg, status="complete"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
         (run_dir / "history.csv").write_text("epoch\n1\n")
-        (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "epochs_done": epochs}))
+        (run_dir / "metrics.json").write_text(json.dumps({"status": status, "epochs_done": cfg.epochs}))
 
     (fresh,) = plan.plan_notebook("01_baseline", params, notebooks)
     assert fresh.runs == 1 and "reused" not in fresh.note
-    finish(tmp_path / "runs" / "01", epochs=1)   # fewer epochs than asked: the notebook trains on
+    finish(tmp_path / "runs" / "01", with_overrides(baseline, {"epochs": 1}))   # another run (1 epoch): not reused
     assert plan.plan_notebook("01_baseline", params, notebooks)[0].runs == 1
-    (tmp_path / "runs" / "01" / "metrics.json").write_text(json.dumps({"status": "complete", "epochs_done": 2}))
+    finish(tmp_path / "runs" / "01", baseline, status="interrupted")   # this run, unfinished: trains on
+    assert plan.plan_notebook("01_baseline", params, notebooks)[0].runs == 1
+    finish(tmp_path / "runs" / "01", baseline)
     (reused,) = plan.plan_notebook("01_baseline", params, notebooks)
     assert reused.runs == 0 and reused.images == (0, 0) and "already trained: reused" in reused.note
     seconds = plan.notebook_seconds([reused], {"handout_resnet18": (plan.CALIBRATION_RATE, 500.0)})
@@ -248,6 +255,8 @@ def test_runs_already_complete_are_reused_not_planned(tmp_path):
     ladder = {"SYNTHETIC": True, "BUDGET": "smoke", "RUNS_DIR": "../runs/03"}
     planned = plan.plan_notebook("03_improvements", ladder, notebooks)
     total = sum(p.runs for p in planned)
-    finish(tmp_path / "runs" / "03" / "smoke" / "handout-s0", epochs=100)
+    imp = plan._call(parameters.improvements, ladder)
+    first = ablate.plan(imp.budget.presets, imp.seeds, tmp_path / "runs" / "03" / "smoke", imp.budget, imp.overrides)[0][0]
+    finish(first.run_dir, first.config)
     assert sum(p.runs for p in plan.plan_notebook("03_improvements", ladder, notebooks)) == total - 1
     assert sum(p.runs for p in plan.plan_notebook("03_improvements", ladder)) == total   # no folder: all counted

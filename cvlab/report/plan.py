@@ -127,11 +127,16 @@ def _call(fn: Callable, params: dict[str, Any]) -> Any:
 
 
 def finished(run_dir: Path, cfg: Config) -> bool:
-    """Whether `run_dir` holds a complete run of `cfg`'s epochs: a notebook run again reuses it and trains nothing."""
-    from ..core.runs import RunDir
+    """Whether `run_dir` holds `cfg`'s run, complete (ablate.run_status, the rule the notebooks' reuse follows): a
+    notebook run again trains nothing there. A folder holding other settings counts as not finished (the notebook
+    then says why it cannot use it)."""
+    from ..core.errors import RunDirError
+    from ..experiments.ablate import run_status
 
-    run = RunDir(run_dir)
-    return run.status() == "complete" and int(run.read_metrics().get("epochs_done") or 0) >= cfg.epochs
+    try:
+        return run_status(run_dir, cfg) == "complete"
+    except RunDirError:
+        return False
 
 
 def left_to_train(stem: str, runs: list[tuple[Config, Path | None]], note: str = "") -> list[PlannedTraining]:
@@ -154,10 +159,11 @@ def plan_notebook(stem: str, params: dict[str, Any], notebooks_dir: Path | None 
     are left out: a report run again reuses them."""
     from . import parameters
 
-    where = (lambda rel: notebooks_dir / rel) if notebooks_dir is not None else (lambda rel: None)  # noqa: E731
+    def under(rel: str | None) -> Path | None:   # a folder parameter as the kernels see it; None: unknown
+        return notebooks_dir / rel if notebooks_dir is not None and rel else None
+
     if stem.startswith("01"):
-        cfg = _call(parameters.baseline_config, params)
-        return left_to_train(stem, [(cfg, where(params["RUN_DIR"]) if params.get("RUN_DIR") else None)])
+        return left_to_train(stem, [(_call(parameters.baseline_config, params), under(params.get("RUN_DIR")))])
     if stem.startswith("02"):
         quick = _call(parameters.theory_quick, params)
         setting = "QUICK" if quick else "the report's setting"
@@ -167,7 +173,8 @@ def plan_notebook(stem: str, params: dict[str, Any], notebooks_dir: Path | None 
         from ..experiments import ablate
 
         imp = _call(parameters.improvements, params)
-        out = where(Path(params["RUNS_DIR"]) / imp.budget.name) if params.get("RUNS_DIR") else None
+        runs_dir = under(params.get("RUNS_DIR"))
+        out = runs_dir / imp.budget.name if runs_dir is not None else None   # the notebook's runs_dir
         runs, _ = ablate.plan(imp.budget.presets, imp.seeds, out or "runs", imp.budget, imp.overrides)
         return left_to_train(stem, [(r.config, r.run_dir if out is not None else None) for r in runs],
                              f"budget {imp.budget.name}")
@@ -234,16 +241,13 @@ def measure_like_a_kernel(models: set[str], device: str, batches: set[tuple[str,
     the in-process warm-up saw 37-43 img/s where notebooks 01 and 03 then trained at 87-131. Falls back to this
     process where the child cannot run."""
     import json
-    import os
     import subprocess
     import sys
 
     spec = json.dumps({"models": sorted(models), "device": device, "batches": sorted(batches)})
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    try:
+    try:  # in this process's environment: the report calls it inside runner.kernel_environment, as the kernels run
         done = subprocess.run([sys.executable, "-m", "cvlab.report.plan", spec], capture_output=True, text=True,
-                              start_new_session=True, timeout=timeout, env=env, check=True)
+                              start_new_session=True, timeout=timeout, check=True)
         return {tuple(k) if isinstance(k, list) else k: (train, evaluated)
                 for k, train, evaluated in json.loads(done.stdout.strip().splitlines()[-1])}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -280,10 +284,20 @@ def notebook_seconds(plans: list[PlannedTraining], rates: dict) -> dict[str, flo
     seconds: dict[str, float] = {}
     for p in plans:
         seconds[p.notebook] = seconds.get(p.notebook, 0.0) + (estimate_seconds(p, rates) or 0.0)
-    for notebook in {p.notebook for p in plans if p.model}:
-        synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
-        seconds[notebook] += NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic), 0.0) * factor
+    for notebook, overhead in overhead_seconds(plans).items():
+        seconds[notebook] += overhead * factor
     return seconds
+
+
+def overhead_seconds(plans: list[PlannedTraining]) -> dict[str, float]:
+    """notebook -> its measured time besides training (NOTEBOOK_OVERHEAD_SECONDS, at CALIBRATION_RATE), for the
+    notebooks that train, in notebook order; a notebook without a measured time is left out."""
+    found = {}
+    for notebook in sorted({p.notebook for p in plans if p.model}):
+        synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
+        if (notebook[:2], synthetic) in NOTEBOOK_OVERHEAD_SECONDS:
+            found[notebook] = NOTEBOOK_OVERHEAD_SECONDS[(notebook[:2], synthetic)]
+    return found
 
 
 def revision_factor(planned: dict[str, float], measured: dict[str, float]) -> float:
@@ -360,11 +374,8 @@ def describe(plans: list[PlannedTraining], rates: dict[str, tuple[float, float]]
             continue
         label = f"{name[0]}, batch {name[1]}" if isinstance(name, tuple) else name
         lines.append(f"  warm-up {label}: {train:,.0f} train img/s, {evaluated:,.0f} eval img/s")
-    for notebook in sorted({p.notebook for p in plans if p.model}):
-        synthetic = any(p.synthetic for p in plans if p.notebook == notebook)
-        seconds = NOTEBOOK_OVERHEAD_SECONDS.get((notebook[:2], synthetic))
-        if seconds is not None:
-            lines.append(f"  {notebook}: data, figures, evaluation and export ~{duration(seconds * factor)}")
+    for notebook, seconds in overhead_seconds(plans).items():
+        lines.append(f"  {notebook}: data, figures, evaluation and export ~{duration(seconds * factor)}")
     for p in plans:
         seconds = estimate_seconds(p, rates)
         if not p.model:

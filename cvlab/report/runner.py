@@ -498,8 +498,11 @@ def run_report(profile_name: str = "full", overrides: list[tuple[str, str]] | No
     log(f"report: profile {profile.name} ({profile.description}); {len(notebooks)} notebook(s) from {folder}; "
         f"kernel {kernel}; output {out}")
     pdf = say_missing_tools(pdf, log)
-    planned = print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours,
-                         folder) if estimate else {}
+    planned = {}
+    if estimate:
+        with kernel_environment(REPO_ROOT):  # the warm-up's child process imports cvlab as the kernels will
+            planned = print_plan({nb.stem: params[nb] for nb in notebooks}, log, price_per_hour, auto_stop_hours,
+                                 folder)
     results: list[NotebookResult] = []
     manifest = lambda: write_manifest(out / "report.json", profile, results, no_input, folder)  # noqa: E731
     try:
