@@ -1,6 +1,7 @@
 """Tables for the Chinese report, built from what the experiments recorded (never typed-in numbers)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -87,9 +88,11 @@ def number_zh(value) -> str:
     return f"{value:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{value:,.0f}"
 
 
-def _shown_without_row_numbers(frame):
-    """`frame` as a DataFrame whose notebook HTML leaves out a plain row-number index (0, 1, 2, ...): in a printed
-    report those numbers are the program's, not the table's. A named or meaningful index is kept."""
+@functools.lru_cache(maxsize=None)
+def _report_frame() -> type:
+    """The DataFrame class `zh` returns: its notebook HTML leaves out a plain row-number index (0, 1, 2, ...), which
+    in a printed report is the program's, not the table's; a named or meaningful index is kept. Made once, on first
+    use (pandas is imported lazily here)."""
     import pandas as pd
 
     class ReportFrame(pd.DataFrame):
@@ -102,7 +105,7 @@ def _shown_without_row_numbers(frame):
                 return self.to_html(index=False, notebook=True)
             return super()._repr_html_()
 
-    return ReportFrame(frame)
+    return ReportFrame
 
 
 def zh(frame):
@@ -116,7 +119,7 @@ def zh(frame):
     out.columns.names = [COLUMNS_ZH.get(n, n) for n in out.columns.names]
     if isinstance(out.index, pd.RangeIndex):
         out = out.reset_index(drop=True)
-    return _shown_without_row_numbers(out.apply(lambda column: column.map(number_zh)).astype(str))
+    return _report_frame()(out.apply(lambda column: column.map(number_zh)).astype(str))
 
 
 def _terms(column, names: dict | None = None):
@@ -248,6 +251,12 @@ EVIDENCE_ROOT = Path(__file__).resolve().parents[2] / "docs" / "results" / "cpu-
 EVIDENCE_HEADER_ZH = ["预设", "相对上一级的改动", "种子数", "测试 top-1 %", "增益 (pp)", "结论"]
 
 
+def evidence_table(dirs: list[Path]):
+    """(ladder table, runs table) of the committed evidence's run directories, in ladder order."""
+    from ..core.config import LADDER
+    return ablate.ladder_table(dirs, LADDER)
+
+
 def evidence_runs(root: Path = EVIDENCE_ROOT) -> list[Path]:
     """The finished run directories of the committed evidence ladder."""
     from ..core.runs import RunDir
@@ -259,7 +268,6 @@ def committed_evidence(root: Path = EVIDENCE_ROOT):
     table (rung, change, seeds, top-1 mean ± std, gain, verdict), one sentence per rung (ladder_findings_zh), the
     final rung against the handout's settings, and ablation_plots.evidence_figure. Labelled as committed evidence,
     not this run's result; says which planned rungs are not trained yet."""
-    from ..core.config import LADDER
     from ..core.runs import load_runs
     from .ablation_plots import evidence_figure
 
@@ -267,7 +275,7 @@ def committed_evidence(root: Path = EVIDENCE_ROOT):
     if not dirs:
         return ("**已提交的 CPU 证据（evidence ladder）尚未生成**：仓库中还没有训练完成的运行目录"
                 f"（`{root.name}/`；命令 `python -m cvlab ablate --budget evidence`）。", None)
-    table, runs = ablate.ladder_table(dirs, LADDER)
+    table, runs = evidence_table(dirs)
     budget = ablate.BUDGETS["evidence"]
     o = budget.overrides
     lines = [f"**已提交的证据（不是本次运行的结果）**：预算 `evidence`，真实 CIFAR-100：{o['subset']:,} 张训练图像"
@@ -297,14 +305,13 @@ def committed_evidence(root: Path = EVIDENCE_ROOT):
 def evidence_summary_zh(root: Path = EVIDENCE_ROOT) -> str:
     """The committed evidence in two sentences for a conclusion, from its table alone: the rungs with a measured
     effect and their gains, and the final rung against the handout's settings; empty without committed runs."""
-    from ..core.config import LADDER
-
     dirs = evidence_runs(root)
     if not dirs:
         return ""
-    table, _ = ablate.ladder_table(dirs, LADDER)
-    effects = [r for r in table.to_dict("records") if r["verdict"] == "effect"]
-    quiet = sum(r["verdict"] == "no measurable effect" for r in table.to_dict("records"))
+    table, _ = evidence_table(dirs)
+    rows = table.to_dict("records")
+    effects = [r for r in rows if r["verdict"] == "effect"]
+    quiet = sum(r["verdict"] == "no measurable effect" for r in rows)
     text = "**已提交的 CPU 证据**（预算 `evidence`，真实 CIFAR-100 子集，见上文“已提交的 CPU 证据”一节）："
     if effects:
         text += ("有可测量效果的级为 " + "、".join(f"`{r['preset']}` {100 * r['gain']:+.2f}" for r in effects)
